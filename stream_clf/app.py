@@ -1,0 +1,102 @@
+"""The Faust app: an agent that feeds consumed events into the micro-batcher, and a task that
+turns each micro-batch into published results.
+
+Acknowledgement is manual. The agent reads with ``stream.noack()``; an event is acked only by
+:class:`~stream_clf.processing.BatchProcessor`, after its result or dead letter is delivered, and
+in the order events were read. Faust commits the highest contiguous acked offset of each
+partition, so a crash at any moment leaves every committed event with a delivered record. On
+SIGTERM or a rebalance Faust waits until every event it handed out is acked (``stream_wait_empty``),
+which the bounded batcher keeps short. Faust's ``take()`` is avoided on purpose: it acks a batch
+when the loop asks for the next one, including when the loop body raised (faust-streaming #189).
+"""
+
+import asyncio
+import functools
+import logging
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+import faust
+from faust.types import EventT, StreamT
+
+from stream_clf.batching import MicroBatcher
+from stream_clf.classifier import Classifier
+from stream_clf.events import Source
+from stream_clf.processing import BatchProcessor, Headers, InFlight
+from stream_clf.settings import WorkerSettings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: WorkerSettings, classifier: Classifier, max_record_bytes: int) -> faust.App:
+    """Build the worker's Faust app. ``max_record_bytes``: the largest record it may have to publish."""
+    session_timeout = settings.session_timeout_ms / 1000
+    app = faust.App(
+        settings.group,
+        broker=[f"kafka://{address}" for address in settings.brokers],
+        key_serializer="raw",
+        value_serializer="raw",
+        datadir=tempfile.mkdtemp(prefix="stream-clf-faust-"),
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=session_timeout,
+        broker_heartbeat_interval=max(0.5, session_timeout / 10),
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        producer_max_request_size=max_record_bytes,
+        topic_partitions=settings.partitions,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_host=settings.web_host,
+    )
+    source = app.topic(*settings.input)
+    topics = {name: app.topic(name) for name in (settings.output, settings.dlq)}
+
+    async def send(topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> asyncio.Future:
+        # force=True: publish now. Without it, a send made while Faust considers an event current
+        # is attached to that event and held back until it is acked -- the reverse of our order.
+        return await topics[topic].send(key=key, value=value, headers=headers, force=True)
+
+    batcher: MicroBatcher[InFlight] = MicroBatcher(
+        settings.max_batch, settings.max_wait_ms / 1000, capacity=settings.max_batch
+    )
+    processor = BatchProcessor(
+        classifier,
+        send,
+        output_topic=settings.output,
+        dlq_topic=settings.dlq,
+        executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference"),
+    )
+
+    @app.agent(source, name="stream_clf.consume")
+    async def consume(stream: StreamT) -> None:
+        manual = stream.noack()
+        async for event in manual.events():
+            await batcher.put(_in_flight(event, manual, settings.max_event_bytes))
+
+    @app.task
+    async def classify() -> None:
+        try:
+            while True:
+                await processor.process(await batcher.next_batch())
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            # A batch that cannot be delivered must not be acked; stop the worker so that a
+            # restart re-reads it from the last committed offset.
+            log.exception("event=worker_crash error=%r", error)
+            await app.crash(error)
+
+    return app
+
+
+def _in_flight(event: EventT, stream: StreamT, max_bytes: int) -> InFlight:
+    message = event.message
+    return InFlight.decode(
+        Source(message.topic, message.partition, message.offset),
+        message.key,
+        message.value,
+        functools.partial(stream.ack, event),
+        max_bytes,
+    )

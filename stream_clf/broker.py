@@ -1,0 +1,300 @@
+"""A real single-node Apache Kafka broker (KRaft) on 127.0.0.1, without Docker.
+
+The broker's jars come from Maven Central: the runtime closure of ``kafka_2.13`` is pinned, with
+SHA-256 sums, in ``kafka-<version>.lock`` beside this module, fetched once by Python itself (no
+Maven needed, only Java 17+) and cached. ``KAFKA_HOME`` points at an existing Kafka installation
+to use instead. The data directory survives restarts unless it is wiped.
+"""
+
+import base64
+import ctypes
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from stream_clf.errors import BrokerError
+from stream_clf.topics import wait_for_broker
+
+__all__ = ["KAFKA_VERSION", "LocalKafka", "cache_root", "free_port", "resolve_jars"]
+
+KAFKA_VERSION = "3.9.2"
+MAVEN_REPOSITORY = os.environ.get("STREAM_CLF_MAVEN_REPOSITORY", "https://repo1.maven.org/maven2")
+_LOG4J = """\
+log4j.rootLogger=INFO, file
+log4j.appender.file=org.apache.log4j.FileAppender
+log4j.appender.file.File={log}
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.server.KafkaConfig=WARN
+log4j.logger.org.apache.kafka.clients=WARN
+"""
+_LOG4J2 = """\
+appender.file.type=File
+appender.file.name=file
+appender.file.fileName={log}
+appender.file.layout.type=PatternLayout
+appender.file.layout.pattern=[%d] %p %m (%c)%n
+rootLogger.level=INFO
+rootLogger.appenderRef.file.ref=file
+"""
+
+
+def cache_root() -> Path:
+    """Where stream-clf caches downloads and built models: ``$STREAM_CLF_CACHE`` or the XDG cache."""
+    if "STREAM_CLF_CACHE" in os.environ:
+        return Path(os.environ["STREAM_CLF_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "stream-clf"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def resolve_jars(version: str = KAFKA_VERSION, *, quiet: bool = False) -> Path:
+    """The directory of broker jars: ``$KAFKA_HOME/libs``, or the pinned jars, fetched if not cached."""
+    if "KAFKA_HOME" in os.environ:
+        libs = Path(os.environ["KAFKA_HOME"]).expanduser() / "libs"
+        if not any(libs.glob("kafka_2.*.jar")):
+            raise BrokerError(f"KAFKA_HOME={os.environ['KAFKA_HOME']!r} has no libs/kafka_2.*.jar; unset it or fix it")
+        return libs
+    libs = cache_root() / f"kafka-{version}" / "libs"
+    pins = _read_lock(version)
+    missing = [(coordinate, digest) for coordinate, digest in pins if not (libs / _jar_name(coordinate)).is_file()]
+    if missing:
+        libs.mkdir(parents=True, exist_ok=True)
+        _download(missing, libs, quiet=quiet)
+    return libs
+
+
+def _read_lock(version: str) -> list[tuple[str, str]]:
+    lock = resources.files("stream_clf") / f"kafka-{version}.lock"
+    if not lock.is_file():
+        raise BrokerError(f"no pinned jar list for Kafka {version}; use {KAFKA_VERSION} or set KAFKA_HOME")
+    pins = []
+    for line in lock.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            coordinate, digest = line.split()
+            pins.append((coordinate, digest))
+    return pins
+
+
+def _jar_name(coordinate: str) -> str:
+    _, artifact, version = coordinate.split(":")
+    return f"{artifact}-{version}.jar"
+
+
+def _jar_url(coordinate: str) -> str:
+    group, artifact, version = coordinate.split(":")
+    return f"{MAVEN_REPOSITORY}/{group.replace('.', '/')}/{artifact}/{version}/{artifact}-{version}.jar"
+
+
+def _download(pins: list[tuple[str, str]], libs: Path, *, quiet: bool) -> None:
+    columns = (TextColumn("fetching Kafka broker jars"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, disable=quiet, transient=True) as progress:
+        task = progress.add_task("jars", total=len(pins))
+
+        def fetch(pin: tuple[str, str]) -> None:
+            coordinate, digest = pin
+            url = _jar_url(coordinate)
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (https, fixed host)
+                    data = response.read()
+            except OSError as error:
+                raise BrokerError(f"cannot download {url} ({error}); set KAFKA_HOME to a Kafka install") from None
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise BrokerError(f"{url} does not match its pinned SHA-256; refusing to use it")
+            partial = libs / (_jar_name(coordinate) + ".part")
+            partial.write_bytes(data)
+            partial.rename(libs / _jar_name(coordinate))
+            progress.advance(task)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(fetch, pins))
+
+
+def _java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise BrokerError("the local broker needs Java 17 or newer: install a JRE (e.g. openjdk-17-jre-headless)")
+    return java
+
+
+# Loaded here, in the parent, so that the child runs no loader code between fork and exec.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when the process that started it dies.
+
+    Without this, a test run or ``stream-clf broker`` killed with SIGKILL leaves a JVM holding
+    its ports. Linux sends the signal when the *thread* that forked exits, so start brokers from a
+    thread that outlives them (the main thread, as the CLI and the test fixtures do).
+    """
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class LocalKafka:
+    """One KRaft broker+controller process on 127.0.0.1, with its data in ``data_dir``.
+
+    ``extra_properties`` are added to (or override) the generated ``server.properties``.
+    """
+
+    data_dir: Path
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "512m"
+    extra_properties: Mapping[str, str] = field(default_factory=dict)
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def wipe(self) -> None:
+        """Delete the data directory: every topic and offset."""
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def start(self, timeout: float = 90.0, *, quiet: bool = True) -> None:
+        """Start the broker and return once it answers metadata requests."""
+        for port in (self.port, self.controller_port):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    raise BrokerError(f"port {port} on 127.0.0.1 is in use: is a broker already running? pick --port")
+        libs = resolve_jars(quiet=quiet)
+        java = _java()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
+        classpath = str(libs / "*")
+        logging_flags = [
+            f"-Dlog4j.configuration=file:{self.data_dir / 'log4j.properties'}",
+            f"-Dlog4j2.configurationFile=file:{self.data_dir / 'log4j2.properties'}",
+        ]
+        if not (self.data_dir / "kraft" / "meta.properties").is_file():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            formatted = subprocess.run(
+                [java, *logging_flags, "-cp", classpath, "kafka.tools.StorageTool", "format",
+                 "-t", cluster_id, "-c", str(config)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )  # fmt: skip
+            if formatted.returncode != 0:
+                raise BrokerError(f"formatting {self.data_dir} failed: {formatted.stderr.strip() or formatted.stdout}")
+        with self.log_file.open("ab") as console:
+            self._process = subprocess.Popen(
+                [java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                 *logging_flags, "-cp", classpath, "kafka.Kafka", str(config)],
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 (no locks taken, see _die_with_parent)
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while self._process.poll() is None and time.monotonic() < deadline:
+            try:
+                wait_for_broker([self.bootstrap], timeout=1.0)
+                return
+            except BrokerError:
+                continue
+        code = self._process.poll()
+        self.stop()
+        reason = f"exited with code {code}" if code is not None else f"did not answer within {timeout:.0f}s"
+        raise BrokerError(f"Kafka broker {reason}; see {self.log_file}: {self._log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM the broker (a controlled shutdown), SIGKILL it after ``timeout``; return its exit code."""
+        if self._process is None:
+            return None
+        process, self._process = self._process, None
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def wait(self) -> int:
+        """Block until the broker process exits; return its exit code."""
+        if self._process is None:
+            raise BrokerError("the broker is not running")
+        return self._process.wait()
+
+    def __enter__(self) -> "LocalKafka":
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _write_config(self) -> Path:
+        properties = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir / "kraft"),
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            **self.extra_properties,
+        }
+        config = self.data_dir / "server.properties"
+        config.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
+        (self.data_dir / "log4j.properties").write_text(_LOG4J.format(log=self.log_file))
+        (self.data_dir / "log4j2.properties").write_text(_LOG4J2.format(log=self.log_file))
+        return config
+
+    def _log_tail(self, lines: int = 3) -> str:
+        try:
+            tail = self.log_file.read_text(errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            return "(no log)"
+        return " | ".join(line.strip() for line in tail)

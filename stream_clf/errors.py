@@ -1,0 +1,47 @@
+"""The exceptions stream-clf raises, in one hierarchy users can catch.
+
+Every message names the thing, the value and what to do about it, on one line: the CLI prints
+``str(error)`` as it is and exits.
+"""
+
+from enum import StrEnum
+
+__all__ = ["BrokerError", "ConfigError", "EventError", "ModelError", "Reason", "StreamClfError"]
+
+
+class StreamClfError(Exception):
+    """Base class of every error stream-clf raises on purpose."""
+
+
+class ConfigError(StreamClfError):
+    """A flag, environment variable or setting has a value the program cannot run with."""
+
+
+class ModelError(StreamClfError):
+    """A model bundle is missing a file, or its files disagree with each other."""
+
+
+class BrokerError(StreamClfError):
+    """The Kafka broker could not be reached, started or stopped."""
+
+
+class Reason(StrEnum):
+    """Why an event went to the dead-letter topic: the ``error.reason`` header."""
+
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_TEXT = "missing_text"
+    TEXT_NOT_STRING = "text_not_string"
+    EMPTY_TEXT = "empty_text"
+    TOO_LARGE = "too_large"
+    INVALID_UTF8 = "invalid_utf8"
+    INFERENCE_ERROR = "inference_error"
+
+
+class EventError(StreamClfError):
+    """An event that cannot be classified; it goes to the dead-letter topic with ``reason``."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        self.reason = reason
+        self.detail = " ".join(detail.split())[:300]
+        super().__init__(f"{reason}: {self.detail}")

@@ -1,0 +1,133 @@
+"""The wire contract: decoding input events, encoding results and dead-letter headers.
+
+Input value: a UTF-8 JSON object ``{"id": str?, "text": str, "meta": any?}``. Anything else is
+rejected with one of the :class:`~stream_clf.errors.Reason` codes, which travel in the dead-letter record's
+``error.reason`` header. Nothing here needs a model or a broker.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from stream_clf.errors import EventError, Reason
+
+__all__ = ["Source", "TextEvent", "dead_letter_headers", "decode_event", "encode_result"]
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class TextEvent:
+    """A valid input event."""
+
+    text: str
+    id: str | None = None
+    meta: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an input record was read from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def default_id(self) -> str:
+        """The id given to events that carry none: ``topic:partition:offset``."""
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+def decode_event(value: bytes | None, max_bytes: int) -> TextEvent:
+    """Parse and validate one record value, or raise :class:`EventError` saying why not.
+
+    A leading UTF-8 byte order mark is accepted and ignored (RFC 8259 allows parsers to).
+    A non-string ``id`` that is a number or a boolean is kept as its JSON text; ``null`` counts as
+    no id. ``meta`` is echoed whatever JSON it holds. Unknown fields are ignored.
+    """
+    if value is None:
+        raise EventError(Reason.INVALID_JSON, "record has no value (a tombstone)")
+    if len(value) > max_bytes:
+        raise EventError(Reason.TOO_LARGE, f"value is {len(value)} bytes, the limit is {max_bytes}")
+    if value.startswith(_UTF8_BOM):
+        value = value[len(_UTF8_BOM) :]
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError as error:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise EventError(Reason.INVALID_UTF8, str(bad)) from None
+        raise EventError(Reason.INVALID_JSON, str(error)) from None
+    if not isinstance(document, dict):
+        raise EventError(Reason.NOT_AN_OBJECT, f"value is a JSON {_json_type(document)}")
+    if "text" not in document:
+        raise EventError(Reason.MISSING_TEXT, 'the object has no "text" field')
+    text = document["text"]
+    if not isinstance(text, str):
+        raise EventError(Reason.TEXT_NOT_STRING, f'"text" is a JSON {_json_type(text)}')
+    if not text.strip():
+        raise EventError(Reason.EMPTY_TEXT, '"text" is empty or only whitespace')
+    return TextEvent(text=text, id=_event_id(document.get("id")), meta=document.get("meta"))
+
+
+def encode_result(
+    *,
+    event_id: str,
+    label: str,
+    scores: Mapping[str, float],
+    model: str,
+    model_version: str,
+    source: Source,
+    meta: Any,
+    truncated: bool,
+) -> bytes:
+    """Serialize one result record's value."""
+    return orjson.dumps(
+        {
+            "id": event_id,
+            "label": label,
+            "score": scores[label],
+            "scores": scores,
+            "model": model,
+            "model_version": model_version,
+            "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+            "meta": meta,
+            "truncated": truncated,
+        }
+    )
+
+
+def dead_letter_headers(error: EventError, source: Source) -> list[tuple[str, bytes]]:
+    """The headers a dead-letter record carries beside the original key and value bytes."""
+    return [
+        ("error.reason", error.reason.value.encode()),
+        ("error.detail", error.detail.encode()),
+        ("source.topic", source.topic.encode()),
+        ("source.partition", str(source.partition).encode()),
+        ("source.offset", str(source.offset).encode()),
+    ]
+
+
+def _event_id(raw: Any) -> str | None:
+    if raw is None or isinstance(raw, str):
+        return raw
+    if isinstance(raw, int | float | bool):
+        return orjson.dumps(raw).decode()
+    return None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }[type(value)]

@@ -1,0 +1,77 @@
+"""Topic administration with confluent-kafka's AdminClient: reach the broker, create topics."""
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+
+from stream_clf.errors import BrokerError
+
+__all__ = ["admin_client", "client_logger", "ensure_topics", "largest_record_limit", "wait_for_broker"]
+
+client_logger = logging.getLogger("stream_clf.librdkafka")
+# Kafka's default record size limit (message.max.bytes) with its batch overhead.
+KAFKA_DEFAULT_RECORD_LIMIT = 1_048_588
+
+
+def admin_client(brokers: Sequence[str]) -> AdminClient:
+    """An AdminClient whose librdkafka log lines go to Python logging instead of stderr."""
+    return AdminClient({"bootstrap.servers": ",".join(brokers), "logger": client_logger})
+
+
+def wait_for_broker(brokers: Sequence[str], timeout: float) -> None:
+    """Return once a metadata request succeeds; raise :class:`BrokerError` after ``timeout`` seconds."""
+    admin = admin_client(brokers)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            return
+        except KafkaException as error:
+            if time.monotonic() >= deadline:
+                raise BrokerError(
+                    f"cannot reach Kafka at {','.join(brokers)} after {timeout:.0f}s ({error.args[0].str()});"
+                    " start one with `stream-clf broker` or set --brokers"
+                ) from None
+            time.sleep(0.5)
+
+
+def ensure_topics(
+    brokers: Sequence[str],
+    names: Iterable[str],
+    partitions: int,
+    config: dict[str, str] | None = None,
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    admin = admin_client(brokers)
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [name for name in dict.fromkeys(names) if name not in existing]
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=-1, config=config or {}) for name in wanted],
+        operation_timeout=30,
+    )
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as error:
+            if error.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise BrokerError(f"cannot create topic {name!r}: {error.args[0].str()}") from None
+    return created
+
+
+def largest_record_limit(brokers: Sequence[str], topics: Iterable[str]) -> int:
+    """The largest ``max.message.bytes`` among ``topics``: how big a record read from them can be."""
+    admin = admin_client(brokers)
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in topics]
+    limits = [KAFKA_DEFAULT_RECORD_LIMIT]
+    for future in admin.describe_configs(resources).values():
+        entry = future.result(timeout=30).get("max.message.bytes")
+        if entry is not None and entry.value is not None:
+            limits.append(int(entry.value))
+    return max(limits)

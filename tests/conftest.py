@@ -1,0 +1,81 @@
+"""Fixtures: one real Kafka broker per test session, tiny model bundles, per-test topics and workers.
+
+The broker is testcontainers' Kafka where a Docker engine answers, and the native local broker
+(:class:`stream_clf.broker.LocalKafka`) otherwise.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stream_clf.broker import LocalKafka, free_port
+from stream_clf.tiny_model import build_tiny_bundle
+from tests.kafka_helpers import Topics, WorkerProcess
+
+KAFKA_IMAGE = "apache/kafka:3.9.2"
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        return bool(docker.from_env(timeout=3).ping())
+    except Exception:  # no client library, no socket, no engine: all mean "no Docker"
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The bootstrap address of the session's broker."""
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer(KAFKA_IMAGE).with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"), port=free_port(), controller_port=free_port())
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight bundle (cased WordPiece tokenizer, 512 positions)."""
+    return build_tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle")
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str) -> Topics:
+    """Fresh input, output and dead-letter topics (4 partitions each) and a fresh group."""
+    return Topics.fresh(kafka_bootstrap)
+
+
+@pytest.fixture
+def start_worker(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
+    """Start worker processes for a test; kill any left running, and show their logs on failure."""
+    workers: list[WorkerProcess] = []
+
+    def start(topics: Topics, model: Path, *extra_args: str) -> WorkerProcess:
+        worker = WorkerProcess(kafka_bootstrap, topics, model, tmp_path / f"worker-{len(workers)}.log", extra_args)
+        workers.append(worker.start())
+        return worker
+
+    yield start
+    for worker in workers:
+        if worker.running:
+            worker.kill()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for worker in workers:
+            print(f"--- {worker.log} ---\n{worker.log_tail()}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -1,0 +1,184 @@
+"""Shared helpers for the integration tests: worker processes, producing events, collecting records."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from stream_clf.broker import free_port
+from stream_clf.topics import ensure_topics
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record read back from a topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class Topics:
+    """A test's own input, output and dead-letter topics, and consumer group."""
+
+    input: str
+    output: str
+    dlq: str
+    group: str
+
+    @classmethod
+    def fresh(cls, bootstrap: str, partitions: int = 4) -> "Topics":
+        tag = uuid.uuid4().hex[:8]
+        topics = cls(f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"group-{tag}")
+        ensure_topics([bootstrap], [topics.input, topics.output, topics.dlq], partitions)
+        return topics
+
+
+@dataclass
+class WorkerProcess:
+    """A ``stream-clf worker`` subprocess, with its log in a file."""
+
+    bootstrap: str
+    topics: Topics
+    model: Path
+    log: Path
+    extra_args: Sequence[str] = ()
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def start(self) -> "WorkerProcess":
+        command = [
+            sys.executable, "-m", "stream_clf", "worker",
+            "--brokers", self.bootstrap, "--model", str(self.model),
+            "--input", self.topics.input, "--output", self.topics.output, "--dlq", self.topics.dlq,
+            "--group", self.topics.group, "--web-port", str(free_port()),
+            "--session-timeout-ms", "6000", "--max-wait-ms", "10",
+            *self.extra_args,
+        ]  # fmt: skip
+        with self.log.open("ab") as sink:
+            self.process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy())
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def assert_running(self) -> None:
+        assert self.process is not None
+        code = self.process.poll()
+        assert code is None, f"the worker exited with code {code}:\n{self.log_tail()}"
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, then wait for the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to flush or commit."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def produce(bootstrap: str, topic: str, events: Iterable[tuple[bytes | None, bytes | None]]) -> list[Record]:
+    """Produce (key, value) pairs in order, wait for every acknowledgement, return where each landed."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"})
+    landed: dict[int, Record] = {}
+    failures: list[str] = []
+
+    def delivered(index: int) -> Callable:
+        def callback(error, message) -> None:  # noqa: ANN001 (confluent-kafka's callback signature)
+            if error is not None:
+                failures.append(error.str())
+                return
+            landed[index] = Record(topic, message.partition(), message.offset(), message.key(), message.value(), {})
+
+        return callback
+
+    count = 0
+    for index, (key, value) in enumerate(events):
+        producer.produce(topic, key=key, value=value, on_delivery=delivered(index))
+        producer.poll(0)
+        count += 1
+    assert producer.flush(30) == 0, "events left unacknowledged"
+    assert not failures, failures
+    return [landed[index] for index in range(count)]
+
+
+def collect(
+    bootstrap: str,
+    topics: Sequence[str],
+    *,
+    until: Callable[[list[Record]], bool],
+    timeout: float,
+    settle: float = 0.0,
+    watch: Sequence["WorkerProcess"] = (),
+) -> list[Record]:
+    """Read ``topics`` from the beginning until ``until(records)`` holds, then ``settle`` seconds more.
+
+    The extra seconds catch records that should not exist (duplicates). Fails after ``timeout``,
+    or as soon as one of the ``watch`` workers has exited.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"collector-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe(list(topics))
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout
+    settled_at: float | None = None
+    try:
+        while True:
+            now = time.monotonic()
+            if settled_at is None and until(records):
+                settled_at = now + settle
+            if settled_at is not None and now >= settled_at:
+                return records
+            if now > deadline:
+                raise AssertionError(f"timed out after {timeout}s with {len(records)} records")
+            for worker in watch:
+                worker.assert_running()
+            message = consumer.poll(0.2)
+            if message is None or message.error():
+                continue
+            records.append(
+                Record(
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    message.key(),
+                    message.value(),
+                    dict(message.headers() or []),
+                )
+            )
+    finally:
+        consumer.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The consumer group's committed offset of each partition (-1001 or below: none yet)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in found}
+    finally:
+        consumer.close()

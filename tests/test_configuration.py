@@ -1,0 +1,142 @@
+"""Configuration: flags beat the environment, which beats defaults; a bad value stops the worker
+with one readable line and exit code 2, before it touches a broker."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stream_clf.errors import ConfigError
+from stream_clf.settings import WORKER_OPTIONS, WorkerSettings
+
+
+def test_defaults_run_on_one_machine(tmp_path):
+    settings = WorkerSettings.resolve({"model": str(tmp_path)}, environ={})
+    assert settings.brokers == ("localhost:9092",)
+    assert (settings.input, settings.output, settings.dlq) == (("texts",), "texts.labeled", "texts.dlq")
+    assert settings.model == tmp_path
+
+
+def test_every_setting_reads_its_environment_variable():
+    environ = {
+        "STREAM_CLF_BROKERS": "k1:9092, k2:9093",
+        "STREAM_CLF_INPUT": "a,b",
+        "STREAM_CLF_OUTPUT": "out",
+        "STREAM_CLF_DLQ": "dead",
+        "STREAM_CLF_MODEL": "/models/x",
+        "STREAM_CLF_MAX_BATCH": "64",
+        "STREAM_CLF_MAX_WAIT_MS": "5",
+        "STREAM_CLF_GROUP": "g",
+        "STREAM_CLF_PARTITIONS": "12",
+        "STREAM_CLF_MAX_EVENT_BYTES": "1000",
+        "STREAM_CLF_THREADS": "3",
+        "STREAM_CLF_SESSION_TIMEOUT_MS": "10000",
+        "STREAM_CLF_WEB_HOST": "0.0.0.0",
+        "STREAM_CLF_WEB_PORT": "7000",
+        "STREAM_CLF_LOG_LEVEL": "DEBUG",
+    }
+    assert {option.env for option in WORKER_OPTIONS} == set(environ)
+    settings = WorkerSettings.resolve({}, environ=environ)
+    assert settings == WorkerSettings(
+        brokers=("k1:9092", "k2:9093"),
+        input=("a", "b"),
+        output="out",
+        dlq="dead",
+        model=Path("/models/x"),
+        max_batch=64,
+        max_wait_ms=5,
+        group="g",
+        partitions=12,
+        max_event_bytes=1000,
+        threads=3,
+        session_timeout_ms=10000,
+        web_host="0.0.0.0",
+        web_port=7000,
+        log_level="debug",
+    )
+
+
+def test_a_flag_wins_over_the_environment():
+    settings = WorkerSettings.resolve(
+        {"max_batch": "8", "model": "m"}, environ={"STREAM_CLF_MAX_BATCH": "64", "STREAM_CLF_MODEL": "x"}
+    )
+    assert (settings.max_batch, settings.model) == (8, Path("m"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "message"),
+    [
+        ({"max_batch": "abc"}, {}, "--max-batch='abc': expected a whole number >= 1"),
+        ({}, {"STREAM_CLF_MAX_BATCH": "0"}, "STREAM_CLF_MAX_BATCH='0': expected a whole number >= 1"),
+        ({"max_wait_ms": "-1"}, {}, "--max-wait-ms='-1': expected a whole number >= 0"),
+        ({"brokers": "localhost"}, {}, "--brokers='localhost': expected host:port"),
+        ({"input": "bad topic"}, {}, "--input='bad topic': a topic name is"),
+        ({"input": "a,a"}, {}, "a topic is named twice"),
+        ({"output": "texts"}, {}, "'texts' is both an input and an output"),
+        ({"dlq": "texts.labeled"}, {}, "--output and --dlq are both"),
+        ({"log_level": "loud"}, {}, "expected one of debug, info, warning, error"),
+        ({"session_timeout_ms": "10"}, {}, "expected a whole number >= 1000"),
+    ],
+)
+def test_a_bad_value_is_one_readable_error(flags, environ, message):
+    with pytest.raises(ConfigError) as caught:
+        WorkerSettings.resolve({"model": "m", **flags}, environ=environ)
+    assert message in str(caught.value)
+
+
+def test_the_model_is_required():
+    with pytest.raises(ConfigError, match="--model is required: pass --model DIR or set STREAM_CLF_MODEL"):
+        WorkerSettings.resolve({}, environ={})
+
+
+def _worker(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stream_clf", "worker", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--max-batch", "lots"], {}, "--max-batch='lots': expected a whole number >= 1"),
+        ([], {"STREAM_CLF_PARTITIONS": "zero"}, "STREAM_CLF_PARTITIONS='zero'"),
+        ([], {}, "--model is required"),
+        (["--model", "/nonexistent/bundle"], {}, "model bundle '/nonexistent/bundle': no such directory"),
+        (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_the_worker_stops_at_start_with_one_line_and_exit_code_2(args, env, message):
+    finished = _worker(*args, env=env)
+    assert finished.returncode == 2
+    lines = finished.stderr.strip().splitlines()
+    assert len(lines) == 1, finished.stderr
+    assert lines[0].startswith("stream-clf worker: error: ")
+    assert message in lines[0]
+
+
+def test_a_broken_bundle_stops_the_worker_with_one_line(tiny_bundle, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("tokenizer.json", "config.json"):
+        (broken / name).write_bytes((tiny_bundle / name).read_bytes())
+    finished = _worker("--model", str(broken))
+    assert finished.returncode == 2
+    assert finished.stderr.strip() == f"stream-clf worker: error: model bundle '{broken}': model.onnx is missing;" + (
+        " a bundle holds model.onnx, tokenizer.json, config.json"
+    )
+
+
+def test_help_names_every_flag_with_its_default_and_variable():
+    shown = subprocess.run(
+        [sys.executable, "-m", "stream_clf", "worker", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    flat = " ".join(shown.split())
+    for option in WORKER_OPTIONS:
+        assert option.flag in flat
+        assert f"env {option.env}" in flat

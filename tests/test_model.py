@@ -1,0 +1,142 @@
+"""Bundles are checked at load with one-line errors; the classifier pads, truncates and scores right."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import orjson
+import pytest
+
+from stream_clf.bundle import MANIFEST, load_bundle
+from stream_clf.classifier import Classifier
+from stream_clf.errors import ModelError
+from stream_clf.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
+
+
+@pytest.fixture
+def bundle_dir(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny bundle that a test may break."""
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+
+
+def _edit_json(path: Path, **changes) -> None:
+    document = orjson.loads(path.read_bytes())
+    for key, value in changes.items():
+        if value is None:
+            document.pop(key, None)
+        else:
+            document[key] = value
+    path.write_bytes(orjson.dumps(document))
+
+
+def _assert_one_line_error(path: Path, match: str) -> None:
+    with pytest.raises(ModelError, match=match) as caught:
+        Classifier(load_bundle(path))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_missing_directory_is_named(tmp_path):
+    _assert_one_line_error(tmp_path / "nowhere", "no such directory")
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "tokenizer.json", "config.json"])
+def test_a_missing_file_is_named(bundle_dir, name):
+    (bundle_dir / name).unlink()
+    _assert_one_line_error(bundle_dir, f"{name} is missing")
+
+
+def test_missing_labels_are_reported(bundle_dir):
+    _edit_json(bundle_dir / "config.json", id2label=None)
+    _assert_one_line_error(bundle_dir, "no id2label")
+
+
+def test_label_indices_must_run_from_zero(bundle_dir):
+    _edit_json(bundle_dir / "config.json", id2label={"1": "a", "2": "b"})
+    _assert_one_line_error(bundle_dir, "indices 0..n-1")
+
+
+def test_labels_must_match_the_model_output_width(bundle_dir):
+    _edit_json(bundle_dir / "config.json", id2label={"0": "a", "1": "b", "2": "c"})
+    _assert_one_line_error(bundle_dir, "shape \\[1, 2\\] but config.json names 3 labels")
+
+
+def test_input_names_must_be_those_of_a_sequence_classifier(bundle_dir):
+    model = onnx.load(str(bundle_dir / "model.onnx"))
+    model.graph.input[1].name = "mask"
+    for node in model.graph.node:
+        node.input[:] = ["mask" if name == "attention_mask" else name for name in node.input]
+    onnx.save(model, str(bundle_dir / "model.onnx"))
+    _assert_one_line_error(bundle_dir, "takes inputs \\['input_ids', 'mask', 'token_type_ids'\\]")
+
+
+def test_a_corrupt_model_file_is_reported(bundle_dir):
+    (bundle_dir / "model.onnx").write_bytes(b"not a model")
+    _assert_one_line_error(bundle_dir, "model.onnx cannot be loaded")
+
+
+def test_max_length_beyond_the_model_positions_is_refused(bundle_dir):
+    _edit_json(bundle_dir / MANIFEST, max_length=1024)
+    _assert_one_line_error(bundle_dir, "max_length 1024 exceeds the model's 512 positions")
+
+
+def test_bad_activation_is_refused(bundle_dir):
+    _edit_json(bundle_dir / MANIFEST, activation="relu")
+    _assert_one_line_error(bundle_dir, "activation 'relu'")
+
+
+def test_without_a_manifest_the_card_defaults_apply(bundle_dir):
+    (bundle_dir / MANIFEST).unlink()
+    (bundle_dir / "tokenizer_config.json").write_bytes(b'{"do_lower_case": true}')
+    bundle = load_bundle(bundle_dir)
+    assert (bundle.max_length, bundle.case_sensitive, bundle.activation) == (512, False, "softmax")
+    assert bundle.name == "bundle"
+
+
+def test_the_version_is_a_content_hash(bundle_dir, tiny_bundle):
+    assert load_bundle(bundle_dir).version == load_bundle(tiny_bundle).version
+    _edit_json(bundle_dir / "config.json", id2label={"0": "neg", "1": "pos"})
+    assert load_bundle(bundle_dir).version != load_bundle(tiny_bundle).version
+
+
+def test_batches_pad_only_to_their_longest_member(tiny_bundle):
+    classifier = Classifier(load_bundle(tiny_bundle))
+    short, longer = classifier.encode(["ok"]), classifier.encode(["ok", SAMPLE_TEXTS[0]])
+    assert short.shape == (1, 4)  # [CLS] o k [SEP]
+    assert longer.shape[1] == len(classifier.encode([SAMPLE_TEXTS[0]]).feeds["input_ids"][0])
+    assert longer.feeds["attention_mask"][0].sum() == 4
+
+
+def test_padding_does_not_change_a_prediction(tiny_bundle):
+    classifier = Classifier(load_bundle(tiny_bundle))
+    together = classifier.predict(list(SAMPLE_TEXTS))
+    alone = [classifier.predict([text])[0] for text in SAMPLE_TEXTS]
+    for a, b in zip(together, alone, strict=True):
+        assert a.label == b.label
+        assert a.scores == pytest.approx(b.scores, abs=1e-5)
+
+
+def test_scores_are_probabilities_over_the_config_labels(tiny_bundle):
+    classifier = Classifier(load_bundle(tiny_bundle))
+    for prediction in classifier.predict(list(SAMPLE_TEXTS)):
+        assert set(prediction.scores) == {"negative", "positive"}
+        assert sum(prediction.scores.values()) == pytest.approx(1.0, abs=1e-5)
+        assert prediction.score == max(prediction.scores.values())
+
+
+def test_texts_longer_than_max_length_are_truncated_and_flagged(tmp_path):
+    classifier = Classifier(load_bundle(build_tiny_bundle(tmp_path / "b", max_positions=32)))
+    long_text = " ".join(SAMPLE_TEXTS)
+    batch = classifier.encode([long_text, "ok"])
+    assert batch.shape[1] == 32
+    assert batch.truncated == [True, False]
+    assert [p.truncated for p in classifier.predict([long_text, "ok"])] == [True, False]
+
+
+def test_a_case_insensitive_bundle_gives_the_same_answer_for_any_case(tmp_path):
+    cased = Classifier(load_bundle(build_tiny_bundle(tmp_path / "cased")))
+    uncased = Classifier(load_bundle(build_tiny_bundle(tmp_path / "uncased", lowercase=True)))
+    text = "Shares Rallied After The Central Bank Held Rates"
+    assert cased.encode([text]).feeds["input_ids"].tolist() != cased.encode([text.lower()]).feeds["input_ids"].tolist()
+    assert np.array_equal(uncased.encode([text]).feeds["input_ids"], uncased.encode([text.upper()]).feeds["input_ids"])
+    assert uncased.predict([text])[0].scores == uncased.predict([text.swapcase()])[0].scores
