@@ -89,6 +89,7 @@ class Option:
     default: Any
     help: str
     metavar: str = "VALUE"
+    shown_default: str | None = None
 
     @property
     def flag(self) -> str:
@@ -99,6 +100,8 @@ class Option:
         return "STREAM_CLF_" + self.field.upper()
 
     def describe_default(self) -> str:
+        if self.shown_default is not None:
+            return self.shown_default
         if self.default is None:
             return "required"
         if isinstance(self.default, tuple):
@@ -132,7 +135,7 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("group", _text, "stream-clf", "Kafka consumer group (and Faust app id)", "NAME"),
     Option("partitions", _whole(1), 4, "partitions of the topics the worker creates", "N"),
     Option("max_event_bytes", _whole(1), 1_048_576, "largest accepted event value, in bytes", "BYTES"),
-    Option("threads", _whole(1), usable_cores(), "ONNX Runtime intra-op threads (default: usable cores)", "N"),
+    Option("threads", _whole(1), usable_cores(), "ONNX Runtime intra-op threads", "N", "the usable cores"),
     Option("session_timeout_ms", _whole(1000), 30_000, "consumer group session timeout, in ms", "MS"),
     Option("web_host", _text, "127.0.0.1", "address the worker's web server binds to", "ADDRESS"),
     Option("web_port", _whole(1), 6066, "port of the worker's web server", "PORT"),

@@ -101,7 +101,7 @@ def produce(bootstrap: str, topic: str, events: Iterable[tuple[bytes | None, byt
     failures: list[str] = []
 
     def delivered(index: int) -> Callable:
-        def callback(error, message) -> None:  # noqa: ANN001 (confluent-kafka's callback signature)
+        def callback(error, message) -> None:
             if error is not None:
                 failures.append(error.str())
                 return

@@ -140,3 +140,10 @@ def test_help_names_every_flag_with_its_default_and_variable():
     for option in WORKER_OPTIONS:
         assert option.flag in flat
         assert f"env {option.env}" in flat
+
+
+def test_the_readme_configuration_table_matches_the_options():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `--")]
+    expected = [f"| `{o.flag}` | `{o.env}` | {o.describe_default()} | {o.help} |" for o in WORKER_OPTIONS]
+    assert rows == expected

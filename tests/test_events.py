@@ -40,7 +40,8 @@ def test_each_malformed_event_is_rejected_with_its_reason(value, reason):
     with pytest.raises(EventError) as caught:
         decode_event(value, LIMIT)
     assert caught.value.reason is reason
-    assert caught.value.detail and "\n" not in caught.value.detail
+    assert caught.value.detail
+    assert "\n" not in caught.value.detail
 
 
 def test_a_valid_event_keeps_its_id_text_and_meta():
