@@ -13,8 +13,8 @@ when the loop asks for the next one, including when the loop body raised (faust-
 import asyncio
 import functools
 import logging
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import faust
 from faust.types import EventT, StreamT
@@ -30,15 +30,19 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: WorkerSettings, classifier: Classifier, max_record_bytes: int) -> faust.App:
-    """Build the worker's Faust app. ``max_record_bytes``: the largest record it may have to publish."""
+def create_app(settings: WorkerSettings, classifier: Classifier, *, max_record_bytes: int, datadir: Path) -> faust.App:
+    """Build the worker's Faust app.
+
+    ``max_record_bytes`` is the largest record it may have to publish; ``datadir`` is Faust's
+    scratch directory (the worker keeps no tables, so nothing there outlives the process).
+    """
     session_timeout = settings.session_timeout_ms / 1000
     app = faust.App(
         settings.group,
         broker=[f"kafka://{address}" for address in settings.brokers],
         key_serializer="raw",
         value_serializer="raw",
-        datadir=tempfile.mkdtemp(prefix="stream-clf-faust-"),
+        datadir=datadir,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=session_timeout,
         broker_heartbeat_interval=max(0.5, session_timeout / 10),

@@ -5,13 +5,15 @@ reported as one line (see :mod:`stream_clf.cli`).
 """
 
 import logging
+import tempfile
+from pathlib import Path
 
 import faust
 
 from stream_clf.app import create_app
 from stream_clf.bundle import load_bundle
 from stream_clf.classifier import Classifier
-from stream_clf.logs import logging_config
+from stream_clf.logs import configure_logging, logging_config
 from stream_clf.settings import WorkerSettings
 from stream_clf.topics import ensure_topics, largest_record_limit, wait_for_broker
 
@@ -20,21 +22,26 @@ __all__ = ["BROKER_WAIT_SECONDS", "run_worker"]
 log = logging.getLogger(__name__)
 
 BROKER_WAIT_SECONDS = 30.0
-# Room for a record's key, headers and batch framing on top of its value.
+# Room for a record's key, headers, batch framing and a result's own fields on top of an input value.
 _RECORD_OVERHEAD = 64 * 1024
 
 
 def run_worker(settings: WorkerSettings) -> None:
     """Run the worker until SIGTERM or SIGINT; exits the process (0 on a clean stop)."""
+    configure_logging(settings.log_level)
     bundle = load_bundle(settings.model)
     classifier = Classifier(bundle, threads=settings.threads)
     wait_for_broker(settings.brokers, BROKER_WAIT_SECONDS)
     ensure_topics(settings.brokers, settings.input, settings.partitions)
     record_limit = largest_record_limit(settings.brokers, settings.input)
-    ensure_topics(settings.brokers, [settings.output], settings.partitions)
-    # Dead letters carry the original value, so their topic must take records as large as the inputs.
-    ensure_topics(settings.brokers, [settings.dlq], settings.partitions, {"max.message.bytes": str(record_limit)})
-    app = create_app(settings, classifier, max_record_bytes=record_limit + _RECORD_OVERHEAD)
+    # Dead letters carry the original value and results echo its meta, so both topics must take
+    # records as large as the inputs do, plus room for headers and the result's own fields.
+    output_limit = record_limit + _RECORD_OVERHEAD
+    ensure_topics(
+        settings.brokers, [settings.output, settings.dlq], settings.partitions, {"max.message.bytes": str(output_limit)}
+    )
+    scratch = tempfile.TemporaryDirectory(prefix="stream-clf-faust-")
+    app = create_app(settings, classifier, max_record_bytes=output_limit, datadir=Path(scratch.name))
     log.info(
         "event=worker_start model=%s model_version=%s labels=%s input=%s output=%s dlq=%s group=%s",
         bundle.name,
@@ -52,4 +59,5 @@ def run_worker(settings: WorkerSettings) -> None:
         loglevel=settings.log_level,
         logging_config=logging_config(settings.log_level),
     )
-    worker.execute_from_commandline()
+    with scratch:
+        worker.execute_from_commandline()
