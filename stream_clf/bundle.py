@@ -12,6 +12,7 @@ Without a manifest the defaults follow the Spark NLP cards: max_length 512, case
 """
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,15 @@ import orjson
 
 from stream_clf.errors import ModelError
 
-__all__ = ["MANIFEST", "REQUIRED_FILES", "ModelBundle", "content_hash", "load_bundle"]
+__all__ = ["MANIFEST", "REQUIRED_FILES", "ModelBundle", "content_hash", "load_bundle", "usable_positions"]
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "stream_clf.json"
 REQUIRED_FILES = ("model.onnx", "tokenizer.json", "config.json")
 ACTIVATIONS = ("softmax", "sigmoid")
 DEFAULT_MAX_LENGTH = 512
-# Models whose position ids start after the padding index, so two positions are unusable.
+# Models whose position ids start after the padding index, so the first ones are unusable.
 _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
 
@@ -81,10 +84,14 @@ def load_bundle(path: Path | str) -> ModelBundle:
     if not isinstance(case_sensitive, bool):
         raise ModelError(f"{where}: {MANIFEST} has case_sensitive {case_sensitive!r}; expected true or false")
     pad_token_id = config.get("pad_token_id")
+    version = content_hash(path)
+    recorded = manifest.get("content_hash")
+    if recorded and recorded != version:
+        log.warning("event=bundle_changed_since_export bundle=%s recorded=%s actual=%s", path, recorded, version)
     return ModelBundle(
         path=path,
         name=str(manifest.get("name") or path.resolve().name),
-        version=content_hash(path),
+        version=version,
         labels=labels,
         max_length=max_length,
         case_sensitive=case_sensitive,
@@ -95,10 +102,19 @@ def load_bundle(path: Path | str) -> ModelBundle:
 
 
 def content_hash(path: Path) -> str:
-    """A short SHA-256 over every file's relative name and bytes: the bundle's ``model_version``."""
+    """A short SHA-256 over every file's relative name and bytes: the bundle's ``model_version``.
+
+    The manifest enters in canonical form without its own ``content_hash`` field, so an exporter
+    can record the hash inside the bundle it describes.
+    """
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
         digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        if file == path / MANIFEST:
+            manifest = orjson.loads(file.read_bytes())
+            manifest.pop("content_hash", None)
+            digest.update(orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS))
+            continue
         with file.open("rb") as stream:
             for chunk in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(chunk)
@@ -131,12 +147,21 @@ def _labels(config: dict[str, Any], where: str) -> tuple[str, ...]:
     return labels
 
 
-def _check_positions(config: dict[str, Any], max_length: int, where: str) -> None:
+def usable_positions(config: dict[str, Any]) -> int | None:
+    """How many tokens the model can take, from config.json (None when it does not say)."""
     positions = config.get("max_position_embeddings")
     if not isinstance(positions, int):
-        return
-    usable = positions - 2 if config.get("model_type") in _OFFSET_POSITION_MODELS else positions
-    if max_length > usable:
+        return None
+    if config.get("model_type") in _OFFSET_POSITION_MODELS:
+        # Position ids count from pad_token_id + 1 (RoBERTa's pad is 1: 514 positions, 512 usable).
+        pad = config.get("pad_token_id")
+        return positions - (pad + 1 if isinstance(pad, int) else 2)
+    return positions
+
+
+def _check_positions(config: dict[str, Any], max_length: int, where: str) -> None:
+    usable = usable_positions(config)
+    if usable is not None and max_length > usable:
         raise ModelError(
             f"{where}: max_length {max_length} exceeds the model's {usable} positions; lower max_length in {MANIFEST}"
         )

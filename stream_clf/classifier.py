@@ -1,10 +1,10 @@
-"""Tokenize, pad and run a bundle's ONNX sequence classifier; turn logits into labelled scores.
+"""Tokenize, cut to ``max_length``, pad and run a bundle's ONNX classifier; turn logits into scores.
 
 Synchronous and free of Kafka: the worker calls :meth:`Classifier.predict` from an executor thread
 (ONNX Runtime and the Rust tokenizer release the GIL), tests and ``eval`` call it directly.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +12,8 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from stream_clf.bundle import ModelBundle
-from stream_clf.errors import ModelError
+from stream_clf.errors import ConfigError, ModelError
+from stream_clf.windows import Template, Truncation, Windowing, plan
 
 __all__ = ["Classifier", "EncodedBatch", "Prediction"]
 
@@ -20,15 +21,23 @@ _REQUIRED_INPUTS = ("input_ids", "attention_mask")
 _KNOWN_INPUTS = (*_REQUIRED_INPUTS, "token_type_ids")
 _NUMPY_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 _SCORE_DIGITS = 6
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_WINDOWING = Windowing()
 
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """The classifier's answer for one text."""
+    """The classifier's answer for one text.
+
+    ``chunks`` is how many model inputs the text became (more than one only with windows);
+    ``labels`` is, for a multi-label (sigmoid) model, every label at or above its threshold.
+    """
 
     label: str
     scores: dict[str, float]
     truncated: bool
+    chunks: int = 1
+    labels: list[str] | None = None
 
     @property
     def score(self) -> float:
@@ -37,9 +46,13 @@ class Prediction:
 
 @dataclass(frozen=True, slots=True)
 class EncodedBatch:
-    """Token ids for a batch, padded to the batch's own longest member."""
+    """Model inputs for a batch of texts, padded to the batch's own longest row.
+
+    A text may span several rows (windows): ``spans[i]`` is the slice of rows of text ``i``.
+    """
 
     feeds: dict[str, np.ndarray]
+    spans: list[slice]
     truncated: list[bool]
 
     @property
@@ -51,11 +64,19 @@ class EncodedBatch:
 class Classifier:
     """A bundle's tokenizer and ONNX Runtime session, checked against each other at construction."""
 
-    def __init__(self, bundle: ModelBundle, threads: int = 1) -> None:
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        threads: int = 1,
+        windowing: Windowing = DEFAULT_WINDOWING,
+        thresholds: Mapping[str, float] | None = None,
+    ) -> None:
         self.bundle = bundle
         self.labels = bundle.labels
-        self._session = _open_session(bundle, threads)
+        self.windowing = windowing
         where = f"model bundle '{bundle.path}'"
+        self._thresholds = _check_thresholds(bundle, thresholds or {})
+        self._session = _open_session(bundle, threads)
         inputs = {item.name: item for item in self._session.get_inputs()}
         unknown = sorted(set(inputs) - set(_KNOWN_INPUTS))
         missing = [name for name in _REQUIRED_INPUTS if name not in inputs]
@@ -72,26 +93,40 @@ class Classifier:
         except Exception as error:  # the Rust tokenizer raises a bare Exception
             raise ModelError(f"{where}: tokenizer.json cannot be loaded ({error})") from None
         self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length=bundle.max_length)
+        self._tokenizer.no_truncation()
+        template = Template.probe(self._tokenizer)
+        if template is None:
+            raise ModelError(f"{where}: tokenizer.json does not wrap a text as [prefix] text [suffix]")
+        self._template = template
+        budget = bundle.max_length - template.overhead
+        if budget < 1:
+            raise ModelError(f"{where}: max_length {bundle.max_length} leaves no room for text")
+        if windowing.strategy.windowed and not 0 <= windowing.stride < budget:
+            raise ConfigError(f"--stride {windowing.stride} must be at least 0 and below the window of {budget} tokens")
         self._check_output_width(where)
 
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
-        """Tokenize ``texts`` and pad them to the longest of them (never to max_length)."""
+        """Tokenize ``texts``, cut them per the windowing, and pad to the longest row."""
         if not self.bundle.case_sensitive:
             texts = [text.lower() for text in texts]
-        encodings = self._tokenizer.encode_batch(list(texts))
-        width = max(len(encoding.ids) for encoding in encodings)
-        ids = np.full((len(encodings), width), self.bundle.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(encodings), width), dtype=np.int64)
-        types = np.zeros((len(encodings), width), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            length = len(encoding.ids)
-            ids[row, :length] = encoding.ids
-            mask[row, :length] = 1
-            types[row, :length] = encoding.type_ids
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        plans = [plan(encoding, self._template, self.bundle.max_length, self.windowing) for encoding in encodings]
+        rows = [row for text_plan in plans for row in text_plan.rows]
+        width = max(len(ids) for ids, _ in rows)
+        ids = np.full((len(rows), width), self.bundle.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        types = np.zeros((len(rows), width), dtype=np.int64)
+        for index, (row_ids, row_types) in enumerate(rows):
+            ids[index, : len(row_ids)] = row_ids
+            mask[index, : len(row_ids)] = 1
+            types[index, : len(row_ids)] = row_types
         arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         feeds = {name: arrays[name].astype(dtype, copy=False) for name, dtype in self._input_types.items()}
-        return EncodedBatch(feeds=feeds, truncated=[bool(encoding.overflowing) for encoding in encodings])
+        spans, start = [], 0
+        for text_plan in plans:
+            spans.append(slice(start, start + len(text_plan.rows)))
+            start += len(text_plan.rows)
+        return EncodedBatch(feeds=feeds, spans=spans, truncated=[text_plan.truncated for text_plan in plans])
 
     def logits(self, batch: EncodedBatch) -> np.ndarray:
         """Run the model on an encoded batch: logits of shape [rows, labels]."""
@@ -104,13 +139,30 @@ class Classifier:
         batch = self.encode(texts)
         probabilities = self._activate(self.logits(batch).astype(np.float64))
         return [
-            Prediction(
-                label=self.labels[int(np.argmax(row))],
-                scores={label: round(float(p), _SCORE_DIGITS) for label, p in zip(self.labels, row, strict=True)},
-                truncated=truncated,
-            )
-            for row, truncated in zip(probabilities, batch.truncated, strict=True)
+            self._prediction(self._pool(probabilities[span]), truncated, span.stop - span.start)
+            for span, truncated in zip(batch.spans, batch.truncated, strict=True)
         ]
+
+    def _pool(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) == 1:
+            return rows[0]
+        if self.windowing.strategy is Truncation.WINDOWS_MAX:
+            pooled = rows.max(axis=0)
+            return pooled / pooled.sum() if self.bundle.activation == "softmax" else pooled
+        return rows.mean(axis=0)
+
+    def _prediction(self, probabilities: np.ndarray, truncated: bool, chunks: int) -> Prediction:
+        scores = {label: round(float(p), _SCORE_DIGITS) for label, p in zip(self.labels, probabilities, strict=True)}
+        labels = None
+        if self.bundle.activation == "sigmoid":
+            labels = [label for label in self.labels if scores[label] >= self._thresholds.get(label, DEFAULT_THRESHOLD)]
+        return Prediction(
+            label=self.labels[int(np.argmax(probabilities))],
+            scores=scores,
+            truncated=truncated,
+            chunks=chunks,
+            labels=labels,
+        )
 
     def _activate(self, logits: np.ndarray) -> np.ndarray:
         if self.bundle.activation == "sigmoid":
@@ -128,6 +180,21 @@ class Classifier:
                 f"{where}: model.onnx returns {self._output} of shape {list(logits.shape)} but config.json"
                 f" names {len(self.labels)} labels"
             )
+
+
+def _check_thresholds(bundle: ModelBundle, thresholds: Mapping[str, float]) -> dict[str, float]:
+    if not thresholds:
+        return {}
+    if bundle.activation != "sigmoid":
+        raise ConfigError(
+            f"--thresholds applies to multi-label (sigmoid) models; '{bundle.name}' is single-label (softmax)"
+        )
+    unknown = sorted(set(thresholds) - set(bundle.labels))
+    if unknown:
+        raise ConfigError(
+            f"--thresholds names {unknown}, which are not labels of '{bundle.name}': {list(bundle.labels)}"
+        )
+    return dict(thresholds)
 
 
 def _open_session(bundle: ModelBundle, threads: int) -> ort.InferenceSession:

@@ -6,7 +6,7 @@ Every message names the thing, the value and what to do about it, on one line: t
 
 from enum import StrEnum
 
-__all__ = ["BrokerError", "ConfigError", "EventError", "ModelError", "Reason", "StreamClfError"]
+__all__ = ["BrokerError", "ConfigError", "EventError", "ExportError", "ModelError", "Reason", "StreamClfError"]
 
 
 class StreamClfError(Exception):
@@ -19,6 +19,10 @@ class ConfigError(StreamClfError):
 
 class ModelError(StreamClfError):
     """A model bundle is missing a file, or its files disagree with each other."""
+
+
+class ExportError(StreamClfError):
+    """A checkpoint could not be exported, or its export failed a check (parity, labels)."""
 
 
 class BrokerError(StreamClfError):
