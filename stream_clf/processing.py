@@ -69,12 +69,14 @@ class BatchProcessor:
         output_topic: str,
         dlq_topic: str,
         executor: Executor,
+        top_k: int = 0,
     ) -> None:
         self._classifier = classifier
         self._send = send
         self._output = output_topic
         self._dlq = dlq_topic
         self._executor = executor
+        self._top_k = top_k
         self._model = classifier.bundle.name
         self._version = classifier.bundle.version
 
@@ -99,6 +101,9 @@ class BatchProcessor:
                 source=record.source,
                 meta=event.meta,
                 truncated=answer.truncated,
+                chunks=answer.chunks,
+                top_k=self._top_k,
+                labels=answer.labels,
             )
             return await self._send(self._output, record.key, value, [])
         rejected = answer if isinstance(answer, EventError) else event

@@ -9,11 +9,12 @@ worker settings.
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stream_clf.errors import ConfigError
+from stream_clf.windows import Truncation, Windowing
 
 __all__ = ["BROKERS_OPTION", "WORKER_OPTIONS", "Option", "WorkerSettings", "usable_cores"]
 
@@ -71,6 +72,27 @@ def _text(text: str) -> str:
 
 def _path(text: str) -> Path:
     return Path(_text(text)).expanduser()
+
+
+def _truncation(text: str) -> Truncation:
+    try:
+        return Truncation(text.strip().lower())
+    except ValueError:
+        raise ValueError(f"expected one of {', '.join(t.value for t in Truncation)}") from None
+
+
+def _thresholds(text: str) -> dict[str, float]:
+    thresholds = {}
+    for part in (p for p in text.split(",") if p.strip()):
+        label, sep, value = part.rpartition("=")
+        try:
+            probability = float(value)
+        except ValueError:
+            probability = -1.0
+        if not sep or not label.strip() or not 0.0 <= probability <= 1.0:
+            raise ValueError("expected label=probability[,label=probability...] with probabilities in [0, 1]")
+        thresholds[label.strip()] = probability
+    return thresholds
 
 
 def _log_level(text: str) -> str:
@@ -136,6 +158,25 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("partitions", _whole(1), 4, "partitions of the topics the worker creates", "N"),
     Option("max_event_bytes", _whole(1), 1_048_576, "largest accepted event value, in bytes", "BYTES"),
     Option("threads", _whole(1), usable_cores(), "ONNX Runtime intra-op threads", "N", "the usable cores"),
+    Option(
+        "truncation",
+        _truncation,
+        Truncation.HEAD,
+        "texts past max_length: " + ", ".join(t.value for t in Truncation),
+        "STRATEGY",
+        "head",
+    ),
+    Option("stride", _whole(0), 128, "tokens of overlap between windows (windows-* truncation)", "TOKENS"),
+    Option("max_windows", _whole(1), 16, "most windows per text; beyond them it counts as truncated", "N"),
+    Option("top_k", _whole(0), 0, "add the k most probable labels to each result (0: leave out)", "K"),
+    Option(
+        "thresholds",
+        _thresholds,
+        {},
+        "per-label probability thresholds of a multi-label model",
+        "LABEL=P[,...]",
+        "0.5 each",
+    ),
     Option("session_timeout_ms", _whole(1000), 30_000, "consumer group session timeout, in ms", "MS"),
     Option("web_host", _text, "127.0.0.1", "address the worker's web server binds to", "ADDRESS"),
     Option("web_port", _whole(1), 6066, "port of the worker's web server", "PORT"),
@@ -158,6 +199,11 @@ class WorkerSettings:
     partitions: int
     max_event_bytes: int
     threads: int
+    truncation: Truncation
+    stride: int
+    max_windows: int
+    top_k: int
+    thresholds: dict[str, float]
     session_timeout_ms: int
     web_host: str
     web_port: int
@@ -185,5 +231,6 @@ class WorkerSettings:
         if self.output == self.dlq:
             raise ConfigError(f"--output and --dlq are both {self.output!r}: give dead letters their own topic")
 
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    @property
+    def windowing(self) -> Windowing:
+        return Windowing(self.truncation, self.stride, self.max_windows)

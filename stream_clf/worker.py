@@ -12,6 +12,7 @@ import faust
 
 from stream_clf.app import create_app
 from stream_clf.bundle import load_bundle
+from stream_clf.catalog import resolve_model
 from stream_clf.classifier import Classifier
 from stream_clf.logs import configure_logging, logging_config
 from stream_clf.settings import WorkerSettings
@@ -29,8 +30,10 @@ _RECORD_OVERHEAD = 64 * 1024
 def run_worker(settings: WorkerSettings) -> None:
     """Run the worker until SIGTERM or SIGINT; exits the process (0 on a clean stop)."""
     configure_logging(settings.log_level)
-    bundle = load_bundle(settings.model)
-    classifier = Classifier(bundle, threads=settings.threads)
+    bundle = load_bundle(resolve_model(settings.model))
+    classifier = Classifier(
+        bundle, threads=settings.threads, windowing=settings.windowing, thresholds=settings.thresholds
+    )
     wait_for_broker(settings.brokers, BROKER_WAIT_SECONDS)
     ensure_topics(settings.brokers, settings.input, settings.partitions)
     record_limit = largest_record_limit(settings.brokers, settings.input)

@@ -9,6 +9,7 @@ import pytest
 
 from stream_clf.errors import ConfigError
 from stream_clf.settings import WORKER_OPTIONS, WorkerSettings
+from stream_clf.windows import Truncation
 
 
 def test_defaults_run_on_one_machine(tmp_path):
@@ -31,6 +32,11 @@ def test_every_setting_reads_its_environment_variable():
         "STREAM_CLF_PARTITIONS": "12",
         "STREAM_CLF_MAX_EVENT_BYTES": "1000",
         "STREAM_CLF_THREADS": "3",
+        "STREAM_CLF_TRUNCATION": "windows-max",
+        "STREAM_CLF_STRIDE": "64",
+        "STREAM_CLF_MAX_WINDOWS": "4",
+        "STREAM_CLF_TOP_K": "2",
+        "STREAM_CLF_THRESHOLDS": "toxic=0.7, spam=0.25",
         "STREAM_CLF_SESSION_TIMEOUT_MS": "10000",
         "STREAM_CLF_WEB_HOST": "0.0.0.0",
         "STREAM_CLF_WEB_PORT": "7000",
@@ -50,6 +56,11 @@ def test_every_setting_reads_its_environment_variable():
         partitions=12,
         max_event_bytes=1000,
         threads=3,
+        truncation=Truncation.WINDOWS_MAX,
+        stride=64,
+        max_windows=4,
+        top_k=2,
+        thresholds={"toxic": 0.7, "spam": 0.25},
         session_timeout_ms=10000,
         web_host="0.0.0.0",
         web_port=7000,
@@ -77,6 +88,9 @@ def test_a_flag_wins_over_the_environment():
         ({"dlq": "texts.labeled"}, {}, "--output and --dlq are both"),
         ({"log_level": "loud"}, {}, "expected one of debug, info, warning, error"),
         ({"session_timeout_ms": "10"}, {}, "expected a whole number >= 1000"),
+        ({"truncation": "middle"}, {}, "expected one of head, tail, head+tail, windows-mean, windows-max"),
+        ({"thresholds": "toxic:0.5"}, {}, "expected label=probability"),
+        ({"thresholds": "toxic=1.5"}, {}, "with probabilities in [0, 1]"),
     ],
 )
 def test_a_bad_value_is_one_readable_error(flags, environ, message):

@@ -90,7 +90,29 @@ def test_result_record_has_the_contract_fields():
         "source": {"topic": "texts", "partition": 2, "offset": 41},
         "meta": {"k": 1},
         "truncated": True,
+        "chunks": 1,
     }
+
+
+def test_top_k_and_multi_label_fields_are_added_on_request():
+    value = orjson.loads(
+        encode_result(
+            event_id="e",
+            label="b",
+            scores={"a": 0.2, "b": 0.7, "c": 0.6},
+            model="m",
+            model_version="v",
+            source=Source("t", 0, 0),
+            meta=None,
+            truncated=False,
+            chunks=3,
+            top_k=2,
+            labels=["b", "c"],
+        )
+    )
+    assert value["chunks"] == 3
+    assert value["top_k"] == [{"label": "b", "score": 0.7}, {"label": "c", "score": 0.6}]
+    assert value["labels"] == ["b", "c"]
 
 
 def test_dead_letter_headers_name_the_reason_and_the_source():

