@@ -101,7 +101,7 @@ class Classifier:
         budget = bundle.max_length - template.overhead
         if budget < 1:
             raise ModelError(f"{where}: max_length {bundle.max_length} leaves no room for text")
-        if windowing.strategy.windowed and not 0 <= windowing.stride < budget:
+        if windowing.strategy.windowed and not 0 <= windowing.overlap(budget) < budget:
             raise ConfigError(f"--stride {windowing.stride} must be at least 0 and below the window of {budget} tokens")
         self._check_output_width(where)
 

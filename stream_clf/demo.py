@@ -55,7 +55,11 @@ def run_demo(model: Path | None = None) -> int:
     console.print("[bold]stream-clf demo[/]: local Kafka -> worker -> labelled results\n")
     with tempfile.TemporaryDirectory(prefix="stream-clf-demo-") as scratch:
         root = Path(scratch)
-        model = resolve_model(model) if model else _default_model(console, root)
+        if model:
+            model = resolve_model(model)
+            console.print(f"[green]model:[/] {model}\n")
+        else:
+            model = _default_model(console, root)
         resolve_jars(quiet=False)
         kafka = LocalKafka(root / "kafka", port=free_port(), controller_port=free_port())
         with console.status("starting Kafka..."):

@@ -47,24 +47,19 @@ class ClassificationReport:
 
     def format(self, digits: int = 4) -> str:
         """The report in scikit-learn's ``classification_report`` layout."""
-        names = [*self.classes, "weighted avg"]
-        width = max(len(name) for name in names)
-        head = " " * width + "".join(f"{column:>{digits + 6}}" for column in ("precision", "recall", "f1-score"))
-        lines = [head + f"{'support':>{digits + 6}}", ""]
-        for name, scores in self.classes.items():
-            lines.append(self._row(name, scores, width, digits))
+        width = max(len(name) for name in [*self.classes, "weighted avg"])
+        lines = [f"{'':>{width}} " + "".join(f" {h:>9}" for h in ("precision", "recall", "f1-score", "support")), ""]
+        lines += [self._row(name, scores, width, digits) for name, scores in self.classes.items()]
         lines.append("")
-        blank = " " * (digits + 6) * 2
-        accuracy = f"{self.accuracy:>{digits + 6}.{digits}f}{self.total:>{digits + 6}}"
-        lines.append(f"{'accuracy':>{width}}{blank}{accuracy}")
+        lines.append(f"{'accuracy':>{width}} {'':>10}{'':>10} {self.accuracy:>9.{digits}f} {self.total:>9}")
         lines.append(self._row("macro avg", self.macro, width, digits))
         lines.append(self._row("weighted avg", self.weighted, width, digits))
         return "\n".join(lines)
 
     @staticmethod
     def _row(name: str, scores: ClassScores, width: int, digits: int) -> str:
-        cells = "".join(f"{value:>{digits + 6}.{digits}f}" for value in (scores.precision, scores.recall, scores.f1))
-        return f"{name:>{width}}{cells}{scores.support:>{digits + 6}}"
+        cells = "".join(f" {value:>9.{digits}f}" for value in (scores.precision, scores.recall, scores.f1))
+        return f"{name:>{width}} {cells} {scores.support:>9}"
 
 
 def classification_report(

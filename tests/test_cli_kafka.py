@@ -113,10 +113,18 @@ def test_produce_sends_text_and_json_lines_and_tail_prints_them(kafka_bootstrap,
     assert sorted(tailed.stdout.splitlines()) == sorted(r.value.decode() for r in records)
 
 
-def test_demo_runs_from_nothing_and_stops_cleanly():
+def test_demo_runs_from_nothing_and_stops_cleanly(news_model):
     finished = subprocess.run(_cli("demo"), capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stdout + finished.stderr
-    assert "random weights" in finished.stdout
-    assert "demo-12" in finished.stdout
+    assert "news-minilm (int8), trained offline on BBC News" in finished.stdout
+    for topic in ("business", "sports", "politics", "tech"):
+        assert f"│ {topic} " in finished.stdout
     assert "missing_text" in finished.stdout
+    assert "worker stopped with exit code 0" in finished.stdout
+
+
+def test_demo_serves_any_bundle_it_is_given(tiny_bundle):
+    finished = subprocess.run(_cli("demo", "--model", str(tiny_bundle)), capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "labelled results" in finished.stdout
     assert "worker stopped with exit code 0" in finished.stdout

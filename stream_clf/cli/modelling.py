@@ -164,7 +164,7 @@ def _eval(parser: Parser) -> None:
     parser.add_argument("--label-map", type=_label_map, help="rename the file's labels to the model's: FROM=TO[,...]")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="(default: 32)")
     parser.add_argument("--truncation", type=Truncation, default=Truncation.HEAD, choices=list(Truncation))
-    parser.add_argument("--stride", type=int, default=128, help="window overlap in tokens (default: 128)")
+    parser.add_argument("--stride", type=int, help="window overlap in tokens (default: a quarter of the window)")
     parser.add_argument("--max-windows", type=positive_int, default=16, help="(default: 16)")
     parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
     parser.add_argument("--through-kafka", action="store_true", help="classify through a running worker as well")

@@ -1,0 +1,127 @@
+"""Export of every architecture: parity with PyTorch, int8 agreement, tokenizer behaviour, failures."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the export tests need the export extra (torch, transformers)")
+transformers = pytest.importorskip("transformers")
+
+from stream_clf.bundle import load_bundle, read_manifest  # noqa: E402
+from stream_clf.classifier import Classifier  # noqa: E402
+from stream_clf.errors import ExportError  # noqa: E402
+from stream_clf.export import PARITY_TEXTS, export_checkpoint  # noqa: E402
+from tests.checkpoints import ARCHITECTURES, POSITIONS  # noqa: E402
+
+LONG_TEXT = "Researchers unveiled a faster chip that cuts power use in half. " * 40
+
+
+def _torch_probabilities(checkpoint: Path, texts: list[str], lowercase: bool) -> np.ndarray:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    rows = []
+    for text in texts:
+        encoded = tokenizer(
+            text.lower() if lowercase else text, truncation=True, max_length=POSITIONS, return_tensors="pt"
+        )
+        with torch.no_grad():
+            rows.append(torch.softmax(model(**encoded).logits, dim=-1)[0].numpy())
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_each_architecture_exports_and_serves_the_same_probabilities_as_pytorch(name, checkpoints, exported):
+    bundle = load_bundle(exported[name])
+    manifest = read_manifest(exported[name])
+    assert manifest["parity"]["max_logit_diff"] < 1e-4
+    assert (bundle.labels, bundle.precision, bundle.max_length) == (("neg", "pos"), "fp32", POSITIONS)
+    assert bundle.case_sensitive is ARCHITECTURES[name].case_sensitive
+    assert manifest["content_hash"] == bundle.version
+
+    texts = [*PARITY_TEXTS, LONG_TEXT]
+    served = Classifier(bundle).predict(texts)
+    expected = _torch_probabilities(checkpoints[name], texts, lowercase=not bundle.case_sensitive)
+    for prediction, probabilities in zip(served, expected, strict=True):
+        assert [prediction.scores[label] for label in bundle.labels] == pytest.approx(probabilities, abs=1e-5)
+    assert served[-1].truncated
+    assert not served[0].truncated
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_int8_bundles_record_their_precision_and_agree_with_fp32(name, exported):
+    manifest = read_manifest(exported[f"{name}-int8"])
+    assert manifest["precision"] == "int8"
+    assert manifest["int8"]["label_agreement"] >= 0.85
+    fp32 = Classifier(load_bundle(exported[name])).predict(list(PARITY_TEXTS))
+    int8 = Classifier(load_bundle(exported[f"{name}-int8"])).predict(list(PARITY_TEXTS))
+    agree = sum(a.label == b.label for a, b in zip(fp32, int8, strict=True))
+    assert agree >= len(fp32) - 1
+    assert max(abs(a.score - b.score) for a, b in zip(fp32, int8, strict=True)) < 0.2
+
+
+@pytest.mark.parametrize("name", ["bert-uncased", "albert", "minilm"])
+def test_uncased_models_see_the_same_tokens_whatever_the_case(name, exported):
+    classifier = Classifier(load_bundle(exported[name]))
+    text = "The Striker Scored TWICE in Zürich"
+    assert (
+        classifier.encode([text]).feeds["input_ids"].tolist()
+        == classifier.encode([text.lower()]).feeds["input_ids"].tolist()
+    )
+
+
+def test_truncation_keeps_max_length_tokens_with_their_special_tokens(exported):
+    classifier = Classifier(load_bundle(exported["roberta"]))
+    ids = classifier.encode([LONG_TEXT]).feeds["input_ids"][0]
+    assert len(ids) == POSITIONS
+    assert (ids[0], ids[-1]) == (0, 2)  # <s> ... </s>, as the checkpoint's tokenizer does
+
+
+def test_labels_can_be_named_at_export(checkpoints, tmp_path):
+    report = export_checkpoint(str(checkpoints["distilbert"]), tmp_path / "b", labels=["negative", "positive"])
+    assert load_bundle(report.bundle).labels == ("negative", "positive")
+    with pytest.raises(ExportError, match="--labels names 3 labels but"):
+        export_checkpoint(str(checkpoints["distilbert"]), tmp_path / "c", labels=["a", "b", "c"])
+
+
+def test_a_failed_parity_check_exits_non_zero_and_prints_the_worst_difference(checkpoints, tmp_path):
+    out = tmp_path / "strict"
+    finished = subprocess.run(
+        [sys.executable, "-m", "stream_clf", "export", str(checkpoints["bert"]), "--out", str(out), "--tolerance", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 1
+    assert "parity check failed: ONNX logits differ from PyTorch's by up to" in finished.stderr
+    assert not out.exists(), "a failed export leaves no bundle behind"
+
+
+def test_export_cli_reports_parity_and_int8(checkpoints, tmp_path):
+    command = [sys.executable, "-m", "stream_clf", "export", str(checkpoints["albert"]), "--out", str(tmp_path / "b")]
+    finished = subprocess.run(
+        [*command, "--quantize", "int8", "--labels", "neg,pos"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert "parity with PyTorch: max |logit diff|" in finished.stdout
+    assert "case insensitive" in finished.stdout
+    assert "labels agree with fp32 on" in finished.stdout
+
+
+def test_an_unreachable_hub_id_is_one_readable_line(tmp_path):
+    finished = subprocess.run(
+        [sys.executable, "-m", "stream_clf", "export", "textattack/roberta-base-ag-news", "--out", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)},
+    )
+    assert finished.returncode == 1
+    lines = finished.stderr.strip().splitlines()
+    assert len(lines) == 1, finished.stderr
+    assert lines[0].startswith("stream-clf export: error: cannot load 'textattack/roberta-base-ag-news'")

@@ -1,0 +1,67 @@
+"""The trained news model: accurate, as accurate in int8, cached, and scored the same by eval."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from stream_clf.bundle import load_bundle, read_manifest
+from stream_clf.catalog import heldout_file, resolve_model
+from stream_clf.errors import ModelError
+
+
+def test_news_model_reaches_95_percent_on_its_held_out_split(news_model):
+    fp32, int8 = news_model.reports["fp32"], news_model.reports["int8"]
+    print(f"news held-out accuracy: fp32 {fp32.accuracy:.4f}, int8 {int8.accuracy:.4f}")
+    assert fp32.total == 444
+    assert fp32.accuracy >= 0.95
+    assert int8.accuracy >= fp32.accuracy - 0.005
+    assert news_model.int8_agreement >= 0.99
+    assert set(fp32.classes) == {"business", "entertainment", "politics", "sports", "tech"}
+
+
+def test_the_held_out_split_is_disjoint_from_training_and_recorded(news_model):
+    rows = [orjson.loads(line) for line in heldout_file("news").read_bytes().splitlines()]
+    assert len(rows) == 444
+    manifest = read_manifest(news_model.bundles["fp32"])
+    assert manifest["train_size"] + manifest["heldout_size"] == 2225
+    assert read_manifest(news_model.bundles["int8"])["precision"] == "int8"
+
+
+def test_built_models_are_served_by_name(news_model):
+    assert resolve_model(Path("news-int8")) == news_model.bundles["int8"]
+    bundle = load_bundle(resolve_model(Path("news")))
+    assert (bundle.name, bundle.max_length, bundle.case_sensitive) == ("news-minilm", 256, False)
+
+
+def test_a_model_not_built_yet_is_named_with_the_command_that_builds_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAM_CLF_CACHE", str(tmp_path))
+    with pytest.raises(ModelError, match="model 'sentiment' is not built yet: run `stream-clf models build sentiment`"):
+        resolve_model(Path("sentiment"))
+
+
+def test_a_second_build_is_served_from_the_cache(news_model):
+    finished = subprocess.run(
+        [sys.executable, "-m", "stream_clf", "models", "build", "news"], capture_output=True, text=True, timeout=300
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert "news: already built with this recipe (cached)" in finished.stdout
+    assert f"held-out accuracy {news_model.reports['fp32'].accuracy:.2%}" in finished.stdout
+
+
+def test_eval_reproduces_the_held_out_accuracy_and_writes_json(news_model, tmp_path):
+    out = tmp_path / "scores.json"
+    command = [sys.executable, "-m", "stream_clf", "eval", "--model", "news-int8", "--data", str(news_model.heldout)]
+    finished = subprocess.run(
+        [*command, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert finished.returncode == 0, finished.stderr
+    expected = news_model.reports["int8"]
+    assert f"accuracy: {expected.accuracy:.4f} ({expected.correct}/{expected.total})" in finished.stdout
+    assert "weighted avg" in finished.stdout
+    assert orjson.loads(out.read_bytes())["report"]["accuracy"] == pytest.approx(expected.accuracy)
