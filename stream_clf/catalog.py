@@ -11,7 +11,7 @@ from pathlib import Path
 from stream_clf.broker import cache_root
 from stream_clf.errors import ModelError
 
-__all__ = ["TRAINED", "TrainedModel", "heldout_file", "models_dir", "resolve_model"]
+__all__ = ["PRECISIONS", "TRAINED", "TrainedModel", "bundle_name", "heldout_file", "models_dir", "resolve_model"]
 
 
 @dataclass(frozen=True)

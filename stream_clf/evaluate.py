@@ -19,10 +19,17 @@ from confluent_kafka import Consumer, TopicPartition
 from stream_clf.classifier import Classifier, Prediction
 from stream_clf.errors import ConfigError, StreamClfError
 from stream_clf.produce import produce_lines
-from stream_clf.scoring import ClassificationReport, classification_report
 from stream_clf.topics import admin_client, client_logger
 
-__all__ = ["Dataset", "KafkaAgreement", "predict_direct", "predict_through_kafka", "read_dataset", "score"]
+__all__ = [
+    "Dataset",
+    "KafkaAgreement",
+    "agreement",
+    "check_labels",
+    "predict_direct",
+    "predict_through_kafka",
+    "read_dataset",
+]
 
 Advance = Callable[[int], None]
 
@@ -152,7 +159,3 @@ def agreement(direct: Sequence[Prediction], streamed: Sequence[dict]) -> KafkaAg
         abs(p.scores[label] - r["scores"][label]) for p, r in zip(direct, streamed, strict=True) for label in p.scores
     )
     return KafkaAgreement(same_label=same, total=len(direct), max_score_diff=diff)
-
-
-def score(dataset: Dataset, predicted: Sequence[str], labels: Sequence[str]) -> ClassificationReport:
-    return classification_report(dataset.labels, predicted, labels)

@@ -24,16 +24,9 @@ from tokenizers import (
     trainers,
 )
 
-CORPUS = [
-    "A wonderful film with a moving story and brilliant performances.",
-    "The plot made no sense and the acting was painfully wooden.",
-    "Shares rallied after the central bank held interest rates steady.",
-    "The striker scored twice as the home side won the cup final.",
-    "Researchers unveiled a faster chip that cuts power use in half.",
-    "Parliament passed the budget after a long night of debate.",
-    "Floods forced thousands to leave their homes in the north.",
-    "Café owners in Zürich say naïve pricing hurt them, 😀 or not.",
-] * 20
+from stream_clf.tiny_model import SAMPLE_TEXTS
+
+CORPUS = [*SAMPLE_TEXTS, "Café owners in Zürich say naïve pricing hurt them, 😀 or not."] * 20
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 POSITIONS = 128
