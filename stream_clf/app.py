@@ -1,13 +1,12 @@
-"""The Faust app: an agent that feeds consumed events into the micro-batcher, and a task that
-turns each micro-batch into published results.
+"""The Faust app: an agent that feeds consumed events into the pipeline, and a task that runs it.
 
-Acknowledgement is manual. The agent reads with ``stream.noack()``; an event is acked only by
-:class:`~stream_clf.processing.BatchProcessor`, after its result or dead letter is delivered, and
-in the order events were read. Faust commits the highest contiguous acked offset of each
-partition, so a crash at any moment leaves every committed event with a delivered record. On
-SIGTERM or a rebalance Faust waits until every event it handed out is acked (``stream_wait_empty``),
-which the bounded batcher keeps short. Faust's ``take()`` is avoided on purpose: it acks a batch
-when the loop asks for the next one, including when the loop body raised (faust-streaming #189).
+Acknowledgement is manual. The agent reads with ``stream.noack()``; an event is acked only by the
+:class:`~stream_clf.processing.Pipeline`, after its result or dead letter is delivered, and in the
+order events were read. Faust commits the highest contiguous acked offset of each partition, so a
+crash at any moment leaves every committed event with a delivered record. On SIGTERM or a rebalance
+Faust waits until every event it handed out is acked (``stream_wait_empty``), which the bounded
+queues keep short. Faust's ``take()`` is avoided on purpose: it acks a batch when the loop asks for
+the next one, including when the loop body raised (faust-streaming #189).
 """
 
 import asyncio
@@ -19,10 +18,9 @@ from pathlib import Path
 import faust
 from faust.types import EventT, StreamT
 
-from stream_clf.batching import MicroBatcher
 from stream_clf.classifier import Classifier
 from stream_clf.events import Source
-from stream_clf.processing import BatchProcessor, Headers, InFlight
+from stream_clf.processing import BatchProcessor, Headers, InFlight, Pipeline
 from stream_clf.settings import WorkerSettings
 
 __all__ = ["create_app"]
@@ -62,32 +60,32 @@ def create_app(settings: WorkerSettings, classifier: Classifier, *, max_record_b
         # is attached to that event and held back until it is acked -- the reverse of our order.
         return await topics[topic].send(key=key, value=value, headers=headers, force=True)
 
-    batcher: MicroBatcher[InFlight] = MicroBatcher(
-        settings.max_batch, settings.max_wait_ms / 1000, capacity=settings.max_batch
-    )
     processor = BatchProcessor(
         classifier,
         send,
         output_topic=settings.output,
         dlq_topic=settings.dlq,
-        executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference"),
+        inference=ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference"),
+        tokenization=ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize"),
         top_k=settings.top_k,
+    )
+    pipeline = Pipeline(
+        processor, max_batch=settings.max_batch, max_wait=settings.max_wait_ms / 1000, max_tokens=settings.max_tokens
     )
 
     @app.agent(source, name="stream_clf.consume")
     async def consume(stream: StreamT) -> None:
         manual = stream.noack()
         async for event in manual.events():
-            await batcher.put(_in_flight(event, manual, settings.max_event_bytes))
+            await pipeline.feed(_in_flight(event, manual, settings.max_event_bytes))
 
     @app.task
     async def classify() -> None:
         try:
-            while True:
-                await processor.process(await batcher.next_batch())
+            await pipeline.run()
         except asyncio.CancelledError:
             raise
-        except Exception as error:
+        except Exception as error:  # the stages' ExceptionGroup
             # A batch that cannot be delivered must not be acked; stop the worker so that a
             # restart re-reads it from the last committed offset.
             log.exception("event=worker_crash error=%r", error)

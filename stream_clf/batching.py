@@ -1,15 +1,22 @@
-"""Micro-batching: group items as they arrive into batches bounded by a count and a wait.
+"""Micro-batching: group items as they arrive into batches bounded by a count, a wait and a cost;
+then cut a batch's model rows into length buckets.
 
-A batch closes when it holds ``max_items`` or when ``max_wait`` seconds have passed since its
-first item arrived, whichever comes first; it never waits for a first item to start a clock. The
-queue in front of it is bounded, so a slow consumer of batches pushes back on the producer of
-items instead of buffering without limit.
+A batch closes when it holds ``max_items``, when adding the next item would take its total cost
+past ``max_cost`` (the token budget, as text-embeddings-inference's ``max-batch-tokens``), or when
+``max_wait`` seconds have passed since its first item arrived, whichever comes first. It never
+waits for a first item to start a clock. An item too costly on its own makes a batch by itself.
+The queue in front is bounded, so a slow consumer of batches pushes back on the producer of items
+instead of buffering without limit.
+
+Inside a micro-batch, :func:`length_buckets` sorts the rows by length and cuts them into the
+sub-batches ONNX Runtime runs one at a time, so each is padded only to rows of similar length.
 """
 
 import asyncio
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["MicroBatcher"]
+__all__ = ["MicroBatcher", "length_buckets"]
 
 T = TypeVar("T")
 
@@ -17,31 +24,70 @@ T = TypeVar("T")
 class MicroBatcher(Generic[T]):
     """An asyncio queue that hands items out in micro-batches, in arrival order."""
 
-    def __init__(self, max_items: int, max_wait: float, capacity: int) -> None:
-        if max_items < 1 or capacity < 1 or max_wait < 0:
-            raise ValueError("max_items and capacity must be >= 1 and max_wait >= 0")
+    def __init__(
+        self,
+        max_items: int,
+        max_wait: float,
+        capacity: int,
+        *,
+        max_cost: int | None = None,
+        cost: Callable[[T], int] = lambda _: 0,
+    ) -> None:
+        if max_items < 1 or capacity < 1 or max_wait < 0 or (max_cost is not None and max_cost < 1):
+            raise ValueError("max_items, capacity and max_cost must be >= 1 and max_wait >= 0")
         self.max_items = max_items
         self.max_wait = max_wait
+        self.max_cost = max_cost
+        self._cost = cost
         self._queue: asyncio.Queue[T] = asyncio.Queue(capacity)
+        self._carried: list[T] = []  # an item that did not fit the last batch: the next one starts with it
 
     def __len__(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + len(self._carried)
 
     async def put(self, item: T) -> None:
         """Add an item, waiting while the queue is full."""
         await self._queue.put(item)
 
     async def next_batch(self) -> list[T]:
-        """Wait for the next batch: at least one item, at most ``max_items``."""
-        batch = [await self._queue.get()]
+        """Wait for the next batch: at least one item, at most ``max_items`` and ``max_cost``."""
+        first = self._carried.pop() if self._carried else await self._queue.get()
+        batch, total = [first], self._cost(first)
         deadline = asyncio.get_running_loop().time() + self.max_wait
         while len(batch) < self.max_items:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            try:
-                async with asyncio.timeout_at(deadline):
-                    batch.append(await self._queue.get())
-            except TimeoutError:
+            if self._queue.empty():
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        item = await self._queue.get()
+                except TimeoutError:
+                    break
+            else:
+                item = self._queue.get_nowait()
+            if self.max_cost is not None and total + self._cost(item) > self.max_cost:
+                self._carried.append(item)
                 break
+            batch.append(item)
+            total += self._cost(item)
         return batch
+
+
+def length_buckets(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:
+    """Indices of ``lengths``, sorted by length and cut into buckets of similar length.
+
+    A bucket holds at most ``max_rows`` rows and, once padded to its longest row, at most
+    ``max_tokens`` tokens; a row longer than that makes a bucket by itself. On 2 CPU cores, 8 rows
+    did as well as anything tried (4 to 32 rows, 512 to 2,048 tokens); the token cap is for larger
+    calls (a GPU), whose memory it bounds.
+    """
+    if max_rows < 1 or max_tokens < 1:
+        raise ValueError("max_rows and max_tokens must be >= 1")
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and (len(current) >= max_rows or (len(current) + 1) * lengths[index] > max_tokens):
+            buckets.append(current)
+            current = []
+        current.append(index)
+    if current:
+        buckets.append(current)
+    return buckets

@@ -1,27 +1,43 @@
-"""One micro-batch's way out: classify it, publish a result or a dead letter per event, then ack.
+"""The worker's stages between consuming an event and acknowledging it.
 
-The order of the steps is the delivery guarantee. Every record of the batch is handed to the
-producer, all deliveries are awaited, and only then are the input events acknowledged, in the
-order they were read, so the consumer never commits an offset whose result the broker has not
-acknowledged. Inference runs in an executor so the event loop (and Faust's timers) keep running.
+::
+
+    feed ─► intake ─► tokenize ─► batcher ─► infer ─► publish ─► ack
+            (queue)   (thread)   (count,    (thread)  (results and dead
+                                 wait,               letters, awaited,
+                                 tokens)             acked in read order)
+
+Each stage is a task, so the stages overlap: while the inference thread runs batch N, the event loop
+decodes and the tokenizer thread encodes what will become batch N+1, and batch N-1's records are
+delivered. The order of the last steps is the delivery guarantee: every record of a batch is
+handed to the producer (in read order, batch after batch, so per-key order holds), all deliveries
+are awaited, the previous batch is fully acked, and only then are this batch's events acked, in the
+order they were read. So the consumer never commits an offset
+whose record the broker has not acknowledged, and acks never run ahead of an earlier batch.
 """
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
+from stream_clf.batching import MicroBatcher
 from stream_clf.classifier import Classifier, Prediction
 from stream_clf.errors import EventError, Reason
 from stream_clf.events import Source, TextEvent, dead_letter_headers, decode_event, encode_result
+from stream_clf.windows import Plan
 
-__all__ = ["BatchProcessor", "InFlight", "Sender"]
+__all__ = ["BatchProcessor", "InFlight", "Pipeline", "Sender"]
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+T = TypeVar("T")
+R = TypeVar("R")
+# Batches whose records may be awaiting delivery while the next one is classified.
+PUBLISHES_IN_FLIGHT = 2
 
 
 class Sender(Protocol):
@@ -34,13 +50,14 @@ class Sender(Protocol):
 
 @dataclass(slots=True)
 class InFlight:
-    """One consumed record on its way through the worker, with its decoded event or rejection."""
+    """One consumed record on its way through the worker: its decoded event (or rejection), its plan."""
 
     source: Source
     key: bytes | None
     value: bytes | None
     outcome: TextEvent | EventError
     ack: Callable[[], Awaitable[object]]
+    plan: Plan | None = field(default=None)
 
     @classmethod
     def decode(
@@ -57,9 +74,14 @@ class InFlight:
             outcome = error
         return cls(source=source, key=key, value=value, outcome=outcome, ack=ack)
 
+    @property
+    def tokens(self) -> int:
+        """What this event costs the model (0 for a rejected one)."""
+        return self.plan.tokens if self.plan else 0
+
 
 class BatchProcessor:
-    """Classifies micro-batches and publishes their results and dead letters."""
+    """Tokenizes, classifies and publishes micro-batches; each step callable on its own."""
 
     def __init__(
         self,
@@ -68,26 +90,59 @@ class BatchProcessor:
         *,
         output_topic: str,
         dlq_topic: str,
-        executor: Executor,
+        inference: Executor,
+        tokenization: Executor,
         top_k: int = 0,
     ) -> None:
         self._classifier = classifier
         self._send = send
         self._output = output_topic
         self._dlq = dlq_topic
-        self._executor = executor
+        self._inference = inference
+        self._tokenization = tokenization
         self._top_k = top_k
         self._model = classifier.bundle.name
         self._version = classifier.bundle.version
 
-    async def process(self, batch: Sequence[InFlight]) -> None:
-        """Publish one record per event of ``batch``, await their delivery, then ack the events."""
-        events = [record for record in batch if isinstance(record.outcome, TextEvent)]
-        answers = dict(zip(map(id, events), await self._classify(events), strict=True))
-        deliveries = [await self._publish(record, answers.get(id(record))) for record in batch]
+    async def tokenize(self, records: Sequence[InFlight]) -> None:
+        """Plan the valid events' texts in the tokenizer thread; a text that cannot be is rejected."""
+        events = [record for record in records if isinstance(record.outcome, TextEvent)]
+        texts = [record.outcome.text for record in events if isinstance(record.outcome, TextEvent)]
+        plans = await self._isolated(self._classifier.plan, texts, self._tokenization)
+        for record, planned in zip(events, plans, strict=True):
+            if isinstance(planned, EventError):
+                record.outcome = planned
+            else:
+                record.plan = planned
+
+    async def classify(self, batch: Sequence[InFlight]) -> dict[int, Prediction | EventError]:
+        """Predictions (or inference errors) for the planned events of ``batch``, keyed by ``id(record)``."""
+        events = [record for record in batch if record.plan is not None]
+        plans = [record.plan for record in events if record.plan is not None]
+        answers = await self._isolated(self._classifier.infer, plans, self._inference)
+        return dict(zip(map(id, events), answers, strict=True))
+
+    async def send(
+        self, batch: Sequence[InFlight], answers: dict[int, Prediction | EventError]
+    ) -> list[Awaitable[object]]:
+        """Hand one record per event to the producer, in read order; return their deliveries."""
+        return [await self._publish(record, answers.get(id(record))) for record in batch]
+
+    @staticmethod
+    async def confirm(
+        batch: Sequence[InFlight], deliveries: Sequence[Awaitable[object]], previous: Awaitable[object] | None = None
+    ) -> None:
+        """Await the deliveries and the previous batch's confirmation, then ack the events in order."""
         await asyncio.gather(*deliveries)
+        if previous is not None:
+            await previous
         for record in batch:
             await record.ack()
+
+    async def process(self, batch: Sequence[InFlight]) -> None:
+        """All steps for one batch, one after the other."""
+        await self.tokenize(batch)
+        await self.confirm(batch, await self.send(batch, await self.classify(batch)))
 
     async def _publish(self, record: InFlight, answer: Prediction | EventError | None) -> Awaitable[object]:
         event = record.outcome
@@ -110,23 +165,75 @@ class BatchProcessor:
         assert isinstance(rejected, EventError), "an event is either classified or rejected"
         return await self._send(self._dlq, record.key, record.value, dead_letter_headers(rejected, record.source))
 
-    async def _classify(self, events: Sequence[InFlight]) -> list[Prediction | EventError]:
-        """Predict the whole batch; if that fails, predict one by one to isolate the culprits."""
-        if not events:
+    async def _isolated(
+        self, function: Callable[[list[T]], list[R]], items: list[T], executor: Executor
+    ) -> list[R | EventError]:
+        """``function`` over ``items`` in ``executor``; if that fails, item by item, to isolate the culprits."""
+        if not items:
             return []
-        texts = [record.outcome.text for record in events if isinstance(record.outcome, TextEvent)]
         loop = asyncio.get_running_loop()
         try:
-            return list(await loop.run_in_executor(self._executor, self._classifier.predict, texts))
+            return list(await loop.run_in_executor(executor, function, items))
         except Exception as error:  # ONNX Runtime and tokenizers raise their own types
-            log.warning("event=batch_inference_failed size=%d error=%r retry=one_by_one", len(texts), _brief(error))
-        outcomes: list[Prediction | EventError] = []
-        for text in texts:
+            log.warning("event=batch_failed stage=%s size=%d error=%r", function.__name__, len(items), _brief(error))
+        results: list[R | EventError] = []
+        for item in items:
             try:
-                outcomes.extend(await loop.run_in_executor(self._executor, self._classifier.predict, [text]))
+                results.extend(await loop.run_in_executor(executor, function, [item]))
             except Exception as error:  # as above
-                outcomes.append(EventError(Reason.INFERENCE_ERROR, _brief(error)))
-        return outcomes
+                results.append(EventError(Reason.INFERENCE_ERROR, _brief(error)))
+        return results
+
+
+class Pipeline:
+    """The stages as concurrent tasks, fed one consumed record at a time."""
+
+    def __init__(self, processor: BatchProcessor, *, max_batch: int, max_wait: float, max_tokens: int | None) -> None:
+        self._processor = processor
+        self._max_batch = max_batch
+        self._intake: asyncio.Queue[InFlight] = asyncio.Queue(max_batch)
+        self._batcher: MicroBatcher[InFlight] = MicroBatcher(
+            max_batch, max_wait, capacity=max_batch, max_cost=max_tokens, cost=lambda record: record.tokens
+        )
+        self._slots = asyncio.Semaphore(PUBLISHES_IN_FLIGHT)
+
+    async def feed(self, record: InFlight) -> None:
+        """Hand a consumed record to the pipeline, waiting while it is full."""
+        await self._intake.put(record)
+
+    async def run(self) -> None:
+        """Run the stages until cancelled; raise the first failure of any of them."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._tokenize_stage())
+            group.create_task(self._classify_stage(group))
+
+    async def _tokenize_stage(self) -> None:
+        while True:
+            chunk = [await self._intake.get()]
+            while len(chunk) < self._max_batch and not self._intake.empty():
+                chunk.append(self._intake.get_nowait())
+            await self._processor.tokenize(chunk)
+            for record in chunk:
+                await self._batcher.put(record)
+
+    async def _classify_stage(self, group: asyncio.TaskGroup) -> None:
+        previous: asyncio.Task[None] | None = None
+        while True:
+            batch = await self._batcher.next_batch()
+            answers = await self._processor.classify(batch)
+            await self._slots.acquire()
+            # Sends are issued here, in batch order, so records keep their order per key; waiting
+            # for their delivery and acking happen in a task, beside the next batch's inference.
+            deliveries = await self._processor.send(batch, answers)
+            previous = group.create_task(self._confirm(batch, deliveries, previous))
+
+    async def _confirm(
+        self, batch: Sequence[InFlight], deliveries: Sequence[Awaitable[object]], previous: asyncio.Task | None
+    ) -> None:
+        try:
+            await self._processor.confirm(batch, deliveries, previous)
+        finally:
+            self._slots.release()
 
 
 def _brief(error: BaseException) -> str:

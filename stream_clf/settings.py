@@ -21,6 +21,7 @@ __all__ = ["BROKERS_OPTION", "WORKER_OPTIONS", "Option", "WorkerSettings", "usab
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$|^\[[0-9A-Fa-f:]+\]:\d{1,5}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+PROVIDERS = ("cpu", "cuda", "auto")
 
 
 def usable_cores() -> int:
@@ -95,6 +96,13 @@ def _thresholds(text: str) -> dict[str, float]:
     return thresholds
 
 
+def _provider(text: str) -> str:
+    provider = text.strip().lower()
+    if provider not in PROVIDERS:
+        raise ValueError(f"expected one of {', '.join(PROVIDERS)}")
+    return provider
+
+
 def _log_level(text: str) -> str:
     level = text.strip().lower()
     if level not in LOG_LEVELS:
@@ -155,12 +163,16 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option(
         "model", _path, None, "model bundle directory, or a built model: news, news-int8, ...", "DIR", required=True
     ),
-    Option("max_batch", _whole(1), 32, "most events in one micro-batch", "N"),
+    Option("max_batch", _whole(1), 64, "most events in one micro-batch", "N"),
     Option("max_wait_ms", _whole(0), 20, "longest wait for a micro-batch to fill, in ms", "MS"),
+    Option("max_tokens", _whole(1), 8192, "most tokens in one micro-batch (its token budget)", "TOKENS"),
+    Option("bucket_size", _whole(1), 8, "most rows per ONNX Runtime call (rows sorted by length)", "N"),
+    Option("bucket_tokens", _whole(1), 4096, "most padded tokens per ONNX Runtime call", "TOKENS"),
     Option("group", _text, "stream-clf", "Kafka consumer group (and Faust app id)", "NAME"),
     Option("partitions", _whole(1), 4, "partitions of the topics the worker creates", "N"),
     Option("max_event_bytes", _whole(1), 1_048_576, "largest accepted event value, in bytes", "BYTES"),
     Option("threads", _whole(1), usable_cores(), "ONNX Runtime intra-op threads", "N", "the usable cores"),
+    Option("provider", _provider, "cpu", "ONNX Runtime execution provider: cpu, cuda, or auto", "NAME"),
     Option(
         "truncation",
         _truncation,
@@ -205,10 +217,14 @@ class WorkerSettings:
     model: Path
     max_batch: int
     max_wait_ms: int
+    max_tokens: int
+    bucket_size: int
+    bucket_tokens: int
     group: str
     partitions: int
     max_event_bytes: int
     threads: int
+    provider: str
     truncation: Truncation
     stride: int | None
     max_windows: int

@@ -22,7 +22,7 @@ from enum import StrEnum
 
 from tokenizers import Encoding, Tokenizer
 
-__all__ = ["Plan", "Template", "Truncation", "Windowing", "plan"]
+__all__ = ["Plan", "Row", "Template", "Truncation", "Windowing", "plan"]
 
 
 class Truncation(StrEnum):
@@ -79,19 +79,27 @@ class Template:
     def overhead(self) -> int:
         return len(self.prefix_ids) + len(self.suffix_ids)
 
-    def wrap(self, content: Sequence[int]) -> tuple[list[int], list[int]]:
+    def wrap(self, content: Sequence[int]) -> "Row":
         """Ids and type ids of one model input row holding ``content``."""
         ids = [*self.prefix_ids, *content, *self.suffix_ids]
         types = [*self.prefix_types, *([0] * len(content)), *self.suffix_types]
         return ids, types
 
 
+Row = tuple[list[int], list[int]]  # one model input: token ids and token type ids
+
+
 @dataclass(frozen=True)
 class Plan:
     """The model input rows for one text."""
 
-    rows: list[tuple[list[int], list[int]]]
+    rows: list[Row]
     truncated: bool
+
+    @property
+    def tokens(self) -> int:
+        """What the text costs the model: its rows' lengths summed."""
+        return sum(len(ids) for ids, _ in self.rows)
 
 
 def plan(encoding: Encoding, template: Template, max_length: int, windowing: Windowing) -> Plan:

