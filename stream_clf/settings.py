@@ -22,6 +22,7 @@ _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$|^\[[0-9A-Fa-f:]+\]:\d{1,5}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PROVIDERS = ("cpu", "cuda", "auto")
+SWITCH_VALUES = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 
 
 def usable_cores() -> int:
@@ -103,6 +104,13 @@ def _provider(text: str) -> str:
     return provider
 
 
+def _switch(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in SWITCH_VALUES:
+        raise ValueError("expected on or off")
+    return SWITCH_VALUES[value]
+
+
 def _log_level(text: str) -> str:
     level = text.strip().lower()
     if level not in LOG_LEVELS:
@@ -174,6 +182,14 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("threads", _whole(1), usable_cores(), "ONNX Runtime intra-op threads", "N", "the usable cores"),
     Option("provider", _provider, "cpu", "ONNX Runtime execution provider: cpu, cuda, or auto", "NAME"),
     Option(
+        "spinning",
+        _switch,
+        False,
+        "let idle ONNX Runtime threads busy-wait: on suits dedicated cores; off leaves them to the event loop",
+        "on|off",
+        "off",
+    ),
+    Option(
         "truncation",
         _truncation,
         Truncation.HEAD,
@@ -225,6 +241,7 @@ class WorkerSettings:
     max_event_bytes: int
     threads: int
     provider: str
+    spinning: bool
     truncation: Truncation
     stride: int | None
     max_windows: int

@@ -39,6 +39,7 @@ def run_worker(settings: WorkerSettings) -> None:
         bucket_size=settings.bucket_size,
         bucket_tokens=settings.bucket_tokens,
         provider=settings.provider,
+        spinning=settings.spinning,
     )
     wait_for_broker(settings.brokers, BROKER_WAIT_SECONDS)
     ensure_topics(settings.brokers, settings.input, settings.partitions)

@@ -43,7 +43,9 @@ def test_bench_compares_engine_stream_and_baseline_in_one_report(news_model, kaf
         rate = report[path]["texts_per_second" if path == "engine" else "events_per_second"]
         assert rate > 0, path
     assert report["stream_clf"]["exit_code"] == 0
+    assert set(report["peak_gflops"]) == {"fp32", "int8"}
     assert 0 < report["engine"]["fraction_of_peak"] < 1
+    assert 0 < report["baseline"]["fraction_of_peak"] < 1
     assert report["stream_clf"]["latency"]["p50"] <= report["stream_clf"]["latency"]["p99"]
     assert set(report["targets"]) == {
         "end_to_end_at_least_90pct_of_engine",

@@ -261,6 +261,9 @@ def _bench(parser: Parser) -> None:
             default=getattr(defaults, name),
             help="(default: %(default)s)",
         )
+    parser.add_argument(
+        "--spinning", choices=("on", "off"), default="on" if defaults.spinning else "off", help="(default: %(default)s)"
+    )
     parser.add_argument("--brokers", help="an existing Kafka to use (default: start a local one)")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="(default: %(default)s)")
     parser.set_defaults(run=_run_bench, parser=parser)
@@ -283,6 +286,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         bucket_size=args.bucket_size,
         bucket_tokens=args.bucket_tokens,
+        spinning=args.spinning == "on",
         baseline=not args.no_baseline,
         brokers=args.brokers,
     )
