@@ -71,8 +71,8 @@ class Classifier:
 
     ``spinning`` lets ONNX Runtime's idle intra-op threads busy-wait for the next call: best for
     calls back to back on dedicated cores (the benchmark's raw engine), but in the worker they take
-    cores the event loop needs. Off, the worker ran short texts 40% faster on 2 cores (293 to 407
-    events/s) and long ones the same.
+    cores the event loop needs. Off, the worker ran short texts 18% faster on 2 cores (four paired
+    runs) and long ones the same.
     """
 
     def __init__(
