@@ -16,16 +16,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faust
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 
 from stream_clf.classifier import Classifier
 from stream_clf.events import Source
+from stream_clf.metrics import WorkerMetrics
 from stream_clf.processing import BatchProcessor, Headers, InFlight, Pipeline
 from stream_clf.settings import WorkerSettings
+from stream_clf.web import Readiness, add_pages
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
+# How often consumer lag per partition is measured for /metrics.
+LAG_INTERVAL_SECONDS = 2.0
 
 
 def create_app(settings: WorkerSettings, classifier: Classifier, *, max_record_bytes: int, datadir: Path) -> faust.App:
@@ -60,6 +64,10 @@ def create_app(settings: WorkerSettings, classifier: Classifier, *, max_record_b
         # is attached to that event and held back until it is acked -- the reverse of our order.
         return await topics[topic].send(key=key, value=value, headers=headers, force=True)
 
+    bundle = classifier.bundle
+    metrics = WorkerMetrics(
+        model=bundle.name, version=bundle.version, precision=bundle.precision, max_batch=settings.max_batch
+    )
     processor = BatchProcessor(
         classifier,
         send,
@@ -67,6 +75,7 @@ def create_app(settings: WorkerSettings, classifier: Classifier, *, max_record_b
         dlq_topic=settings.dlq,
         inference=ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference"),
         tokenization=ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize"),
+        metrics=metrics,
         top_k=settings.top_k,
     )
     pipeline = Pipeline(
@@ -77,6 +86,7 @@ def create_app(settings: WorkerSettings, classifier: Classifier, *, max_record_b
     async def consume(stream: StreamT) -> None:
         manual = stream.noack()
         async for event in manual.events():
+            metrics.consumed(event.message.topic)
             await pipeline.feed(_in_flight(event, manual, settings.max_event_bytes))
 
     @app.task
@@ -91,6 +101,22 @@ def create_app(settings: WorkerSettings, classifier: Classifier, *, max_record_b
             log.exception("event=worker_crash error=%r", error)
             await app.crash(error)
 
+    def assigned() -> list[TP]:
+        return sorted(tp for tp in app.consumer.assignment() if tp.topic in settings.input)
+
+    @app.timer(LAG_INTERVAL_SECONDS)
+    async def measure_lag() -> None:
+        partitions = assigned()
+        ends = await app.consumer.highwaters(*partitions) if partitions else {}
+        lag = {}
+        for tp in partitions:
+            done = processor.processed.get((tp.topic, tp.partition))
+            if done is None:
+                done = await app.consumer.position(tp) or 0
+            lag[tp.topic, tp.partition] = max(0, (ends.get(tp) or 0) - done)
+        metrics.partitions(lag)
+
+    add_pages(app, metrics, Readiness(settings.brokers, lambda: len(assigned())))
     return app
 
 
@@ -102,4 +128,5 @@ def _in_flight(event: EventT, stream: StreamT, max_bytes: int) -> InFlight:
         message.value,
         functools.partial(stream.ack, event),
         max_bytes,
+        timestamp=message.timestamp,
     )

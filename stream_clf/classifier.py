@@ -170,6 +170,11 @@ class Classifier:
         """Indices of ``rows`` in the length buckets inference runs them in."""
         return length_buckets([len(ids) for ids, _ in rows], self.bucket_size, self.bucket_tokens)
 
+    def padded_tokens(self, plans: Sequence[Plan]) -> int:
+        """Tokens :meth:`infer` computes for ``plans``, padding included."""
+        rows = [row for text_plan in plans for row in text_plan.rows]
+        return sum(len(bucket) * max(len(rows[i][0]) for i in bucket) for bucket in self.buckets(rows))
+
     def infer(self, plans: Sequence[Plan]) -> list[Prediction]:
         """Run the model on planned texts, one length bucket at a time.
 

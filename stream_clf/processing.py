@@ -18,6 +18,7 @@ whose record the broker has not acknowledged, and acks never run ahead of an ear
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from stream_clf.batching import MicroBatcher
 from stream_clf.classifier import Classifier, Prediction
 from stream_clf.errors import EventError, Reason
 from stream_clf.events import Source, TextEvent, dead_letter_headers, decode_event, encode_result
+from stream_clf.metrics import WorkerMetrics
 from stream_clf.windows import Plan
 
 __all__ = ["BatchProcessor", "InFlight", "Pipeline", "Sender"]
@@ -50,14 +52,20 @@ class Sender(Protocol):
 
 @dataclass(slots=True)
 class InFlight:
-    """One consumed record on its way through the worker: its decoded event (or rejection), its plan."""
+    """One consumed record on its way through the worker: its decoded event (or rejection), its plan.
+
+    ``timestamp`` is the record's Kafka timestamp (seconds since the epoch); ``received`` the
+    monotonic time the worker took it in.
+    """
 
     source: Source
     key: bytes | None
     value: bytes | None
     outcome: TextEvent | EventError
     ack: Callable[[], Awaitable[object]]
-    plan: Plan | None = field(default=None)
+    timestamp: float | None = None
+    received: float = field(default_factory=time.monotonic)
+    plan: Plan | None = None
 
     @classmethod
     def decode(
@@ -67,12 +75,14 @@ class InFlight:
         value: bytes | None,
         ack: Callable[[], Awaitable[object]],
         max_bytes: int,
+        *,
+        timestamp: float | None = None,
     ) -> "InFlight":
         try:
             outcome: TextEvent | EventError = decode_event(value, max_bytes)
         except EventError as error:
             outcome = error
-        return cls(source=source, key=key, value=value, outcome=outcome, ack=ack)
+        return cls(source=source, key=key, value=value, outcome=outcome, ack=ack, timestamp=timestamp)
 
     @property
     def tokens(self) -> int:
@@ -92,6 +102,7 @@ class BatchProcessor:
         dlq_topic: str,
         inference: Executor,
         tokenization: Executor,
+        metrics: WorkerMetrics,
         top_k: int = 0,
     ) -> None:
         self._classifier = classifier
@@ -101,6 +112,9 @@ class BatchProcessor:
         self._inference = inference
         self._tokenization = tokenization
         self._top_k = top_k
+        self._metrics = metrics
+        # Per input partition, the offset after the last event acked: what lag is measured from.
+        self.processed: dict[tuple[str, int], int] = {}
         self._model = classifier.bundle.name
         self._version = classifier.bundle.version
 
@@ -108,7 +122,10 @@ class BatchProcessor:
         """Plan the valid events' texts in the tokenizer thread; a text that cannot be is rejected."""
         events = [record for record in records if isinstance(record.outcome, TextEvent)]
         texts = [record.outcome.text for record in events if isinstance(record.outcome, TextEvent)]
+        started = time.perf_counter()
         plans = await self._isolated(self._classifier.plan, texts, self._tokenization)
+        if texts:
+            self._metrics.tokenize_seconds.observe(time.perf_counter() - started)
         for record, planned in zip(events, plans, strict=True):
             if isinstance(planned, EventError):
                 record.outcome = planned
@@ -119,7 +136,16 @@ class BatchProcessor:
         """Predictions (or inference errors) for the planned events of ``batch``, keyed by ``id(record)``."""
         events = [record for record in batch if record.plan is not None]
         plans = [record.plan for record in events if record.plan is not None]
+        started = time.monotonic()
         answers = await self._isolated(self._classifier.infer, plans, self._inference)
+        if plans:
+            self._metrics.batch(
+                events=len(batch),
+                tokens=sum(text_plan.tokens for text_plan in plans),
+                padded=self._classifier.padded_tokens(plans),
+                seconds=time.monotonic() - started,
+                waits=[started - record.received for record in batch],
+            )
         return dict(zip(map(id, events), answers, strict=True))
 
     async def send(
@@ -128,21 +154,39 @@ class BatchProcessor:
         """Hand one record per event to the producer, in read order; return their deliveries."""
         return [await self._publish(record, answers.get(id(record))) for record in batch]
 
-    @staticmethod
     async def confirm(
-        batch: Sequence[InFlight], deliveries: Sequence[Awaitable[object]], previous: Awaitable[object] | None = None
+        self,
+        batch: Sequence[InFlight],
+        answers: dict[int, Prediction | EventError],
+        deliveries: Sequence[Awaitable[object]],
+        previous: Awaitable[object] | None = None,
     ) -> None:
-        """Await the deliveries and the previous batch's confirmation, then ack the events in order."""
+        """Await the deliveries and the previous batch's confirmation, count them, ack the events in order."""
         await asyncio.gather(*deliveries)
         if previous is not None:
             await previous
+        self._count(batch, answers)
         for record in batch:
             await record.ack()
+            self.processed[record.source.topic, record.source.partition] = record.source.offset + 1
 
     async def process(self, batch: Sequence[InFlight]) -> None:
         """All steps for one batch, one after the other."""
         await self.tokenize(batch)
-        await self.confirm(batch, await self.send(batch, await self.classify(batch)))
+        answers = await self.classify(batch)
+        await self.confirm(batch, answers, await self.send(batch, answers))
+
+    def _count(self, batch: Sequence[InFlight], answers: dict[int, Prediction | EventError]) -> None:
+        now = time.time()
+        for record in batch:
+            answer = answers.get(id(record))
+            if isinstance(answer, Prediction):
+                latency = None if record.timestamp is None else max(0.0, now - record.timestamp)
+                self._metrics.result(answer.label, answer.score, latency)
+            else:
+                rejected = answer if isinstance(answer, EventError) else record.outcome
+                assert isinstance(rejected, EventError), "an event is either classified or rejected"
+                self._metrics.dead_letter(rejected.reason.value)
 
     async def _publish(self, record: InFlight, answer: Prediction | EventError | None) -> Awaitable[object]:
         event = record.outcome
@@ -225,13 +269,17 @@ class Pipeline:
             # Sends are issued here, in batch order, so records keep their order per key; waiting
             # for their delivery and acking happen in a task, beside the next batch's inference.
             deliveries = await self._processor.send(batch, answers)
-            previous = group.create_task(self._confirm(batch, deliveries, previous))
+            previous = group.create_task(self._confirm(batch, answers, deliveries, previous))
 
     async def _confirm(
-        self, batch: Sequence[InFlight], deliveries: Sequence[Awaitable[object]], previous: asyncio.Task | None
+        self,
+        batch: Sequence[InFlight],
+        answers: dict[int, Prediction | EventError],
+        deliveries: Sequence[Awaitable[object]],
+        previous: asyncio.Task | None,
     ) -> None:
         try:
-            await self._processor.confirm(batch, deliveries, previous)
+            await self._processor.confirm(batch, answers, deliveries, previous)
         finally:
             self._slots.release()
 

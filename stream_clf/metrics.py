@@ -1,0 +1,196 @@
+"""The worker's Prometheus metrics, and the live snapshot its dashboard page polls.
+
+Names follow Prometheus conventions: the ``stream_clf_`` prefix, base units (seconds, tokens,
+events), ``_total`` for counters. Each worker keeps its own registry, so two workers in one test
+process do not share counts. Counters only ever grow; rates, ratios and percentiles are computed by
+whoever reads them (Prometheus, Grafana, or the dashboard's script).
+"""
+
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+from stream_clf.errors import Reason
+
+__all__ = ["CONTENT_TYPE", "WorkerMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_EVENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_TOKENS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+_CONFIDENCE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+# The dashboard's latency percentiles cover the last this many seconds of results.
+RECENT_SECONDS = 30.0
+# The *_created series (a timestamp per counter) only double what /metrics prints.
+disable_created_metrics()
+
+
+class WorkerMetrics:
+    """Every metric the worker exports, with one method per thing that happens to it."""
+
+    def __init__(self, *, model: str, version: str, precision: str, max_batch: int) -> None:
+        self.registry = CollectorRegistry()
+        self.model_version = version
+        self.max_batch = max_batch
+        r = self.registry
+        self.events_in = Counter(
+            "stream_clf_events_consumed", "Events read from the input topics", ["topic"], registry=r
+        )
+        self.results_out = Counter("stream_clf_results", "Results published to the output topic", registry=r)
+        self.dead_letters = Counter(
+            "stream_clf_dead_letters", "Events published to the dead-letter topic, by reason", ["reason"], registry=r
+        )
+        for reason in Reason:  # every reason is a series from the start, at 0
+            self.dead_letters.labels(reason=reason.value)
+        self.batch_events = Histogram("stream_clf_batch_events", "Events per micro-batch", buckets=_EVENTS, registry=r)
+        self.batch_tokens = Histogram(
+            "stream_clf_batch_tokens", "Tokens per micro-batch (before padding)", buckets=_TOKENS, registry=r
+        )
+        self.tokens = Counter("stream_clf_tokens", "Tokens the model read, without padding", registry=r)
+        self.padded_tokens = Counter(
+            "stream_clf_padded_tokens", "Tokens the model computed, padding included", registry=r
+        )
+        self.tokenize_seconds = Histogram(
+            "stream_clf_tokenize_seconds", "Time to tokenize one chunk of events", buckets=_SECONDS, registry=r
+        )
+        self.queue_seconds = Histogram(
+            "stream_clf_queue_wait_seconds",
+            "Time from an event's arrival in the worker to the start of its batch's inference",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "stream_clf_inference_seconds", "Time to classify one micro-batch", buckets=_SECONDS, registry=r
+        )
+        self.latency_seconds = Histogram(
+            "stream_clf_event_latency_seconds",
+            "Time from an event's Kafka timestamp to its result's delivery",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "stream_clf_consumer_lag_events",
+            "Events not yet processed, per partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.predictions = Counter(
+            "stream_clf_predictions", "Results by label and model version", ["model_version", "label"], registry=r
+        )
+        self.confidence = Histogram(
+            "stream_clf_confidence",
+            "Score of the predicted label, by model version",
+            ["model_version"],
+            buckets=_CONFIDENCE,
+            registry=r,
+        )
+        info = Gauge(
+            "stream_clf_model_info", "The model in service (always 1)", ["model", "version", "precision"], registry=r
+        )
+        info.labels(model=model, version=version, precision=precision).set(1)
+        self.model = {"name": model, "version": version, "precision": precision}
+        self.up = Gauge("stream_clf_up", "1 while the worker runs", registry=r)
+        self.up.set(1)
+        self.assigned = Gauge("stream_clf_assigned_partitions", "Input partitions assigned to this worker", registry=r)
+        self._lag_partitions: set[tuple[str, str]] = set()
+        self._recent_latency: deque[tuple[float, float]] = deque(maxlen=20_000)
+        self._recent_batches: deque[int] = deque(maxlen=50)
+
+    def consumed(self, topic: str) -> None:
+        self.events_in.labels(topic=topic).inc()
+
+    def batch(self, events: int, tokens: int, padded: int, seconds: float, waits: Iterable[float]) -> None:
+        """One micro-batch classified: its size, tokens, padding, inference time and queue waits."""
+        self.batch_events.observe(events)
+        self.batch_tokens.observe(tokens)
+        self.tokens.inc(tokens)
+        self.padded_tokens.inc(padded)
+        self.inference_seconds.observe(seconds)
+        for wait in waits:
+            self.queue_seconds.observe(wait)
+        self._recent_batches.append(events)
+
+    def result(self, label: str, score: float, latency: float | None) -> None:
+        """One result delivered; ``latency`` from the event's Kafka timestamp, when it had one."""
+        self.results_out.inc()
+        self.predictions.labels(model_version=self.model_version, label=label).inc()
+        self.confidence.labels(model_version=self.model_version).observe(score)
+        if latency is not None:
+            self.latency_seconds.observe(latency)
+            self._recent_latency.append((time.monotonic(), latency))
+
+    def dead_letter(self, reason: str) -> None:
+        self.dead_letters.labels(reason=reason).inc()
+
+    def partitions(self, lag: Mapping[tuple[str, int], int]) -> None:
+        """The assigned partitions and the lag of each; partitions no longer assigned are dropped."""
+        self.assigned.set(len(lag))
+        current = {(topic, str(partition)) for topic, partition in lag}
+        for topic, partition in self._lag_partitions - current:
+            self.lag.remove(topic, partition)
+        for (topic, partition), events in lag.items():
+            self.lag.labels(topic=topic, partition=str(partition)).set(events)
+        self._lag_partitions = current
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus' text format."""
+        return generate_latest(self.registry)
+
+    def snapshot(self) -> dict[str, object]:
+        """What the dashboard shows: counter totals, recent latency percentiles, batch fill, lag."""
+        cutoff = time.monotonic() - RECENT_SECONDS
+        recent = [latency for at, latency in self._recent_latency if at >= cutoff]
+        percentiles = (
+            dict(zip(("p50", "p95", "p99"), (float(v) for v in np.percentile(recent, [50, 95, 99])), strict=True))
+            if recent
+            else {"p50": None, "p95": None, "p99": None}
+        )
+        fill = (
+            sum(self._recent_batches) / (len(self._recent_batches) * self.max_batch) if self._recent_batches else None
+        )
+        return {
+            "time": time.time(),
+            "model": self.model,
+            "events_in": _total(self.events_in),
+            "results_out": _total(self.results_out),
+            "dead_letters": _by_label(self.dead_letters, "reason"),
+            "labels": _by_label(self.predictions, "label"),
+            "latency": percentiles,
+            "batch_fill": fill,
+            "padding": _padding(self.tokens, self.padded_tokens),
+            "lag": {
+                f"{topic}[{partition}]": _gauge_value(self.lag, topic, partition)
+                for topic, partition in sorted(self._lag_partitions)
+            },
+            "assigned_partitions": len(self._lag_partitions),
+        }
+
+
+def _samples(metric: Counter | Gauge) -> list:
+    return [sample for family in metric.collect() for sample in family.samples if not sample.name.endswith("_created")]
+
+
+def _total(counter: Counter) -> float:
+    return sum(sample.value for sample in _samples(counter))
+
+
+def _by_label(counter: Counter, label: str) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for sample in _samples(counter):
+        totals[sample.labels[label]] = totals.get(sample.labels[label], 0.0) + sample.value
+    return totals
+
+
+def _gauge_value(gauge: Gauge, topic: str, partition: str) -> float:
+    return next(
+        (s.value for s in _samples(gauge) if s.labels == {"topic": topic, "partition": partition}),
+        0.0,
+    )
+
+
+def _padding(tokens: Counter, padded: Counter) -> float | None:
+    computed = _total(padded)
+    return 1 - _total(tokens) / computed if computed else None

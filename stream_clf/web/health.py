@@ -1,0 +1,51 @@
+"""Readiness: the model is loaded, partitions are assigned, and the broker answers."""
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+from confluent_kafka.admin import AdminClient
+
+from stream_clf.topics import client_logger
+
+__all__ = ["Readiness"]
+
+# How long a broker check is trusted; probes arrive every few seconds from Kubernetes and Docker.
+CHECK_TTL_SECONDS = 5.0
+BROKER_TIMEOUT_SECONDS = 2.0
+
+
+class Readiness:
+    """Answers whether the worker can do its job now, and if not, why."""
+
+    def __init__(self, brokers: Sequence[str], assigned: Callable[[], int], *, model_loaded: bool = True) -> None:
+        self._admin = AdminClient({"bootstrap.servers": ",".join(brokers), "logger": client_logger})
+        self._assigned = assigned
+        self._model_loaded = model_loaded
+        self._broker_checked = 0.0
+        self._broker_error: str | None = "not checked yet"
+
+    async def reasons(self) -> list[str]:
+        """Why the worker is not ready; empty when it is."""
+        reasons = []
+        if not self._model_loaded:
+            reasons.append("model not loaded")
+        if self._assigned() == 0:
+            reasons.append("no partitions assigned")
+        broker = await self._broker()
+        if broker is not None:
+            reasons.append(f"broker unreachable: {broker}")
+        return reasons
+
+    async def _broker(self) -> str | None:
+        if time.monotonic() - self._broker_checked > CHECK_TTL_SECONDS:
+            self._broker_error = await asyncio.get_running_loop().run_in_executor(None, self._ask_broker)
+            self._broker_checked = time.monotonic()
+        return self._broker_error
+
+    def _ask_broker(self) -> str | None:
+        try:
+            self._admin.list_topics(timeout=BROKER_TIMEOUT_SECONDS)
+        except Exception as error:  # librdkafka's KafkaException, with its own message
+            return str(error)
+        return None
