@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stream_clf.errors import ConfigError
+from stream_clf.logs import LOG_FORMATS
 from stream_clf.windows import Truncation, Windowing
 
 __all__ = ["BROKERS_OPTION", "WORKER_OPTIONS", "Option", "WorkerSettings", "usable_cores"]
@@ -109,6 +110,13 @@ def _switch(text: str) -> bool:
     if value not in SWITCH_VALUES:
         raise ValueError("expected on or off")
     return SWITCH_VALUES[value]
+
+
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}")
+    return value
 
 
 def _log_level(text: str) -> str:
@@ -219,6 +227,7 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("web_host", _text, "127.0.0.1", "address the worker's web server binds to", "ADDRESS"),
     Option("web_port", _whole(1), 6066, "port of the worker's web server", "PORT"),
     Option("log_level", _log_level, "info", "log level: " + ", ".join(LOG_LEVELS), "LEVEL"),
+    Option("log_format", _log_format, "kv", "log lines as key=value pairs (kv) or JSON objects (json)", "FORMAT"),
 )
 
 
@@ -251,6 +260,7 @@ class WorkerSettings:
     web_host: str
     web_port: int
     log_level: str
+    log_format: str
 
     @classmethod
     def resolve(cls, flags: Mapping[str, str | None], environ: Mapping[str, str] | None = None) -> "WorkerSettings":

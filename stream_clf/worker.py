@@ -29,7 +29,7 @@ _RECORD_OVERHEAD = 64 * 1024
 
 def run_worker(settings: WorkerSettings) -> None:
     """Run the worker until SIGTERM or SIGINT; exits the process (0 on a clean stop)."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     bundle = load_bundle(resolve_model(settings.model))
     classifier = Classifier(
         bundle,
@@ -70,7 +70,7 @@ def run_worker(settings: WorkerSettings) -> None:
         quiet=True,
         redirect_stdouts=False,
         loglevel=settings.log_level,
-        logging_config=logging_config(settings.log_level),
+        logging_config=logging_config(settings.log_level, settings.log_format),
     )
     with scratch:
         worker.execute_from_commandline()

@@ -46,6 +46,7 @@ def test_every_setting_reads_its_environment_variable():
         "STREAM_CLF_WEB_HOST": "0.0.0.0",
         "STREAM_CLF_WEB_PORT": "7000",
         "STREAM_CLF_LOG_LEVEL": "DEBUG",
+        "STREAM_CLF_LOG_FORMAT": "JSON",
     }
     assert {option.env for option in WORKER_OPTIONS} == set(environ)
     settings = WorkerSettings.resolve({}, environ=environ)
@@ -75,6 +76,7 @@ def test_every_setting_reads_its_environment_variable():
         web_host="0.0.0.0",
         web_port=7000,
         log_level="debug",
+        log_format="json",
     )
 
 
