@@ -94,9 +94,15 @@ class WorkerProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def produce(bootstrap: str, topic: str, events: Iterable[tuple[bytes | None, bytes | None]]) -> list[Record]:
+def produce(
+    bootstrap: str,
+    topic: str,
+    events: Iterable[tuple[bytes | None, bytes | None]],
+    config: dict[str, object] | None = None,
+) -> list[Record]:
     """Produce (key, value) pairs in order, wait for every acknowledgement, return where each landed."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"})
+    settings = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"}
+    producer = Producer(settings | (config or {}))
     landed: dict[int, Record] = {}
     failures: list[str] = []
 
