@@ -10,9 +10,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream_clf.broker import free_port
+from stream_clf.tiny_model import SAMPLE_TEXTS
 from stream_clf.topics import ensure_topics
 
 
@@ -188,3 +190,24 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
         return {tp.partition: tp.offset for tp in found}
     finally:
         consumer.close()
+
+
+KEYS = 50
+
+
+def keyed_events(count: int, start: int = 0) -> list[tuple[bytes, bytes]]:
+    """``count`` events over ``KEYS`` keys; each carries its per-key sequence number in meta."""
+    events = []
+    for i in range(start, start + count):
+        key = f"user-{i % KEYS}"
+        text = SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]
+        events.append((key.encode(), orjson.dumps({"id": f"e{i}", "text": text, "meta": {"seq": i // KEYS}})))
+    return events
+
+
+def results_of(records: list[Record], topics: Topics) -> list[dict]:
+    return [orjson.loads(record.value) for record in records if record.topic == topics.output]
+
+
+def ids_seen(topics: Topics, expected: int):
+    return lambda records: len({r["id"] for r in results_of(records, topics)}) >= expected

@@ -11,35 +11,25 @@ import pytest
 from stream_clf.bundle import load_bundle
 from stream_clf.classifier import Classifier
 from stream_clf.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
-from tests.kafka_helpers import Record, Topics, collect, committed_offsets, produce
+from tests.kafka_helpers import (
+    KEYS,
+    Record,
+    Topics,
+    collect,
+    committed_offsets,
+    ids_seen,
+    keyed_events,
+    produce,
+    results_of,
+)
 
 pytestmark = pytest.mark.broker
-
-KEYS = 50
-
-
-def _events(count: int, start: int = 0) -> list[tuple[bytes, bytes]]:
-    """``count`` events over ``KEYS`` keys; each carries its per-key sequence number in meta."""
-    events = []
-    for i in range(start, start + count):
-        key = f"user-{i % KEYS}"
-        text = SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]
-        events.append((key.encode(), orjson.dumps({"id": f"e{i}", "text": text, "meta": {"seq": i // KEYS}})))
-    return events
-
-
-def _results(records: list[Record], topics: Topics) -> list[dict]:
-    return [orjson.loads(record.value) for record in records if record.topic == topics.output]
-
-
-def _ids_seen(topics: Topics, expected: int):
-    return lambda records: len({r["id"] for r in _results(records, topics)}) >= expected
 
 
 def _assert_committed_events_have_results(kafka_bootstrap: str, topics: Topics, records: list[Record]) -> None:
     """At-least-once: every input offset below the committed one has a result or a dead letter."""
     answered = defaultdict(set)
-    for result in _results(records, topics):
+    for result in results_of(records, topics):
         answered[result["source"]["partition"]].add(result["source"]["offset"])
     for record in records:
         if record.topic == topics.dlq:
@@ -63,17 +53,15 @@ def _wait_for_commits(kafka_bootstrap: str, topics: Topics, at_least: int, timeo
 
 
 def test_every_event_gets_exactly_one_result_in_key_order(kafka_bootstrap, topics, tiny_bundle, start_worker):
-    events = _events(2000)
+    events = keyed_events(2000)
     landed = produce(kafka_bootstrap, topics.input, events)
     assert len({record.partition for record in landed}) == 4
     start_worker(topics, tiny_bundle, "--max-batch", "64")
 
-    records = collect(
-        kafka_bootstrap, [topics.output, topics.dlq], until=_ids_seen(topics, 2000), timeout=120, settle=3
-    )
+    records = collect(kafka_bootstrap, [topics.output, topics.dlq], until=ids_seen(topics, 2000), timeout=120, settle=3)
 
     assert [r for r in records if r.topic == topics.dlq] == []
-    results = _results(records, topics)
+    results = results_of(records, topics)
     assert len(results) == 2000, f"{len(results) - 2000} duplicates"
     assert {r["id"] for r in results} == {f"e{i}" for i in range(2000)}
 
@@ -146,7 +134,7 @@ def test_every_kind_of_bad_input_goes_to_the_dead_letter_topic(kafka_bootstrap, 
         assert record.headers["source.topic"].decode() == topics.input
         assert int(record.headers["source.offset"]) >= 0
         assert record.headers["error.detail"]
-    results = _results(records, topics)
+    results = results_of(records, topics)
     assert sorted(r["id"] for r in results) == sorted(f"good-{i}" for i in range(20))
 
 
@@ -154,37 +142,37 @@ def test_commits_never_pass_an_event_without_a_result_and_kill_9_loses_nothing(
     kafka_bootstrap, topics, tiny_bundle, start_worker
 ):
     total = 3000
-    events = _events(total)
+    events = keyed_events(total)
     producer = threading.Thread(
         target=lambda: [produce(kafka_bootstrap, topics.input, events[i : i + 100]) or time.sleep(0.05)
                         for i in range(0, total, 100)]
     )  # fmt: skip
     producer.start()
     worker = start_worker(topics, tiny_bundle, "--max-batch", "16")
-    collect(kafka_bootstrap, [topics.output], until=_ids_seen(topics, 400), timeout=90, watch=[worker])
+    collect(kafka_bootstrap, [topics.output], until=ids_seen(topics, 400), timeout=90, watch=[worker])
     _wait_for_commits(kafka_bootstrap, topics, at_least=200)
     worker.kill()
 
     # Before anyone restarts: whatever the dead worker committed has its result in the output.
     seen = collect(kafka_bootstrap, [topics.output, topics.dlq], until=lambda rs: True, timeout=30, settle=3)
     _assert_committed_events_have_results(kafka_bootstrap, topics, seen)
-    assert len({r["id"] for r in _results(seen, topics)}) < total, "the kill should land mid-stream"
+    assert len({r["id"] for r in results_of(seen, topics)}) < total, "the kill should land mid-stream"
 
     producer.join()
     restarted = start_worker(topics, tiny_bundle, "--max-batch", "16")
     records = collect(
-        kafka_bootstrap, [topics.output, topics.dlq], until=_ids_seen(topics, total), timeout=120, watch=[restarted]
+        kafka_bootstrap, [topics.output, topics.dlq], until=ids_seen(topics, total), timeout=120, watch=[restarted]
     )
-    ids = Counter(r["id"] for r in _results(records, topics))
+    ids = Counter(r["id"] for r in results_of(records, topics))
     assert set(ids) == {f"e{i}" for i in range(total)}
     print(f"kill -9 mid-stream: {total} events, {sum(ids.values()) - total} duplicates, 0 lost")
 
 
 def test_sigterm_finishes_in_flight_work_commits_and_exits_0(kafka_bootstrap, topics, tiny_bundle, start_worker):
     total = 3000
-    produce(kafka_bootstrap, topics.input, _events(total))
+    produce(kafka_bootstrap, topics.input, keyed_events(total))
     worker = start_worker(topics, tiny_bundle, "--max-batch", "8")
-    collect(kafka_bootstrap, [topics.output], until=_ids_seen(topics, 300), timeout=90, watch=[worker])
+    collect(kafka_bootstrap, [topics.output], until=ids_seen(topics, 300), timeout=90, watch=[worker])
 
     started = time.monotonic()
     assert worker.terminate(timeout=60) == 0
@@ -192,13 +180,13 @@ def test_sigterm_finishes_in_flight_work_commits_and_exits_0(kafka_bootstrap, to
 
     seen = collect(kafka_bootstrap, [topics.output, topics.dlq], until=lambda rs: True, timeout=30, settle=3)
     _assert_committed_events_have_results(kafka_bootstrap, topics, seen)
-    before = Counter(r["id"] for r in _results(seen, topics))
+    before = Counter(r["id"] for r in results_of(seen, topics))
 
     start_worker(topics, tiny_bundle, "--max-batch", "8")
     records = collect(
-        kafka_bootstrap, [topics.output, topics.dlq], until=_ids_seen(topics, total), timeout=120, settle=2
+        kafka_bootstrap, [topics.output, topics.dlq], until=ids_seen(topics, total), timeout=120, settle=2
     )
-    ids = Counter(r["id"] for r in _results(records, topics))
+    ids = Counter(r["id"] for r in results_of(records, topics))
     assert set(ids) == {f"e{i}" for i in range(3000)}
     # A clean stop commits everything it published, so the restart repeats nothing.
     assert sum(ids.values()) == total, (
