@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,21 @@ class RunningService:
     input: str
     output: str
     log: Path
+    web_port: int
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until the worker's ``/readyz`` answers 200 (stream-clf's worker only)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:  # not listening yet, or 503
+                pass
+            time.sleep(0.5)
+        raise StreamClfError(f"the worker was not ready after {timeout:.0f}s; see {self.log}")
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -104,13 +120,14 @@ def start_service(module_args: Sequence[str], bootstrap: str, partitions: int, l
     tag = uuid.uuid4().hex[:8]
     topics = (f"bench-in-{tag}", f"bench-out-{tag}", f"bench-dlq-{tag}")
     ensure_topics([bootstrap], topics, partitions)
+    web_port = free_port()
     command = [
         sys.executable, "-m", *module_args, "--brokers", bootstrap, "--input", topics[0], "--output", topics[1],
-        "--dlq", topics[2], "--group", f"bench-{tag}", "--web-port", str(free_port()),
+        "--dlq", topics[2], "--group", f"bench-{tag}", "--web-port", str(web_port),
     ]  # fmt: skip
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return RunningService(process, topics[0], topics[1], log)
+    return RunningService(process, topics[0], topics[1], log, web_port)
 
 
 def _produce(

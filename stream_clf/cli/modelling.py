@@ -50,6 +50,15 @@ def register(commands: argparse._SubParsersAction) -> None:
             " agent, and the fraction of the machine's matrix-product peak. Prints a table, writes JSON.",
         )
     )
+    _soak(
+        commands.add_parser(
+            "soak",
+            help="run the pipeline under steady load for a long time; watch throughput and memory",
+            description="Send events at a fixed rate through a real broker to a worker for --minutes; sample"
+            " throughput and the worker's resident memory. Fails (exit 1) if any event is lost or memory grows"
+            " more than 10%% after the warm-up (the first third).",
+        )
+    )
 
 
 def _print_int8(report: QuantizationReport) -> None:
@@ -308,3 +317,43 @@ def _run_bench(args: argparse.Namespace) -> int:
     Console(width=None if sys.stdout.isatty() else 120).print(render(report))
     print(f"results written to {args.json}")
     return 0
+
+
+def _soak(parser: Parser) -> None:
+    from stream_clf.bench.soak import SoakOptions
+
+    defaults = SoakOptions()
+    parser.add_argument("--model", type=Path, default=defaults.model, help="bundle or built model (default: news-int8)")
+    parser.add_argument("--mix", default=defaults.mix, help="imdb, tweets, or a file of texts (default: imdb)")
+    parser.add_argument("--minutes", type=float, default=defaults.seconds / 60, help="(default: %(default)g)")
+    parser.add_argument("--rate", type=float, default=defaults.rate, help="events per second (default: %(default)g)")
+    parser.add_argument("--interval", type=float, default=defaults.interval, help="seconds per sample (%(default)g)")
+    parser.add_argument("--threads", type=positive_int, default=defaults.threads, help="(default: usable cores)")
+    parser.add_argument("--brokers", help="an existing Kafka to use (default: start a local one)")
+    parser.add_argument("--json", type=Path, default=Path("soak-results.json"), help="(default: %(default)s)")
+    parser.set_defaults(run=_run_soak, parser=parser)
+
+
+def _run_soak(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from stream_clf.bench.soak import SoakOptions, render_soak, run_soak
+
+    if args.minutes <= 0 or args.rate <= 0 or args.interval <= 0:
+        raise ConfigError("--minutes, --rate and --interval must be above 0")
+    options = SoakOptions(
+        model=args.model,
+        mix=args.mix,
+        seconds=args.minutes * 60,
+        rate=args.rate,
+        interval=args.interval,
+        threads=args.threads,
+        brokers=args.brokers,
+    )
+    with progress_bars() as progress:
+        task = progress.add_task(f"soak: {args.minutes:g} min at {args.rate:g} events/s", total=None)
+        report = run_soak(options, lambda n: progress.advance(task, n))
+    args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    Console(width=None if sys.stdout.isatty() else 120).print(render_soak(report))
+    print(f"results written to {args.json}")
+    return 0 if report["passed"] else 1
