@@ -55,6 +55,7 @@ def create_app(settings: WorkerSettings, classifier: Classifier, *, max_record_b
         web_bind=settings.web_host,
         web_port=settings.web_port,
         web_host=settings.web_host,
+        broker_credentials=settings.security.faust_credentials(),
     )
     source = app.topic(*settings.input)
     topics = {name: app.topic(name) for name in (settings.output, settings.dlq)}
@@ -116,7 +117,7 @@ def create_app(settings: WorkerSettings, classifier: Classifier, *, max_record_b
             lag[tp.topic, tp.partition] = max(0, (ends.get(tp) or 0) - done)
         metrics.partitions(lag)
 
-    add_pages(app, metrics, Readiness(settings.brokers, lambda: len(assigned())))
+    add_pages(app, metrics, Readiness(settings.brokers, lambda: len(assigned()), security=settings.security))
     return app
 
 

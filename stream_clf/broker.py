@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -158,7 +158,9 @@ def _die_with_parent() -> None:
 class LocalKafka:
     """One KRaft broker+controller process on 127.0.0.1, with its data in ``data_dir``.
 
-    ``extra_properties`` are added to (or override) the generated ``server.properties``.
+    ``extra_properties`` are added to (or override) the generated ``server.properties``;
+    ``format_args`` are added to the storage format command of a new data directory (e.g. SCRAM
+    users: ``--add-scram SCRAM-SHA-256=[name=alice,password=...]``).
     """
 
     data_dir: Path
@@ -166,6 +168,7 @@ class LocalKafka:
     controller_port: int = 9093
     heap: str = "512m"
     extra_properties: Mapping[str, str] = field(default_factory=dict)
+    format_args: Sequence[str] = ()
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -203,7 +206,7 @@ class LocalKafka:
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             formatted = subprocess.run(
                 [java, *logging_flags, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "-t", cluster_id, "-c", str(config)],
+                 "-t", cluster_id, "-c", str(config), *self.format_args],
                 capture_output=True,
                 text=True,
                 check=False,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
+from stream_clf.security import PLAINTEXT, KafkaSecurity
 from stream_clf.topics import client_logger
 
 __all__ = ["ProduceReport", "event_for_line", "produce_lines", "producer_config"]
@@ -26,7 +27,7 @@ class ProduceReport:
     first_error: str | None = None
 
 
-def producer_config(brokers: Sequence[str]) -> dict[str, object]:
+def producer_config(brokers: Sequence[str], security: KafkaSecurity = PLAINTEXT) -> dict[str, object]:
     """An idempotent producer that partitions keys like the Java client and Faust (murmur2)."""
     return {
         "bootstrap.servers": ",".join(brokers),
@@ -34,6 +35,7 @@ def producer_config(brokers: Sequence[str]) -> dict[str, object]:
         "linger.ms": 10,
         "partitioner": "murmur2_random",
         "logger": client_logger,
+        **security.librdkafka(),
     }
 
 
@@ -68,10 +70,11 @@ def produce_lines(
     key_field: str | None = None,
     raw: bool = False,
     on_line: Callable[[int], None] | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> ProduceReport:
     """Send one event per line and wait until the broker has acknowledged (or refused) each."""
     report = ProduceReport()
-    producer = Producer(producer_config(brokers))
+    producer = Producer(producer_config(brokers, security))
 
     def delivered(error: KafkaError | None, _message: Message) -> None:
         if error is None:

@@ -9,15 +9,16 @@ worker settings.
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stream_clf.errors import ConfigError
 from stream_clf.logs import LOG_FORMATS
+from stream_clf.security import MECHANISMS, PROTOCOLS, KafkaSecurity
 from stream_clf.windows import Truncation, Windowing
 
-__all__ = ["BROKERS_OPTION", "WORKER_OPTIONS", "Option", "WorkerSettings", "usable_cores"]
+__all__ = ["BROKERS_OPTION", "SECURITY_OPTIONS", "WORKER_OPTIONS", "Option", "WorkerSettings", "usable_cores"]
 
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$|^\[[0-9A-Fa-f:]+\]:\d{1,5}$")
@@ -112,6 +113,16 @@ def _switch(text: str) -> bool:
     return SWITCH_VALUES[value]
 
 
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().upper()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
 def _log_format(text: str) -> str:
     value = text.strip().lower()
     if value not in LOG_FORMATS:
@@ -137,6 +148,7 @@ class Option:
     metavar: str = "VALUE"
     shown_default: str | None = None
     required: bool = False
+    secret: bool = False  # its value is never echoed in an error
 
     @property
     def flag(self) -> str:
@@ -166,10 +178,52 @@ class Option:
         try:
             return self.parse(text)
         except ValueError as error:
-            raise ConfigError(f"{source}={text!r}: {error}") from None
+            shown = "'***'" if self.secret else repr(text)
+            raise ConfigError(f"{source}={shown}: {error}") from None
 
 
 BROKERS_OPTION = Option("brokers", _brokers, ("localhost:9092",), "Kafka bootstrap servers", "HOST:PORT[,...]")
+
+# How every client stream-clf makes connects to Kafka: the worker's, and the CLI's.
+SECURITY_OPTIONS: tuple[Option, ...] = (
+    Option("security_protocol", _choice(PROTOCOLS), "PLAINTEXT", "Kafka security: " + ", ".join(PROTOCOLS), "NAME"),
+    Option("sasl_mechanism", _choice(MECHANISMS), "PLAIN", "SASL mechanism: " + ", ".join(MECHANISMS), "NAME"),
+    Option("sasl_username", _text, None, "SASL user name", "USER", "none"),
+    Option(
+        "sasl_password", _text, None, "SASL password (prefer the environment variable)", "SECRET", "none", secret=True
+    ),
+    Option(
+        "ssl_ca",
+        _path,
+        None,
+        "CA certificate(s) to verify the brokers, PEM (default: the system's)",
+        "FILE",
+        "system CAs",
+    ),
+    Option("ssl_cert", _path, None, "client certificate, PEM (mutual TLS)", "FILE", "none"),
+    Option("ssl_key", _path, None, "client private key, PEM", "FILE", "none"),
+    Option("ssl_key_password", _text, None, "password of the client private key", "SECRET", "none", secret=True),
+)
+
+
+def resolve_security(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> KafkaSecurity:
+    """The Kafka security settings from parsed flags (field name -> text or None) and the environment."""
+    values = {option.field: option.resolve(flags.get(option.field), environ) for option in SECURITY_OPTIONS}
+    return _security(values)
+
+
+def _security(values: Mapping[str, Any]) -> KafkaSecurity:
+    return KafkaSecurity(
+        protocol=values["security_protocol"],
+        mechanism=values["sasl_mechanism"],
+        username=values["sasl_username"],
+        password=values["sasl_password"],
+        ca=values["ssl_ca"],
+        cert=values["ssl_cert"],
+        key=values["ssl_key"],
+        key_password=values["ssl_key_password"],
+    )
+
 
 WORKER_OPTIONS: tuple[Option, ...] = (
     BROKERS_OPTION,
@@ -228,6 +282,7 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("web_port", _whole(1), 6066, "port of the worker's web server", "PORT"),
     Option("log_level", _log_level, "info", "log level: " + ", ".join(LOG_LEVELS), "LEVEL"),
     Option("log_format", _log_format, "kv", "log lines as key=value pairs (kv) or JSON objects (json)", "FORMAT"),
+    *SECURITY_OPTIONS,
 )
 
 
@@ -261,6 +316,14 @@ class WorkerSettings:
     web_port: int
     log_level: str
     log_format: str
+    security_protocol: str
+    sasl_mechanism: str
+    sasl_username: str | None
+    sasl_password: str | None = field(repr=False)
+    ssl_ca: Path | None
+    ssl_cert: Path | None
+    ssl_key: Path | None
+    ssl_key_password: str | None = field(repr=False)
 
     @classmethod
     def resolve(cls, flags: Mapping[str, str | None], environ: Mapping[str, str] | None = None) -> "WorkerSettings":
@@ -273,6 +336,7 @@ class WorkerSettings:
             raise ConfigError(f"{opt.flag} is required: pass {opt.flag} {opt.metavar} or set {opt.env}")
         settings = cls(**values)
         settings._check_topics()
+        _security(values)  # a bad combination stops the worker here, with one line
         return settings
 
     def _check_topics(self) -> None:
@@ -283,6 +347,10 @@ class WorkerSettings:
                 )
         if self.output == self.dlq:
             raise ConfigError(f"--output and --dlq are both {self.output!r}: give dead letters their own topic")
+
+    @property
+    def security(self) -> KafkaSecurity:
+        return _security({option.field: getattr(self, option.field) for option in SECURITY_OPTIONS})
 
     @property
     def windowing(self) -> Windowing:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import orjson
 from confluent_kafka import Consumer, Message
 
+from stream_clf.security import PLAINTEXT, KafkaSecurity
 from stream_clf.topics import client_logger
 
 __all__ = ["format_record", "tail"]
@@ -27,6 +28,7 @@ def tail(
     max_records: int | None = None,
     as_json: bool = False,
     idle_timeout: float | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> int:
     """Print records until ``max_records`` were printed or ``idle_timeout`` seconds pass without one."""
     consumer = Consumer(
@@ -36,6 +38,7 @@ def tail(
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest" if from_beginning else "latest",
             "logger": client_logger,
+            **security.librdkafka(),
         }
     )
     consumer.subscribe([topic])

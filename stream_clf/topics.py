@@ -8,6 +8,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from stream_clf.errors import BrokerError
+from stream_clf.security import PLAINTEXT, KafkaSecurity
 
 __all__ = ["admin_client", "client_logger", "ensure_topics", "largest_record_limit", "wait_for_broker"]
 
@@ -16,14 +17,14 @@ client_logger = logging.getLogger("stream_clf.librdkafka")
 KAFKA_DEFAULT_RECORD_LIMIT = 1_048_588
 
 
-def admin_client(brokers: Sequence[str]) -> AdminClient:
+def admin_client(brokers: Sequence[str], security: KafkaSecurity = PLAINTEXT) -> AdminClient:
     """An AdminClient whose librdkafka log lines go to Python logging instead of stderr."""
-    return AdminClient({"bootstrap.servers": ",".join(brokers), "logger": client_logger})
+    return AdminClient({"bootstrap.servers": ",".join(brokers), "logger": client_logger, **security.librdkafka()})
 
 
-def wait_for_broker(brokers: Sequence[str], timeout: float) -> None:
+def wait_for_broker(brokers: Sequence[str], timeout: float, security: KafkaSecurity = PLAINTEXT) -> None:
     """Return once a metadata request succeeds; raise :class:`BrokerError` after ``timeout`` seconds."""
-    admin = admin_client(brokers)
+    admin = admin_client(brokers, security)
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -43,9 +44,10 @@ def ensure_topics(
     names: Iterable[str],
     partitions: int,
     config: dict[str, str] | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> list[str]:
     """Create the topics that do not exist yet; return the names created."""
-    admin = admin_client(brokers)
+    admin = admin_client(brokers, security)
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [name for name in dict.fromkeys(names) if name not in existing]
     if not wanted:
@@ -65,9 +67,9 @@ def ensure_topics(
     return created
 
 
-def largest_record_limit(brokers: Sequence[str], topics: Iterable[str]) -> int:
+def largest_record_limit(brokers: Sequence[str], topics: Iterable[str], security: KafkaSecurity = PLAINTEXT) -> int:
     """The largest ``max.message.bytes`` among ``topics``: how big a record read from them can be."""
-    admin = admin_client(brokers)
+    admin = admin_client(brokers, security)
     resources = [ConfigResource(ResourceType.TOPIC, name) for name in topics]
     limits = [KAFKA_DEFAULT_RECORD_LIMIT]
     for future in admin.describe_configs(resources).values():

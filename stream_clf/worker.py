@@ -41,20 +41,25 @@ def run_worker(settings: WorkerSettings) -> None:
         provider=settings.provider,
         spinning=settings.spinning,
     )
-    wait_for_broker(settings.brokers, BROKER_WAIT_SECONDS)
-    ensure_topics(settings.brokers, settings.input, settings.partitions)
-    record_limit = largest_record_limit(settings.brokers, settings.input)
+    security = settings.security
+    wait_for_broker(settings.brokers, BROKER_WAIT_SECONDS, security)
+    ensure_topics(settings.brokers, settings.input, settings.partitions, security=security)
+    record_limit = largest_record_limit(settings.brokers, settings.input, security)
     # Dead letters carry the original value and results echo its meta, so both topics must take
     # records as large as the inputs do, plus room for headers and the result's own fields.
     output_limit = record_limit + _RECORD_OVERHEAD
     ensure_topics(
-        settings.brokers, [settings.output, settings.dlq], settings.partitions, {"max.message.bytes": str(output_limit)}
+        settings.brokers,
+        [settings.output, settings.dlq],
+        settings.partitions,
+        {"max.message.bytes": str(output_limit)},
+        security=security,
     )
     scratch = tempfile.TemporaryDirectory(prefix="stream-clf-faust-")
     app = create_app(settings, classifier, max_record_bytes=output_limit, datadir=Path(scratch.name))
     log.info(
         "event=worker_start model=%s model_version=%s precision=%s provider=%s labels=%s input=%s output=%s"
-        " dlq=%s group=%s",
+        " dlq=%s group=%s security=%s",
         bundle.name,
         bundle.version,
         bundle.precision,
@@ -64,6 +69,7 @@ def run_worker(settings: WorkerSettings) -> None:
         settings.output,
         settings.dlq,
         settings.group,
+        security.protocol + (f"/{security.mechanism}" if security.sasl else ""),
     )
     worker = faust.Worker(
         app,

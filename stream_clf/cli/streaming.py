@@ -9,7 +9,7 @@ from pathlib import Path
 
 from stream_clf.cli.common import Parser, add_option, positive_int, raise_interrupt
 from stream_clf.errors import BrokerError
-from stream_clf.settings import BROKERS_OPTION, WORKER_OPTIONS, WorkerSettings
+from stream_clf.settings import BROKERS_OPTION, SECURITY_OPTIONS, WORKER_OPTIONS, WorkerSettings, resolve_security
 
 __all__ = ["register"]
 
@@ -75,6 +75,8 @@ def _broker(parser: Parser) -> None:
 
 def _produce(parser: Parser) -> None:
     add_option(parser, BROKERS_OPTION)
+    for option in SECURITY_OPTIONS:
+        add_option(parser, option)
     parser.add_argument("--topic", required=True, help="topic to write to")
     parser.add_argument("file", nargs="?", default="-", help="file of lines, or - for stdin (default: -)")
     parser.add_argument("--key-field", help="set the Kafka key from this field of each JSON line")
@@ -100,6 +102,7 @@ def _produce(parser: Parser) -> None:
                 key_field=args.key_field,
                 raw=args.raw,
                 on_line=lambda n: progress.advance(task, n),
+                security=resolve_security(vars(args), os.environ),
             )
         skipped = f", skipped {report.skipped} blank lines" if report.skipped else ""
         print(f"sent {report.sent} events to {args.topic}{skipped}")
@@ -112,6 +115,8 @@ def _produce(parser: Parser) -> None:
 
 def _tail(parser: Parser) -> None:
     add_option(parser, BROKERS_OPTION)
+    for option in SECURITY_OPTIONS:
+        add_option(parser, option)
     parser.add_argument("--topic", required=True, help="topic to read")
     parser.add_argument("--from-beginning", action="store_true", help="start at the oldest record, not the newest")
     parser.add_argument("--max", type=positive_int, help="stop after this many records")
@@ -132,6 +137,7 @@ def _tail(parser: Parser) -> None:
                 max_records=args.max,
                 as_json=args.json,
                 idle_timeout=args.idle_timeout,
+                security=resolve_security(vars(args), os.environ),
             )
         return 0
 

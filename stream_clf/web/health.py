@@ -4,9 +4,8 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
-from confluent_kafka.admin import AdminClient
-
-from stream_clf.topics import client_logger
+from stream_clf.security import PLAINTEXT, KafkaSecurity
+from stream_clf.topics import admin_client
 
 __all__ = ["Readiness"]
 
@@ -18,8 +17,15 @@ BROKER_TIMEOUT_SECONDS = 2.0
 class Readiness:
     """Answers whether the worker can do its job now, and if not, why."""
 
-    def __init__(self, brokers: Sequence[str], assigned: Callable[[], int], *, model_loaded: bool = True) -> None:
-        self._admin = AdminClient({"bootstrap.servers": ",".join(brokers), "logger": client_logger})
+    def __init__(
+        self,
+        brokers: Sequence[str],
+        assigned: Callable[[], int],
+        *,
+        security: KafkaSecurity = PLAINTEXT,
+        model_loaded: bool = True,
+    ) -> None:
+        self._admin = admin_client(brokers, security)
         self._assigned = assigned
         self._model_loaded = model_loaded
         self._broker_checked = 0.0
