@@ -2,6 +2,7 @@
 under the worker's feet, workers joining and leaving mid-stream. Nothing is lost; order per key holds
 where it is promised."""
 
+import math
 import random
 import threading
 import time
@@ -10,8 +11,12 @@ from collections import Counter, defaultdict
 import orjson
 import pytest
 
+from stream_clf.bench.mixes import load_texts
 from stream_clf.broker import LocalKafka, free_port
+from stream_clf.bundle import load_bundle
+from stream_clf.classifier import Classifier
 from tests.kafka_helpers import KEYS, Topics, WorkerProcess, collect, ids_seen, keyed_events, produce, results_of
+from tests.web_helpers import scrape
 
 pytestmark = pytest.mark.broker
 
@@ -113,3 +118,39 @@ def test_workers_joining_and_leaving_keep_every_event_and_key_order(kafka_bootst
     for key, sequence in first_seen.items():
         assert sequence == sorted(sequence), f"{key}: results out of order"
     print(f"rebalance: {total} events, 0 lost, {sum(ids.values()) - total} duplicates")
+
+
+def test_slow_inference_keeps_the_worker_in_its_group(kafka_bootstrap, topics, news_model, start_worker):
+    # One thread and batches sized to take about twice the session timeout (6 s) each. Inference runs
+    # beside the event loop, so heartbeats go on and the group never rebalances.
+    bundle = news_model.bundles["int8"]
+    classifier = Classifier(load_bundle(bundle), threads=1)
+    texts = load_texts("imdb", 60, classifier.tokenizer)
+    started = time.monotonic()
+    classifier.predict(texts)
+    per_text = (time.monotonic() - started) / len(texts)
+    batch = math.ceil(12.0 / per_text)
+    total = 2 * batch
+    texts = [texts[i % len(texts)] for i in range(total)]
+    produce(
+        kafka_bootstrap, topics.input, [(None, orjson.dumps({"id": f"e{i}", "text": t})) for i, t in enumerate(texts)]
+    )
+    port = free_port()
+    worker = start_worker(topics, bundle, "--threads", "1", "--max-batch", str(batch), "--max-tokens", "10000000",
+                          "--max-wait-ms", "2000", "--log-level", "info", "--web-port", str(port))  # fmt: skip
+    records = collect(kafka_bootstrap, [topics.output, topics.dlq], until=ids_seen(topics, total), timeout=300,
+                      settle=2, watch=[worker])  # fmt: skip
+    ids = Counter(result["id"] for result in results_of(records, topics))
+    assert ids == Counter({f"e{i}": 1 for i in range(total)}), "no rebalance, so no event is processed twice"
+    samples = scrape(port)
+    batches = samples["stream_clf_inference_seconds_count", ()]
+    buckets = {
+        float(dict(labels)["le"]): count
+        for (name, labels), count in samples.items()
+        if name == "stream_clf_inference_seconds_bucket"
+    }
+    # Some batch took longer than this (the histogram's cumulative count below it is short).
+    exceeded = max(le for le, count in buckets.items() if count < batches)
+    assert exceeded >= 5.0, f"no batch took more than 5 s (longest above {exceeded} s): the test proves nothing"
+    log = worker.log.read_text(errors="replace")
+    assert log.count("Executing _on_partitions_assigned") == 1, "the worker was assigned partitions more than once"
