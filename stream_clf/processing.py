@@ -19,7 +19,7 @@ whose record the broker has not acknowledged, and acks never run ahead of an ear
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -31,7 +31,7 @@ from stream_clf.events import Source, TextEvent, dead_letter_headers, decode_eve
 from stream_clf.metrics import WorkerMetrics
 from stream_clf.windows import Plan
 
-__all__ = ["BatchProcessor", "InFlight", "Pipeline", "Sender"]
+__all__ = ["BatchProcessor", "InFlight", "Pipeline", "Routing", "Sender", "count_outcomes"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,57 @@ class InFlight:
         return self.plan.tokens if self.plan else 0
 
 
+@dataclass(frozen=True)
+class Routing:
+    """Where each event's one record goes, and what it holds: a result, or a dead letter."""
+
+    output: str
+    dlq: str
+    model: str
+    version: str
+    top_k: int = 0
+
+    def record(
+        self, record: InFlight, answer: Prediction | EventError | None
+    ) -> tuple[str, bytes | None, bytes | None, Headers]:
+        """(topic, key, value, headers) of the record published for ``record``."""
+        event = record.outcome
+        if isinstance(answer, Prediction) and isinstance(event, TextEvent):
+            value = encode_result(
+                event_id=event.id or record.source.default_id,
+                label=answer.label,
+                scores=answer.scores,
+                model=self.model,
+                model_version=self.version,
+                source=record.source,
+                meta=event.meta,
+                truncated=answer.truncated,
+                chunks=answer.chunks,
+                top_k=self.top_k,
+                labels=answer.labels,
+            )
+            return self.output, record.key, value, []
+        rejected = answer if isinstance(answer, EventError) else event
+        assert isinstance(rejected, EventError), "an event is either classified or rejected"
+        return self.dlq, record.key, record.value, dead_letter_headers(rejected, record.source)
+
+
+def count_outcomes(
+    metrics: WorkerMetrics, batch: Sequence[InFlight], answers: Mapping[int, Prediction | EventError]
+) -> None:
+    """Count each delivered record of ``batch`` as a result (with its latency) or a dead letter."""
+    now = time.time()
+    for record in batch:
+        answer = answers.get(id(record))
+        if isinstance(answer, Prediction):
+            latency = None if record.timestamp is None else max(0.0, now - record.timestamp)
+            metrics.result(answer.label, answer.score, latency)
+        else:
+            rejected = answer if isinstance(answer, EventError) else record.outcome
+            assert isinstance(rejected, EventError), "an event is either classified or rejected"
+            metrics.dead_letter(rejected.reason.value)
+
+
 class BatchProcessor:
     """Tokenizes, classifies and publishes micro-batches; each step callable on its own."""
 
@@ -107,16 +158,12 @@ class BatchProcessor:
     ) -> None:
         self._classifier = classifier
         self._send = send
-        self._output = output_topic
-        self._dlq = dlq_topic
         self._inference = inference
         self._tokenization = tokenization
-        self._top_k = top_k
+        self.routing = Routing(output_topic, dlq_topic, classifier.bundle.name, classifier.bundle.version, top_k)
         self._metrics = metrics
         # Per input partition, the offset after the last event acked: what lag is measured from.
         self.processed: dict[tuple[str, int], int] = {}
-        self._model = classifier.bundle.name
-        self._version = classifier.bundle.version
 
     async def tokenize(self, records: Sequence[InFlight]) -> None:
         """Plan the valid events' texts in the tokenizer thread; a text that cannot be is rejected."""
@@ -177,37 +224,10 @@ class BatchProcessor:
         await self.confirm(batch, answers, await self.send(batch, answers))
 
     def _count(self, batch: Sequence[InFlight], answers: dict[int, Prediction | EventError]) -> None:
-        now = time.time()
-        for record in batch:
-            answer = answers.get(id(record))
-            if isinstance(answer, Prediction):
-                latency = None if record.timestamp is None else max(0.0, now - record.timestamp)
-                self._metrics.result(answer.label, answer.score, latency)
-            else:
-                rejected = answer if isinstance(answer, EventError) else record.outcome
-                assert isinstance(rejected, EventError), "an event is either classified or rejected"
-                self._metrics.dead_letter(rejected.reason.value)
+        count_outcomes(self._metrics, batch, answers)
 
     async def _publish(self, record: InFlight, answer: Prediction | EventError | None) -> Awaitable[object]:
-        event = record.outcome
-        if isinstance(answer, Prediction) and isinstance(event, TextEvent):
-            value = encode_result(
-                event_id=event.id or record.source.default_id,
-                label=answer.label,
-                scores=answer.scores,
-                model=self._model,
-                model_version=self._version,
-                source=record.source,
-                meta=event.meta,
-                truncated=answer.truncated,
-                chunks=answer.chunks,
-                top_k=self._top_k,
-                labels=answer.labels,
-            )
-            return await self._send(self._output, record.key, value, [])
-        rejected = answer if isinstance(answer, EventError) else event
-        assert isinstance(rejected, EventError), "an event is either classified or rejected"
-        return await self._send(self._dlq, record.key, record.value, dead_letter_headers(rejected, record.source))
+        return await self._send(*self.routing.record(record, answer))
 
     async def _isolated(
         self, function: Callable[[list[T]], list[R]], items: list[T], executor: Executor

@@ -8,6 +8,7 @@ worker settings.
 
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$|^\[[0-9A-Fa-f:]+\]:\d{1,5}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PROVIDERS = ("cpu", "cuda", "auto")
+GUARANTEES = ("at-least-once", "exactly-once")
 SWITCH_VALUES = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 
 
@@ -111,6 +113,13 @@ def _switch(text: str) -> bool:
     if value not in SWITCH_VALUES:
         raise ValueError("expected on or off")
     return SWITCH_VALUES[value]
+
+
+def _guarantee(text: str) -> str:
+    value = text.strip().lower()
+    if value not in GUARANTEES:
+        raise ValueError(f"expected one of {', '.join(GUARANTEES)}")
+    return value
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
@@ -239,6 +248,21 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("bucket_size", _whole(1), 8, "most rows per ONNX Runtime call (rows sorted by length)", "N"),
     Option("bucket_tokens", _whole(1), 4096, "most padded tokens per ONNX Runtime call", "TOKENS"),
     Option("group", _text, "stream-clf", "Kafka consumer group (and Faust app id)", "NAME"),
+    Option(
+        "guarantee",
+        _guarantee,
+        "at-least-once",
+        "delivery guarantee: at-least-once, or exactly-once (Kafka transactions)",
+        "MODE",
+    ),
+    Option(
+        "instance",
+        _text,
+        socket.gethostname(),
+        "this worker's stable name in its group: exactly-once's transactional id is group-instance",
+        "NAME",
+        "the host name",
+    ),
     Option("partitions", _whole(1), 4, "partitions of the topics the worker creates", "N"),
     Option("max_event_bytes", _whole(1), 1_048_576, "largest accepted event value, in bytes", "BYTES"),
     Option("threads", _whole(1), usable_cores(), "ONNX Runtime intra-op threads", "N", "the usable cores"),
@@ -301,6 +325,8 @@ class WorkerSettings:
     bucket_size: int
     bucket_tokens: int
     group: str
+    guarantee: str
+    instance: str
     partitions: int
     max_event_bytes: int
     threads: int

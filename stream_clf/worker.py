@@ -5,7 +5,9 @@ reported as one line (see :mod:`stream_clf.cli`).
 """
 
 import logging
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import faust
@@ -17,6 +19,7 @@ from stream_clf.classifier import Classifier
 from stream_clf.logs import configure_logging, logging_config
 from stream_clf.settings import WorkerSettings
 from stream_clf.topics import ensure_topics, largest_record_limit, wait_for_broker
+from stream_clf.transactional import run_exactly_once
 
 __all__ = ["BROKER_WAIT_SECONDS", "run_worker"]
 
@@ -55,11 +58,9 @@ def run_worker(settings: WorkerSettings) -> None:
         {"max.message.bytes": str(output_limit)},
         security=security,
     )
-    scratch = tempfile.TemporaryDirectory(prefix="stream-clf-faust-")
-    app = create_app(settings, classifier, max_record_bytes=output_limit, datadir=Path(scratch.name))
     log.info(
         "event=worker_start model=%s model_version=%s precision=%s provider=%s labels=%s input=%s output=%s"
-        " dlq=%s group=%s security=%s",
+        " dlq=%s group=%s guarantee=%s security=%s",
         bundle.name,
         bundle.version,
         bundle.precision,
@@ -69,8 +70,14 @@ def run_worker(settings: WorkerSettings) -> None:
         settings.output,
         settings.dlq,
         settings.group,
+        settings.guarantee,
         security.protocol + (f"/{security.mechanism}" if security.sasl else ""),
     )
+    if settings.guarantee == "exactly-once":
+        _run_transactional(settings, classifier, output_limit)
+        return
+    scratch = tempfile.TemporaryDirectory(prefix="stream-clf-faust-")
+    app = create_app(settings, classifier, max_record_bytes=output_limit, datadir=Path(scratch.name))
     worker = faust.Worker(
         app,
         quiet=True,
@@ -80,3 +87,12 @@ def run_worker(settings: WorkerSettings) -> None:
     )
     with scratch:
         worker.execute_from_commandline()
+
+
+def _run_transactional(settings: WorkerSettings, classifier: Classifier, output_limit: int) -> None:
+    """The exactly-once loop, stopped by SIGTERM or SIGINT after the batch in flight commits."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    run_exactly_once(settings, classifier, max_record_bytes=output_limit, stop=stop)
+    log.info("event=worker_stop guarantee=exactly-once")
