@@ -11,25 +11,29 @@ exactly one result per event, across crashes. The transactional id is stable per
 once instead of waiting for the transaction timeout.
 
 The loop is synchronous: a batch is tokenized, classified, published and committed before the next
-is read, so a rebalance never finds work in flight. It trades the pipeline's overlap for that.
+is read, so a rebalance never finds work in flight. It trades the pipeline's overlap for that. The
+web server here is a small thread with ``/metrics``, ``/healthz`` and ``/readyz`` (no dashboard).
 """
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from prometheus_client import start_http_server
 
 from stream_clf.classifier import Classifier, Prediction
 from stream_clf.errors import BrokerError, EventError, Reason
 from stream_clf.events import Source, TextEvent
-from stream_clf.metrics import WorkerMetrics
+from stream_clf.metrics import CONTENT_TYPE, WorkerMetrics
 from stream_clf.processing import InFlight, Routing, count_outcomes
 from stream_clf.settings import WorkerSettings
 from stream_clf.topics import client_logger
+from stream_clf.web.health import Readiness
 
 __all__ = ["run_exactly_once"]
 
@@ -66,7 +70,8 @@ def run_exactly_once(
     metrics = WorkerMetrics(
         model=bundle.name, version=bundle.version, precision=bundle.precision, max_batch=settings.max_batch
     )
-    start_http_server(settings.web_port, settings.web_host, registry=metrics.registry)
+    readiness = Readiness(settings.brokers, lambda: len(consumer.assignment()), security=settings.security)
+    _serve(settings.web_host, settings.web_port, metrics, readiness)
     routing = Routing(settings.output, settings.dlq, bundle.name, bundle.version, settings.top_k)
     producer.init_transactions(30)
     consumer.subscribe(list(settings.input))
@@ -84,6 +89,36 @@ def run_exactly_once(
             count_outcomes(metrics, batch, answers)
     finally:
         consumer.close()
+
+
+def _serve(host: str, port: int, metrics: WorkerMetrics, readiness: Readiness) -> None:
+    """``/metrics``, ``/healthz`` and ``/readyz`` from a thread (no Faust web server in this mode)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._answer(200, metrics.exposition(), CONTENT_TYPE)
+            elif self.path == "/healthz":
+                self._answer(200, b'{"status":"alive"}')
+            elif self.path == "/readyz":
+                reasons = asyncio.run(readiness.reasons())
+                body = {"status": "not ready", "reasons": reasons} if reasons else {"status": "ready"}
+                self._answer(503 if reasons else 200, orjson.dumps(body))
+            else:
+                self._answer(404, b'{"status":"not found"}')
+
+        def _answer(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:  # probes every few seconds are not news
+            return
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
 
 
 def _usable(message: Message) -> bool:

@@ -16,7 +16,7 @@ from stream_clf.broker import LocalKafka, free_port
 from stream_clf.bundle import load_bundle
 from stream_clf.classifier import Classifier
 from tests.kafka_helpers import KEYS, Topics, WorkerProcess, collect, ids_seen, keyed_events, produce, results_of
-from tests.web_helpers import scrape
+from tests.web_helpers import get, scrape, wait_for_status
 
 pytestmark = pytest.mark.broker
 
@@ -161,9 +161,12 @@ def test_exactly_once_keeps_one_committed_result_per_event_through_a_crash_loop(
 ):
     total = 3000
     rng = random.Random(11)
-    eos = ("--guarantee", "exactly-once", "--instance", "eos-test", "--max-batch", "32")
-    feeder = _produce_steadily(kafka_bootstrap, topics.input, keyed_events(total), seconds=25)
+    port = free_port()
+    eos = ("--guarantee", "exactly-once", "--instance", "eos-test", "--max-batch", "32", "--web-port", str(port))
     worker = start_worker(topics, tiny_bundle, *eos)
+    assert wait_for_status(port, "/readyz", 200) == {"status": "ready"}
+    assert get(port, "/healthz")[0] == 200
+    feeder = _produce_steadily(kafka_bootstrap, topics.input, keyed_events(total), seconds=25)
     for kill in range(5):
         progress = ids_seen(topics, 300 * (kill + 1))
         collect(kafka_bootstrap, [topics.output], until=progress, timeout=120, watch=[worker])
