@@ -130,6 +130,17 @@ def _download(pins: list[tuple[str, str]], libs: Path, *, quiet: bool) -> None:
             list(pool.map(fetch, pins))
 
 
+def _cluster_id() -> str:
+    """A random KRaft cluster id: 22 URL-safe base64 characters, never starting with "-".
+
+    (The storage tool would read a leading "-" as an option; Kafka's own generator avoids it too.)
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _java() -> str:
     home = os.environ.get("JAVA_HOME")
     java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
@@ -203,7 +214,7 @@ class LocalKafka:
             f"-Dlog4j2.configurationFile=file:{self.data_dir / 'log4j2.properties'}",
         ]
         if not (self.data_dir / "kraft" / "meta.properties").is_file():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = _cluster_id()
             formatted = subprocess.run(
                 [java, *logging_flags, "-cp", classpath, "kafka.tools.StorageTool", "format",
                  "-t", cluster_id, "-c", str(config), *self.format_args],

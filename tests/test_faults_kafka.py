@@ -184,4 +184,5 @@ def test_exactly_once_keeps_one_committed_result_per_event_through_a_crash_loop(
         if record.topic == topics.output:
             sequences[record.key.decode()].append(orjson.loads(record.value)["meta"]["seq"])
     assert all(sequence == sorted(sequence) for sequence in sequences.values())
+    assert worker.terminate(timeout=30) == 0, "SIGTERM: the batch in flight commits, then a clean exit"
     print(f"exactly-once crash loop: {total} events, 5 kill -9s, 0 lost, 0 duplicates")
