@@ -101,13 +101,6 @@ def _thresholds(text: str) -> dict[str, float]:
     return thresholds
 
 
-def _provider(text: str) -> str:
-    provider = text.strip().lower()
-    if provider not in PROVIDERS:
-        raise ValueError(f"expected one of {', '.join(PROVIDERS)}")
-    return provider
-
-
 def _switch(text: str) -> bool:
     value = text.strip().lower()
     if value not in SWITCH_VALUES:
@@ -115,35 +108,17 @@ def _switch(text: str) -> bool:
     return SWITCH_VALUES[value]
 
 
-def _guarantee(text: str) -> str:
-    value = text.strip().lower()
-    if value not in GUARANTEES:
-        raise ValueError(f"expected one of {', '.join(GUARANTEES)}")
-    return value
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    """A parser that accepts one of ``choices``, in any letter case."""
+    folded = {choice.lower(): choice for choice in choices}
 
-
-def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
-        value = text.strip().upper()
-        if value not in choices:
+        value = folded.get(text.strip().lower())
+        if value is None:
             raise ValueError(f"expected one of {', '.join(choices)}")
         return value
 
     return parse
-
-
-def _log_format(text: str) -> str:
-    value = text.strip().lower()
-    if value not in LOG_FORMATS:
-        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}")
-    return value
-
-
-def _log_level(text: str) -> str:
-    level = text.strip().lower()
-    if level not in LOG_LEVELS:
-        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
-    return level
 
 
 @dataclass(frozen=True)
@@ -195,8 +170,8 @@ BROKERS_OPTION = Option("brokers", _brokers, ("localhost:9092",), "Kafka bootstr
 
 # How every client stream-clf makes connects to Kafka: the worker's, and the CLI's.
 SECURITY_OPTIONS: tuple[Option, ...] = (
-    Option("security_protocol", _choice(PROTOCOLS), "PLAINTEXT", "Kafka security: " + ", ".join(PROTOCOLS), "NAME"),
-    Option("sasl_mechanism", _choice(MECHANISMS), "PLAIN", "SASL mechanism: " + ", ".join(MECHANISMS), "NAME"),
+    Option("security_protocol", _one_of(PROTOCOLS), "PLAINTEXT", "Kafka security: " + ", ".join(PROTOCOLS), "NAME"),
+    Option("sasl_mechanism", _one_of(MECHANISMS), "PLAIN", "SASL mechanism: " + ", ".join(MECHANISMS), "NAME"),
     Option("sasl_username", _text, None, "SASL user name", "USER", "none"),
     Option(
         "sasl_password", _text, None, "SASL password (prefer the environment variable)", "SECRET", "none", secret=True
@@ -250,7 +225,7 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("group", _text, "stream-clf", "Kafka consumer group (and Faust app id)", "NAME"),
     Option(
         "guarantee",
-        _guarantee,
+        _one_of(GUARANTEES),
         "at-least-once",
         "delivery guarantee: at-least-once, or exactly-once (Kafka transactions)",
         "MODE",
@@ -266,7 +241,7 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("partitions", _whole(1), 4, "partitions of the topics the worker creates", "N"),
     Option("max_event_bytes", _whole(1), 1_048_576, "largest accepted event value, in bytes", "BYTES"),
     Option("threads", _whole(1), usable_cores(), "ONNX Runtime intra-op threads", "N", "the usable cores"),
-    Option("provider", _provider, "cpu", "ONNX Runtime execution provider: cpu, cuda, or auto", "NAME"),
+    Option("provider", _one_of(PROVIDERS), "cpu", "ONNX Runtime execution provider: cpu, cuda, or auto", "NAME"),
     Option(
         "spinning",
         _switch,
@@ -304,8 +279,10 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("session_timeout_ms", _whole(1000), 30_000, "consumer group session timeout, in ms", "MS"),
     Option("web_host", _text, "127.0.0.1", "address the worker's web server binds to", "ADDRESS"),
     Option("web_port", _whole(1), 6066, "port of the worker's web server", "PORT"),
-    Option("log_level", _log_level, "info", "log level: " + ", ".join(LOG_LEVELS), "LEVEL"),
-    Option("log_format", _log_format, "kv", "log lines as key=value pairs (kv) or JSON objects (json)", "FORMAT"),
+    Option("log_level", _one_of(LOG_LEVELS), "info", "log level: " + ", ".join(LOG_LEVELS), "LEVEL"),
+    Option(
+        "log_format", _one_of(LOG_FORMATS), "kv", "log lines as key=value pairs (kv) or JSON objects (json)", "FORMAT"
+    ),
     *SECURITY_OPTIONS,
 )
 

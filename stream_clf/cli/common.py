@@ -73,6 +73,16 @@ def progress_bars() -> Progress:
     return Progress(*columns)
 
 
+def tracker(progress: Progress) -> Callable[[str, int | None], Callable[[int], None]]:
+    """A ``track(description, total)`` callback that adds a bar to ``progress`` and returns its advance."""
+
+    def track(description: str, total: int | None) -> Callable[[int], None]:
+        task = progress.add_task(description, total=total or 1)
+        return lambda n: progress.advance(task, n)
+
+    return track
+
+
 def needs_extra(error: ImportError, extra: str) -> StreamClfError:
     """The error for a command whose optional dependencies are not installed."""
     return StreamClfError(f"this command needs {error.name}: pip install 'stream-clf[{extra}]'")

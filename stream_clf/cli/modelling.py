@@ -3,7 +3,6 @@
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -15,6 +14,7 @@ from stream_clf.cli.common import (
     positive_int,
     progress_bars,
     read_texts,
+    tracker,
     whole_number,
 )
 from stream_clf.errors import ConfigError
@@ -142,12 +142,7 @@ def _models_build(parser: Parser) -> None:
         except ImportError as error:
             raise needs_extra(error, "models") from None
         with progress_bars() as progress:
-
-            def track(description: str, total: int | None) -> Callable[[int], None]:
-                task = progress.add_task(description, total=total or 1)
-                return lambda n: progress.advance(task, n)
-
-            report = build_trained_model(args.name, force=args.force, progress=track)
+            report = build_trained_model(args.name, force=args.force, progress=tracker(progress))
         state = "already built with this recipe (cached)" if report.cached else f"trained on {report.train_size} texts"
         print(f"{args.name}: {state}")
         for precision, bundle in report.bundles.items():
@@ -306,12 +301,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         except ImportError as error:
             raise needs_extra(error, "models") from None
     with progress_bars() as progress:
-
-        def track(description: str, total: int | None) -> Callable[[int], None]:
-            task = progress.add_task(description, total=total or 1)
-            return lambda n: progress.advance(task, n)
-
-        report = run_bench(options, track)
+        report = run_bench(options, tracker(progress))
     args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     # Piped output (a CI log, a file) gets room for the table rather than the default 80 columns.
     Console(width=None if sys.stdout.isatty() else 120).print(render(report))
