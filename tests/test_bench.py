@@ -57,16 +57,22 @@ def test_bench_compares_engine_stream_and_baseline_in_one_report(news_model, kaf
         assert row in finished.stdout
 
 
-def test_bench_reads_a_file_of_texts_and_skips_the_baseline_on_request(tiny_bundle, kafka_bootstrap, tmp_path):
+def test_bench_reads_a_file_of_texts_skips_the_baseline_and_adds_exactly_once_on_request(
+    tiny_bundle, kafka_bootstrap, tmp_path
+):
     texts = tmp_path / "texts.txt"
     texts.write_text("a short one\n\nthe match ended in a draw after extra time\n")
     report_file = tmp_path / "bench.json"
     finished = _bench("--model", str(tiny_bundle), "--mix", str(texts), "--events", "30", "--no-baseline",
-                      "--brokers", kafka_bootstrap, "--json", str(report_file))  # fmt: skip
+                      "--exactly-once", "--brokers", kafka_bootstrap, "--json", str(report_file))  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-3000:]
     report = orjson.loads(report_file.read_bytes())
     assert "baseline" not in report
     assert report["mix"]["texts"] == 30
+    assert report["exactly_once"]["events_per_second"] > 0
+    assert report["exactly_once"]["exit_code"] == 0
+    assert report["ratios"]["exactly_once_vs_at_least_once"] > 0
+    assert "exactly-once" in finished.stdout
 
 
 def test_bench_names_a_mix_it_cannot_find_in_one_line(tiny_bundle, tmp_path):

@@ -56,6 +56,7 @@ class BenchOptions:
     bucket_tokens: int = _WORKER_DEFAULTS["bucket_tokens"]
     spinning: bool = _WORKER_DEFAULTS["spinning"]
     baseline: bool = True
+    exactly_once: bool = False
     brokers: str | None = None
     timeout: float = 600.0
 
@@ -119,6 +120,8 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
         run = _Run(options, bootstrap, root, track, {"broker": broker.pid} if broker and broker.pid else {})
         try:
             report["stream_clf"] = _measure_worker(run, bundle.path, texts)
+            if options.exactly_once:
+                report["exactly_once"] = _measure_worker(run, bundle.path, texts, "exactly-once")
             if options.baseline:
                 report["baseline"] = _measure_baseline(run, classifier, texts)
         finally:
@@ -138,9 +141,10 @@ class _Run:
     others: dict[str, int]  # processes sharing the cores, name to pid
 
 
-def _measure_worker(run: _Run, bundle: Path, texts: list[str]) -> dict[str, Any]:
+def _measure_worker(run: _Run, bundle: Path, texts: list[str], guarantee: str = "at-least-once") -> dict[str, Any]:
     options = run.options
     command = ["stream_clf", "worker", "--model", str(bundle), "--threads", str(options.threads)]
+    command += ["--guarantee", guarantee, "--instance", f"bench-{guarantee}"]
     command += ["--max-batch", str(options.max_batch), "--max-wait-ms", str(options.max_wait_ms)]
     command += ["--max-tokens", str(options.max_tokens), "--bucket-size", str(options.bucket_size)]
     command += ["--bucket-tokens", str(options.bucket_tokens), "--spinning", "on" if options.spinning else "off"]
@@ -222,6 +226,8 @@ def _judge(report: dict[str, Any], options: BenchOptions, bundle: Any, engine: A
     engine_rate = report["engine"]["texts_per_second"]
     stream_rate = report["stream_clf"]["events_per_second"]
     ratios: dict[str, float] = {"stream_clf_vs_engine": stream_rate / engine_rate}
+    if "exactly_once" in report:
+        ratios["exactly_once_vs_at_least_once"] = report["exactly_once"]["events_per_second"] / stream_rate
     if "baseline" in report:
         ratios["stream_clf_vs_baseline"] = stream_rate / report["baseline"]["events_per_second"]
     flops_per_text = None if engine.flops is None else engine.flops / engine.texts
@@ -289,6 +295,9 @@ def render(report: dict[str, Any]) -> Group:
         ),
         ("stream-clf end to end: Kafka in, results out", stream["events_per_second"], stream.get("fraction_of_peak")),
     ]
+    exactly_once = report.get("exactly_once")
+    if exactly_once:
+        rows.append(("stream-clf end to end, --guarantee exactly-once", exactly_once["events_per_second"], None))
     if baseline:
         rows.append(
             ("naive baseline: Faust + transformers pipeline, one at a time", base, baseline.get("fraction_of_peak"))
@@ -308,6 +317,15 @@ def render(report: dict[str, Any]) -> Group:
         f"latency at {latency['load_events_per_second']:.0f} events/s (70% of the end-to-end rate): p50"
         f" {latency['p50'] * 1000:.0f} ms, p99 {latency['p99'] * 1000:.0f} ms; bound max_wait + 2 x full batch ="
         f" {report['latency_bound_seconds'] * 1000:.0f} ms",
+        *(
+            [
+                f"exactly-once: {report['ratios']['exactly_once_vs_at_least_once']:.0%} of at-least-once throughput;"
+                f" latency p50 {exactly_once['latency']['p50'] * 1000:.0f} ms,"
+                f" p99 {exactly_once['latency']['p99'] * 1000:.0f} ms at 70% of its own rate"
+            ]
+            if exactly_once
+            else []
+        ),
         "cores used during the end-to-end run: "
         + ", ".join(f"{name} {used:.2f}" for name, used in stream["cores"].items())
         + f" (of {machine['usable_cores']})",

@@ -256,6 +256,7 @@ def _bench(parser: Parser) -> None:
     parser.add_argument("--events", type=positive_int, default=defaults.events, help="(default: %(default)s)")
     parser.add_argument("--baseline-events", type=positive_int, default=defaults.baseline_events, help="(%(default)s)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the naive baseline (needs no torch)")
+    parser.add_argument("--exactly-once", action="store_true", help="also measure --guarantee exactly-once")
     parser.add_argument("--latency-seconds", type=float, default=defaults.latency_seconds, help="(%(default)s)")
     parser.add_argument("--threads", type=positive_int, default=defaults.threads, help="(default: usable cores)")
     for name in ("max_batch", "max_wait_ms", "max_tokens", "bucket_size", "bucket_tokens"):
@@ -292,6 +293,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         bucket_tokens=args.bucket_tokens,
         spinning=args.spinning == "on",
         baseline=not args.no_baseline,
+        exactly_once=args.exactly_once,
         brokers=args.brokers,
     )
     if options.baseline:
