@@ -121,3 +121,11 @@ def news_model() -> "BuildReport":
     from stream_clf.training import build_trained_model
 
     return build_trained_model("news", progress=lambda description, total: lambda n: None)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The first test that needs the news model builds it (about 3 minutes on 2 idle cores): give the
+    tests that use it room beyond the default 300 s, for a busy machine."""
+    for item in items:
+        if "news_model" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(1200))
