@@ -15,7 +15,6 @@ is read, so a rebalance never finds work in flight. It trades the pipeline's ove
 web server here is a small thread with ``/metrics``, ``/healthz`` and ``/readyz`` (no dashboard).
 """
 
-import asyncio
 import logging
 import threading
 import time
@@ -70,16 +69,19 @@ def run_exactly_once(
     metrics = WorkerMetrics(
         model=bundle.name, version=bundle.version, precision=bundle.precision, max_batch=settings.max_batch
     )
-    readiness = Readiness(settings.brokers, lambda: len(consumer.assignment()), security=settings.security)
+    assigned = 0  # read by the web thread: the consumer itself blocks other threads while it polls
+    readiness = Readiness(settings.brokers, lambda: assigned, security=settings.security)
     _serve(settings.web_host, settings.web_port, metrics, readiness)
     routing = Routing(settings.output, settings.dlq, bundle.name, bundle.version, settings.top_k)
     producer.init_transactions(30)
+    log.info("event=transactions_ready transactional_id=%s-%s", settings.group, settings.instance)
     consumer.subscribe(list(settings.input))
     try:
         while not stop.is_set():
             messages = consumer.consume(settings.max_batch, settings.max_wait_ms / 1000 or 0.01)
             batch = [_in_flight(message, settings.max_event_bytes) for message in messages if _usable(message)]
-            metrics.assigned.set(len(consumer.assignment()))
+            assigned = len(consumer.assignment())
+            metrics.assigned.set(assigned)
             if not batch:
                 continue
             for record in batch:
@@ -101,7 +103,7 @@ def _serve(host: str, port: int, metrics: WorkerMetrics, readiness: Readiness) -
             elif self.path == "/healthz":
                 self._answer(200, b'{"status":"alive"}')
             elif self.path == "/readyz":
-                reasons = asyncio.run(readiness.reasons())
+                reasons = readiness.check()
                 body = {"status": "not ready", "reasons": reasons} if reasons else {"status": "ready"}
                 self._answer(503 if reasons else 200, orjson.dumps(body))
             else:
@@ -119,6 +121,7 @@ def _serve(host: str, port: int, metrics: WorkerMetrics, readiness: Readiness) -
 
     server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
+    log.info("event=web_listening host=%s port=%d", host, port)
 
 
 def _usable(message: Message) -> bool:

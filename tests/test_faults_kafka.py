@@ -164,7 +164,7 @@ def test_exactly_once_keeps_one_committed_result_per_event_through_a_crash_loop(
     port = free_port()
     eos = ("--guarantee", "exactly-once", "--instance", "eos-test", "--max-batch", "32", "--web-port", str(port))
     worker = start_worker(topics, tiny_bundle, *eos)
-    assert wait_for_status(port, "/readyz", 200) == {"status": "ready"}
+    assert wait_for_status(port, "/readyz", 200) == {"status": "ready"}, worker.log_tail()
     assert get(port, "/healthz")[0] == 200
     feeder = _produce_steadily(kafka_bootstrap, topics.input, keyed_events(total), seconds=25)
     for kill in range(5):

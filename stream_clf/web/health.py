@@ -1,6 +1,7 @@
 """Readiness: the model is loaded, partitions are assigned, and the broker answers."""
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -30,24 +31,30 @@ class Readiness:
         self._model_loaded = model_loaded
         self._broker_checked = 0.0
         self._broker_error: str | None = "not checked yet"
+        self._lock = threading.Lock()
 
     async def reasons(self) -> list[str]:
-        """Why the worker is not ready; empty when it is."""
+        """Why the worker is not ready; empty when it is (the broker is asked off the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.check)
+
+    def check(self) -> list[str]:
+        """:meth:`reasons`, blocking: for callers without an event loop."""
         reasons = []
         if not self._model_loaded:
             reasons.append("model not loaded")
         if self._assigned() == 0:
             reasons.append("no partitions assigned")
-        broker = await self._broker()
+        broker = self._broker()
         if broker is not None:
             reasons.append(f"broker unreachable: {broker}")
         return reasons
 
-    async def _broker(self) -> str | None:
-        if time.monotonic() - self._broker_checked > CHECK_TTL_SECONDS:
-            self._broker_error = await asyncio.get_running_loop().run_in_executor(None, self._ask_broker)
-            self._broker_checked = time.monotonic()
-        return self._broker_error
+    def _broker(self) -> str | None:
+        with self._lock:
+            if time.monotonic() - self._broker_checked > CHECK_TTL_SECONDS:
+                self._broker_error = self._ask_broker()
+                self._broker_checked = time.monotonic()
+            return self._broker_error
 
     def _ask_broker(self) -> str | None:
         try:
