@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 from stream_clf.classifier import Classifier, Prediction
 from stream_clf.errors import ConfigError, StreamClfError
 from stream_clf.produce import produce_lines
+from stream_clf.security import PLAINTEXT, KafkaSecurity
 from stream_clf.topics import admin_client, client_logger
 
 __all__ = [
@@ -106,14 +107,20 @@ def predict_through_kafka(
     model_version: str,
     timeout: float,
     advance: Advance,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> list[dict]:
     """Send ``texts`` to a running worker and read its results back, in input order."""
     run = uuid.uuid4().hex[:8]
     ids = [f"eval-{run}-{i}" for i in range(len(texts))]
     consumer = Consumer(
-        {"bootstrap.servers": ",".join(brokers), "group.id": f"stream-clf-eval-{run}", "logger": client_logger}
+        {
+            "bootstrap.servers": ",".join(brokers),
+            "group.id": f"stream-clf-eval-{run}",
+            "logger": client_logger,
+            **security.librdkafka(),
+        }
     )
-    metadata = admin_client(brokers).list_topics(output_topic, timeout=10).topics.get(output_topic)
+    metadata = admin_client(brokers, security).list_topics(output_topic, timeout=10).topics.get(output_topic)
     if metadata is None or metadata.error is not None or not metadata.partitions:
         raise StreamClfError(
             f"topic {output_topic!r} does not exist: is a worker running with --output {output_topic}?"
@@ -124,7 +131,7 @@ def predict_through_kafka(
         start.append(TopicPartition(output_topic, partition, high))
     consumer.assign(start)
     events = (orjson.dumps({"id": event_id, "text": text}) for event_id, text in zip(ids, texts, strict=True))
-    report = produce_lines(brokers, input_topic, events, raw=True)
+    report = produce_lines(brokers, input_topic, events, raw=True, security=security)
     if report.failed:
         raise StreamClfError(f"{report.failed} events were not delivered to {input_topic}: {report.first_error}")
     wanted, results = set(ids), {}

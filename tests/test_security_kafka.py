@@ -105,6 +105,14 @@ def test_the_worker_and_the_cli_talk_sasl_ssl_scram_and_mutual_tls(secure_broker
                       "--sasl-username", "alice", "--ssl-ca", ca)  # fmt: skip
         assert tailed.returncode == 0, tailed.stderr
         assert len(tailed.stdout.splitlines()) == 30
+        data = tmp_path / "labelled.jsonl"
+        data.write_bytes(b"".join(orjson.dumps({"text": f"mine {i}", "label": "positive"}) + b"\n" for i in range(10)))
+        evaluated = _cli("eval", "--model", str(tiny_bundle), "--data", str(data), "--through-kafka", "--brokers", tls,
+                         "--input", topics.input, "--output", topics.output, "--timeout", "90",
+                         "--security-protocol", "SSL", "--ssl-ca", ca, "--ssl-cert", str(pem["client.pem"]),
+                         "--ssl-key", str(pem["client.key"]))  # fmt: skip
+        assert evaluated.returncode == 0, evaluated.stderr
+        assert "streaming vs direct: same label for 10/10 events" in evaluated.stdout
         assert PASSWORD not in get(web, "/metrics")[1].decode()
     finally:
         if worker.running:

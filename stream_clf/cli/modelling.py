@@ -19,7 +19,7 @@ from stream_clf.cli.common import (
 )
 from stream_clf.errors import ConfigError
 from stream_clf.quantization import QuantizationReport
-from stream_clf.settings import BROKERS_OPTION
+from stream_clf.settings import BROKERS_OPTION, SECURITY_OPTIONS, resolve_security
 from stream_clf.windows import Truncation, Windowing
 
 __all__ = ["register"]
@@ -191,6 +191,8 @@ def _eval(parser: Parser) -> None:
     parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
     parser.add_argument("--through-kafka", action="store_true", help="classify through a running worker as well")
     add_option(parser, BROKERS_OPTION)
+    for option in SECURITY_OPTIONS:
+        add_option(parser, option)
     parser.add_argument("--input", default="texts", help="the worker's input topic (default: texts)")
     parser.add_argument("--output", default="texts.labeled", help="the worker's output (default: texts.labeled)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the results (default: 600)")
@@ -225,6 +227,7 @@ def _run_eval(args: argparse.Namespace) -> int:
                 model_version=bundle.version,
                 timeout=args.timeout,
                 advance=lambda n: progress.advance(task, n),
+                security=resolve_security(vars(args), os.environ),
             )
             predicted = [r["label"] for r in streamed]
             same = agreement(direct, streamed)
