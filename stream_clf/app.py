@@ -20,7 +20,7 @@ from faust.types import TP, EventT, StreamT
 
 from stream_clf.classifier import Classifier
 from stream_clf.events import Source
-from stream_clf.metrics import WorkerMetrics
+from stream_clf.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.processing import BatchProcessor, Headers, InFlight, Pipeline
 from stream_clf.settings import WorkerSettings
 from stream_clf.web import Readiness, add_pages
@@ -28,8 +28,6 @@ from stream_clf.web import Readiness, add_pages
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
-# How often consumer lag per partition is measured for /metrics.
-LAG_INTERVAL_SECONDS = 2.0
 
 
 def create_app(settings: WorkerSettings, classifier: Classifier, *, max_record_bytes: int, datadir: Path) -> faust.App:

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from stream_clf.errors import Reason
 
-__all__ = ["CONTENT_TYPE", "WorkerMetrics"]
+__all__ = ["CONTENT_TYPE", "LAG_INTERVAL_SECONDS", "WorkerMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -24,6 +24,8 @@ _TOKENS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 _CONFIDENCE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 # The dashboard's latency percentiles cover the last this many seconds of results.
 RECENT_SECONDS = 30.0
+# How often consumer lag per partition is measured.
+LAG_INTERVAL_SECONDS = 2.0
 # The *_created series (a timestamp per counter) only double what /metrics prints.
 disable_created_metrics()
 

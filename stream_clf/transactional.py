@@ -12,27 +12,26 @@ once instead of waiting for the transaction timeout.
 
 The loop is synchronous: a batch is tokenized, classified, published and committed before the next
 is read, so a rebalance never finds work in flight. It trades the pipeline's overlap for that. The
-web server here is a small thread with ``/metrics``, ``/healthz`` and ``/readyz`` (no dashboard).
+web endpoints (the same as the Faust path's) are served from a thread; the loop measures lag.
 """
 
 import logging
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from stream_clf.classifier import Classifier, Prediction
 from stream_clf.errors import BrokerError, EventError, Reason
 from stream_clf.events import Source, TextEvent
-from stream_clf.metrics import CONTENT_TYPE, WorkerMetrics
+from stream_clf.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.processing import InFlight, Routing, count_outcomes
 from stream_clf.settings import WorkerSettings
 from stream_clf.topics import client_logger
 from stream_clf.web.health import Readiness
+from stream_clf.web.threaded import serve_in_thread
 
 __all__ = ["run_exactly_once"]
 
@@ -71,17 +70,21 @@ def run_exactly_once(
     )
     assigned = 0  # read by the web thread: the consumer itself blocks other threads while it polls
     readiness = Readiness(settings.brokers, lambda: assigned, security=settings.security)
-    _serve(settings.web_host, settings.web_port, metrics, readiness)
+    server = serve_in_thread(settings.web_host, settings.web_port, metrics, readiness)
+    lag = _Lag(consumer)
     routing = Routing(settings.output, settings.dlq, bundle.name, bundle.version, settings.top_k)
     producer.init_transactions(30)
     log.info("event=transactions_ready transactional_id=%s-%s", settings.group, settings.instance)
     consumer.subscribe(list(settings.input))
+    measured = 0.0
     try:
         while not stop.is_set():
             messages = consumer.consume(settings.max_batch, settings.max_wait_ms / 1000 or 0.01)
             batch = [_in_flight(message, settings.max_event_bytes) for message in messages if _usable(message)]
             assigned = len(consumer.assignment())
-            metrics.assigned.set(assigned)
+            if time.monotonic() - measured >= LAG_INTERVAL_SECONDS:
+                metrics.partitions(lag.measure())
+                measured = time.monotonic()
             if not batch:
                 continue
             for record in batch:
@@ -91,37 +94,36 @@ def run_exactly_once(
             count_outcomes(metrics, batch, answers)
     finally:
         consumer.close()
+        server.shutdown()
 
 
-def _serve(host: str, port: int, metrics: WorkerMetrics, readiness: Readiness) -> None:
-    """``/metrics``, ``/healthz`` and ``/readyz`` from a thread (no Faust web server in this mode)."""
+class _Lag:
+    """Events behind the end of each assigned partition, without waiting on the broker in the loop.
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                self._answer(200, metrics.exposition(), CONTENT_TYPE)
-            elif self.path == "/healthz":
-                self._answer(200, b'{"status":"alive"}')
-            elif self.path == "/readyz":
-                reasons = readiness.check()
-                body = {"status": "not ready", "reasons": reasons} if reasons else {"status": "ready"}
-                self._answer(503 if reasons else 200, orjson.dumps(body))
-            else:
-                self._answer(404, b'{"status":"not found"}')
+    The end is the high watermark the last fetch carried; the done mark is the consumer's position,
+    or, for a partition nothing was read from yet, its committed offset (asked once per assignment).
+    """
 
-        def _answer(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+        self._committed: dict[tuple[str, int], int] = {}
 
-        def log_message(self, *_: object) -> None:  # probes every few seconds are not news
-            return
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
-    log.info("event=web_listening host=%s port=%d", host, port)
+    def measure(self) -> dict[tuple[str, int], int]:
+        positions = self._consumer.position(self._consumer.assignment())
+        keys = {(tp.topic, tp.partition) for tp in positions}
+        self._committed = {key: offset for key, offset in self._committed.items() if key in keys}
+        unread = [tp for tp in positions if tp.offset < 0 and (tp.topic, tp.partition) not in self._committed]
+        if unread:
+            for tp in self._consumer.committed(unread, timeout=5):
+                self._committed[tp.topic, tp.partition] = tp.offset
+        lag = {}
+        for tp in positions:
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:  # not fetched yet
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=5)
+            done = tp.offset if tp.offset >= 0 else self._committed[tp.topic, tp.partition]
+            lag[tp.topic, tp.partition] = max(0, high - (done if done >= 0 else low))
+        return lag
 
 
 def _usable(message: Message) -> bool:
@@ -153,7 +155,11 @@ def _classify(
 ) -> dict[int, Prediction | EventError]:
     events = [record for record in batch if isinstance(record.outcome, TextEvent)]
     texts = [record.outcome.text for record in events if isinstance(record.outcome, TextEvent)]
-    for record, planned in zip(events, _isolated(classifier.plan, texts), strict=True):
+    started = time.perf_counter()
+    planned_texts = _isolated(classifier.plan, texts)
+    if texts:
+        metrics.tokenize_seconds.observe(time.perf_counter() - started)
+    for record, planned in zip(events, planned_texts, strict=True):
         if isinstance(planned, EventError):
             record.outcome = planned
         else:

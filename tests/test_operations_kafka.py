@@ -26,9 +26,13 @@ def _until(port: int, check, timeout: float = 20):
         time.sleep(0.5)
 
 
-def test_metrics_count_every_event_result_and_dead_letter(kafka_bootstrap, topics, tiny_bundle, start_worker):
+GUARANTEES = {"at-least-once": (), "exactly-once": ("--guarantee", "exactly-once", "--instance", "ops")}
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_metrics_count_every_event_and_dead_letter(guarantee, kafka_bootstrap, topics, tiny_bundle, start_worker):
     port = free_port()
-    worker = start_worker(topics, tiny_bundle, "--web-port", str(port))
+    worker = start_worker(topics, tiny_bundle, "--web-port", str(port), *GUARANTEES[guarantee])
     assert wait_for_status(port, "/readyz", 200) == {"status": "ready"}
     assert get(port, "/healthz") == (200, b'{"status":"alive"}')
     good = [(f"k{i % 5}".encode(), orjson.dumps({"id": f"e{i}", "text": f"event number {i}"})) for i in range(40)]
@@ -68,6 +72,34 @@ def test_metrics_count_every_event_result_and_dead_letter(kafka_bootstrap, topic
     assert queried <= exported, f"the Grafana dashboard queries unexported metrics: {queried - exported}"
     snapshot = orjson.loads(get(port, "/dashboard/stats.json")[1])
     assert (snapshot["events_in"], snapshot["results_out"], sum(snapshot["dead_letters"].values())) == (43, 40, 3)
+    assert snapshot["lag"] == {f"{topics.input}[{partition}]": 0 for partition in range(4)}
+    assert get(port, "/dashboard")[1].startswith(b"<!doctype html>")
+    assert get(port, "/dashboard/uplot.iife.min.js")[0] == 200
+
+
+# One event per batch, so the backlog lasts several lag measurements (one every 2 s); exactly-once
+# commits a transaction per batch, so it needs fewer events for that.
+@pytest.mark.parametrize(("guarantee", "total"), [("at-least-once", 8000), ("exactly-once", 1500)])
+def test_lag_counts_the_backlog_down_to_zero(guarantee, total, kafka_bootstrap, topics, tiny_bundle, start_worker):
+    produce(kafka_bootstrap, topics.input, [(None, orjson.dumps({"id": f"e{i}", "text": "x"})) for i in range(total)])
+    port = free_port()
+    start_worker(topics, tiny_bundle, "--web-port", str(port), "--max-batch", "1", *GUARANTEES[guarantee])
+    seen = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        status, body = get(port, "/dashboard/stats.json")
+        if status == 200:
+            snapshot = orjson.loads(body)
+            if len(snapshot["lag"]) == 4:  # every partition measured
+                seen.append((sum(snapshot["lag"].values()), snapshot["results_out"]))
+            if seen and seen[-1] == (0, total):
+                break
+        time.sleep(0.5)
+    lags = [lag for lag, _ in seen]
+    assert any(0 < lag < total for lag in lags), f"no measurement while the backlog was worked off: {seen}"
+    assert lags == sorted(lags, reverse=True), f"lag rose with no new events: {lags}"
+    assert lags[0] <= total
+    assert seen[-1] == (0, total), seen[-1]
 
 
 def test_a_worker_without_partitions_is_alive_but_not_ready(kafka_bootstrap, tiny_bundle, start_worker):

@@ -1,4 +1,5 @@
-"""The worker's web endpoints, served by Faust's own web server (aiohttp).
+"""The worker's web endpoints, served by Faust's own web server (aiohttp), or by
+:mod:`stream_clf.web.threaded` in the exactly-once mode, which runs no Faust app.
 
 - ``/metrics``: Prometheus text format.
 - ``/healthz``: 200 while the process serves requests at all (liveness).
@@ -16,19 +17,23 @@ from faust.web import Request, Response, View
 from stream_clf.metrics import CONTENT_TYPE, WorkerMetrics
 from stream_clf.web.health import Readiness
 
-__all__ = ["Readiness", "add_pages"]
+__all__ = ["Readiness", "add_pages", "static_pages"]
 
-_ASSETS = {
-    "uplot.iife.min.js": "application/javascript",
-    "uplot.min.css": "text/css",
+_STATIC = {
+    "dashboard": ("dashboard.html", "text/html"),
+    "dashboard/uplot.iife.min.js": ("uplot.iife.min.js", "application/javascript"),
+    "dashboard/uplot.min.css": ("uplot.min.css", "text/css"),
 }
+
+
+def static_pages() -> dict[str, tuple[bytes, str]]:
+    """The dashboard page and its assets by path (``/dashboard``...): body and content type."""
+    files = resources.files(__name__)
+    return {f"/{path}": (files.joinpath(name).read_bytes(), kind) for path, (name, kind) in _STATIC.items()}
 
 
 def add_pages(app: faust.App, metrics: WorkerMetrics, readiness: Readiness) -> None:
     """Register the endpoints on ``app``'s web server."""
-    files = resources.files(__name__)
-    page = files.joinpath("dashboard.html").read_bytes()
-    assets = {name: files.joinpath(name).read_bytes() for name in _ASSETS}
 
     @app.page("/metrics")
     async def prometheus(view: View, request: Request) -> Response:
@@ -45,17 +50,13 @@ def add_pages(app: faust.App, metrics: WorkerMetrics, readiness: Readiness) -> N
             return view.json({"status": "not ready", "reasons": reasons}, status=503)
         return view.json({"status": "ready"})
 
-    @app.page("/dashboard")
-    async def dashboard(view: View, request: Request) -> Response:
-        return view.bytes(page, content_type="text/html", headers={"Cache-Control": "no-cache"})
-
     @app.page("/dashboard/stats.json")
     async def stats(view: View, request: Request) -> Response:
         return view.json(metrics.snapshot())
 
-    for name, content_type in _ASSETS.items():
+    for path, (body, content_type) in static_pages().items():
 
-        async def asset(view: View, request: Request, name: str = name, content_type: str = content_type) -> Response:
-            return view.bytes(assets[name], content_type=content_type)
+        async def static(view: View, request: Request, body: bytes = body, kind: str = content_type) -> Response:
+            return view.bytes(body, content_type=kind, headers={"Cache-Control": "no-cache"})
 
-        app.page(f"/dashboard/{name}", name=f"dashboard-{name}")(asset)
+        app.page(path, name=f"static-{path}")(static)
