@@ -142,17 +142,19 @@ class WorkerMetrics:
         return generate_latest(self.registry)
 
     def snapshot(self) -> dict[str, object]:
-        """What the dashboard shows: counter totals, recent latency percentiles, batch fill, lag."""
+        """What the dashboard shows: counter totals, recent latency percentiles, batch fill, lag.
+
+        Safe beside a thread that records: the recent windows are copied (atomically) before reading.
+        """
         cutoff = time.monotonic() - RECENT_SECONDS
-        recent = [latency for at, latency in self._recent_latency if at >= cutoff]
+        recent = [latency for at, latency in tuple(self._recent_latency) if at >= cutoff]
+        batches = tuple(self._recent_batches)
         percentiles = (
             dict(zip(("p50", "p95", "p99"), (float(v) for v in np.percentile(recent, [50, 95, 99])), strict=True))
             if recent
             else {"p50": None, "p95": None, "p99": None}
         )
-        fill = (
-            sum(self._recent_batches) / (len(self._recent_batches) * self.max_batch) if self._recent_batches else None
-        )
+        fill = sum(batches) / (len(batches) * self.max_batch) if batches else None
         return {
             "time": time.time(),
             "model": self.model,
