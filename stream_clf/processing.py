@@ -31,7 +31,17 @@ from stream_clf.events import Source, TextEvent, dead_letter_headers, decode_eve
 from stream_clf.metrics import WorkerMetrics
 from stream_clf.windows import Plan
 
-__all__ = ["BatchProcessor", "InFlight", "Pipeline", "Routing", "Sender", "count_outcomes"]
+__all__ = [
+    "BatchProcessor",
+    "InFlight",
+    "Pipeline",
+    "Routing",
+    "Sender",
+    "classify_planned",
+    "count_outcomes",
+    "isolated",
+    "plan_events",
+]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +151,57 @@ def count_outcomes(
             metrics.dead_letter(rejected.reason.value)
 
 
+def plan_events(classifier: Classifier, records: Sequence[InFlight], metrics: WorkerMetrics) -> None:
+    """Plan the valid events' texts (tokenize, cut); an event whose text cannot be is rejected."""
+    events = [record for record in records if isinstance(record.outcome, TextEvent)]
+    texts = [record.outcome.text for record in events if isinstance(record.outcome, TextEvent)]
+    started = time.perf_counter()
+    plans = isolated(classifier.plan, texts)
+    if texts:
+        metrics.tokenize_seconds.observe(time.perf_counter() - started)
+    for record, planned in zip(events, plans, strict=True):
+        if isinstance(planned, EventError):
+            record.outcome = planned
+        else:
+            record.plan = planned
+
+
+def classify_planned(
+    classifier: Classifier, batch: Sequence[InFlight], metrics: WorkerMetrics
+) -> dict[int, Prediction | EventError]:
+    """Predictions (or inference errors) for the planned events of ``batch``, keyed by ``id(record)``."""
+    events = [record for record in batch if record.plan is not None]
+    plans = [record.plan for record in events if record.plan is not None]
+    started = time.monotonic()
+    answers = isolated(classifier.infer, plans)
+    if plans:
+        metrics.batch(
+            events=len(batch),
+            tokens=sum(text_plan.tokens for text_plan in plans),
+            padded=classifier.padded_tokens(plans),
+            seconds=time.monotonic() - started,
+            waits=[started - record.received for record in batch],
+        )
+    return dict(zip(map(id, events), answers, strict=True))
+
+
+def isolated(function: Callable[[list[T]], list[R]], items: list[T]) -> list[R | EventError]:
+    """``function`` over ``items``; if that fails, item by item, so that only the culprits fail."""
+    if not items:
+        return []
+    try:
+        return list(function(items))
+    except Exception as error:  # ONNX Runtime and tokenizers raise their own types
+        log.warning("event=batch_failed stage=%s size=%d error=%r", function.__name__, len(items), _brief(error))
+    results: list[R | EventError] = []
+    for item in items:
+        try:
+            results.extend(function([item]))
+        except Exception as error:  # as above
+            results.append(EventError(Reason.INFERENCE_ERROR, _brief(error)))
+    return results
+
+
 class BatchProcessor:
     """Tokenizes, classifies and publishes micro-batches; each step callable on its own."""
 
@@ -167,33 +228,15 @@ class BatchProcessor:
 
     async def tokenize(self, records: Sequence[InFlight]) -> None:
         """Plan the valid events' texts in the tokenizer thread; a text that cannot be is rejected."""
-        events = [record for record in records if isinstance(record.outcome, TextEvent)]
-        texts = [record.outcome.text for record in events if isinstance(record.outcome, TextEvent)]
-        started = time.perf_counter()
-        plans = await self._isolated(self._classifier.plan, texts, self._tokenization)
-        if texts:
-            self._metrics.tokenize_seconds.observe(time.perf_counter() - started)
-        for record, planned in zip(events, plans, strict=True):
-            if isinstance(planned, EventError):
-                record.outcome = planned
-            else:
-                record.plan = planned
+        await asyncio.get_running_loop().run_in_executor(
+            self._tokenization, plan_events, self._classifier, records, self._metrics
+        )
 
     async def classify(self, batch: Sequence[InFlight]) -> dict[int, Prediction | EventError]:
         """Predictions (or inference errors) for the planned events of ``batch``, keyed by ``id(record)``."""
-        events = [record for record in batch if record.plan is not None]
-        plans = [record.plan for record in events if record.plan is not None]
-        started = time.monotonic()
-        answers = await self._isolated(self._classifier.infer, plans, self._inference)
-        if plans:
-            self._metrics.batch(
-                events=len(batch),
-                tokens=sum(text_plan.tokens for text_plan in plans),
-                padded=self._classifier.padded_tokens(plans),
-                seconds=time.monotonic() - started,
-                waits=[started - record.received for record in batch],
-            )
-        return dict(zip(map(id, events), answers, strict=True))
+        return await asyncio.get_running_loop().run_in_executor(
+            self._inference, classify_planned, self._classifier, batch, self._metrics
+        )
 
     async def send(
         self, batch: Sequence[InFlight], answers: dict[int, Prediction | EventError]
@@ -228,25 +271,6 @@ class BatchProcessor:
 
     async def _publish(self, record: InFlight, answer: Prediction | EventError | None) -> Awaitable[object]:
         return await self._send(*self.routing.record(record, answer))
-
-    async def _isolated(
-        self, function: Callable[[list[T]], list[R]], items: list[T], executor: Executor
-    ) -> list[R | EventError]:
-        """``function`` over ``items`` in ``executor``; if that fails, item by item, to isolate the culprits."""
-        if not items:
-            return []
-        loop = asyncio.get_running_loop()
-        try:
-            return list(await loop.run_in_executor(executor, function, items))
-        except Exception as error:  # ONNX Runtime and tokenizers raise their own types
-            log.warning("event=batch_failed stage=%s size=%d error=%r", function.__name__, len(items), _brief(error))
-        results: list[R | EventError] = []
-        for item in items:
-            try:
-                results.extend(await loop.run_in_executor(executor, function, [item]))
-            except Exception as error:  # as above
-                results.append(EventError(Reason.INFERENCE_ERROR, _brief(error)))
-        return results
 
 
 class Pipeline:

@@ -18,16 +18,14 @@ web endpoints (the same as the Faust path's) are served from a thread; the loop 
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from stream_clf.classifier import Classifier, Prediction
-from stream_clf.errors import BrokerError, EventError, Reason
-from stream_clf.events import Source, TextEvent
+from stream_clf.classifier import Classifier
+from stream_clf.errors import BrokerError
+from stream_clf.events import Source
 from stream_clf.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
-from stream_clf.processing import InFlight, Routing, count_outcomes
+from stream_clf.processing import InFlight, Routing, classify_planned, count_outcomes, plan_events
 from stream_clf.settings import WorkerSettings
 from stream_clf.topics import client_logger
 from stream_clf.web.health import Readiness
@@ -89,7 +87,8 @@ def run_exactly_once(
                 continue
             for record in batch:
                 metrics.consumed(record.source.topic)
-            answers = _classify(classifier, batch, metrics)
+            plan_events(classifier, batch, metrics)
+            answers = classify_planned(classifier, batch, metrics)
             _commit(producer, consumer, [routing.record(record, answers.get(id(record))) for record in batch])
             count_outcomes(metrics, batch, answers)
     finally:
@@ -148,52 +147,6 @@ def _in_flight(message: Message, max_bytes: int) -> InFlight:
 
 async def _no_ack() -> None:
     """Offsets commit inside the transaction, not through acks."""
-
-
-def _classify(
-    classifier: Classifier, batch: list[InFlight], metrics: WorkerMetrics
-) -> dict[int, Prediction | EventError]:
-    events = [record for record in batch if isinstance(record.outcome, TextEvent)]
-    texts = [record.outcome.text for record in events if isinstance(record.outcome, TextEvent)]
-    started = time.perf_counter()
-    planned_texts = _isolated(classifier.plan, texts)
-    if texts:
-        metrics.tokenize_seconds.observe(time.perf_counter() - started)
-    for record, planned in zip(events, planned_texts, strict=True):
-        if isinstance(planned, EventError):
-            record.outcome = planned
-        else:
-            record.plan = planned
-    planned_records = [record for record in batch if record.plan is not None]
-    plans = [record.plan for record in planned_records if record.plan is not None]
-    started = time.monotonic()
-    answers = _isolated(classifier.infer, plans)
-    if plans:
-        metrics.batch(
-            events=len(batch),
-            tokens=sum(text_plan.tokens for text_plan in plans),
-            padded=classifier.padded_tokens(plans),
-            seconds=time.monotonic() - started,
-            waits=[started - record.received for record in batch],
-        )
-    return dict(zip(map(id, planned_records), answers, strict=True))
-
-
-def _isolated(function: Callable[[list[Any]], list[Any]], items: list[Any]) -> list[Any]:
-    """``function`` over ``items``; if that fails, item by item, so one bad item fails alone."""
-    if not items:
-        return []
-    try:
-        return function(items)
-    except Exception as error:  # ONNX Runtime and tokenizers raise their own types
-        log.warning("event=batch_failed stage=%s size=%d error=%r", function.__name__, len(items), str(error)[:300])
-    results: list[Any] = []
-    for item in items:
-        try:
-            results.extend(function([item]))
-        except Exception as error:  # as above
-            results.append(EventError(Reason.INFERENCE_ERROR, f"{type(error).__name__}: {error}"[:300]))
-    return results
 
 
 def _commit(producer: Producer, consumer: Consumer, records: list[tuple]) -> None:
