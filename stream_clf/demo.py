@@ -15,37 +15,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from stream_clf.broker import LocalKafka, free_port, resolve_jars
-from stream_clf.catalog import bundle_name, models_dir, resolve_model
 from stream_clf.errors import StreamClfError
-from stream_clf.produce import produce_lines
-from stream_clf.tiny_model import build_tiny_bundle
-from stream_clf.topics import client_logger, ensure_topics
+from stream_clf.kafka import clients
+from stream_clf.kafka.broker import LocalKafka, free_port, resolve_jars
+from stream_clf.kafka.produce import produce_lines
+from stream_clf.kafka.topics import ensure_topics
+from stream_clf.model.catalog import bundle_name, models_dir, resolve_model
+from stream_clf.model.tiny_model import build_tiny_bundle
+from stream_clf.samples import DEMO_TEXTS
 
 __all__ = ["run_demo"]
 
 INPUT, OUTPUT, DLQ = "texts", "texts.labeled", "texts.dlq"
 _MALFORMED = b'{"id": "demo-bad", "txt": "a typo in the field name"}'
 _RESULT_TIMEOUT = 120.0
-DEMO_TEXTS: tuple[str, ...] = (
-    "Shares in the carmaker fell 8% after it cut its profit forecast for the year.",
-    "The central bank held interest rates at 4.5%, citing stubborn inflation in services.",
-    "The striker scored twice in the second half as the champions came from behind to win 3-2.",
-    "The Australian Open champion withdrew from the tournament with a wrist injury.",
-    "The prime minister faces a confidence vote after three ministers resigned on Tuesday.",
-    "Opposition leaders demanded an inquiry into party funding before the general election.",
-    "The band's new album went straight to number one in the charts in its first week.",
-    "The film won best picture at the Oscars, and its lead actress took home two awards.",
-    "A new chip from the start-up runs AI models on phones using half the battery power.",
-    "Hackers stole the passwords of millions of users from the social network's servers.",
-    "The games console sold out within hours as retailers struggled to meet demand.",
-    "The festival's organisers said ticket sales beat every record set in its 40-year history.",
-)
 
 
 def run_demo(model: Path | None = None) -> int:
@@ -100,7 +87,7 @@ def _default_model(console: Console, scratch: Path) -> Path:
         console.print(f"[green]model:[/] news-minilm (int8), trained offline on BBC News, from {cached}\n")
         return cached
     try:
-        from stream_clf.training import build_trained_model
+        from stream_clf.model.training import build_trained_model
     except ImportError:
         console.print(
             "[yellow]model:[/] tiny-random, built on the fly with random weights: its labels show the pipeline"
@@ -147,13 +134,8 @@ def _stop_worker(worker: subprocess.Popen[bytes] | None) -> int | None:
 def _collect(
     bootstrap: str, expected: int, worker: subprocess.Popen[bytes]
 ) -> tuple[dict[str, dict], list[tuple[str, str]]]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "stream-clf-demo-reader",
-            "auto.offset.reset": "earliest",
-            "logger": client_logger,
-        }
+    consumer = clients.consumer(
+        [bootstrap], overrides={"group.id": "stream-clf-demo-reader", "auto.offset.reset": "earliest"}
     )
     consumer.subscribe([OUTPUT, DLQ])
     results: dict[str, dict] = {}

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from stream_clf.errors import ConfigError
-from stream_clf.logs import LOG_FORMATS
-from stream_clf.security import MECHANISMS, PROTOCOLS, KafkaSecurity
-from stream_clf.windows import Truncation, Windowing
+from stream_clf.kafka.clients import COMPRESSION_CODECS
+from stream_clf.kafka.security import MECHANISMS, PROTOCOLS, KafkaSecurity
+from stream_clf.model.windows import Truncation, Windowing
+from stream_clf.ops.logs import LOG_FORMATS
 
 __all__ = ["BROKERS_OPTION", "SECURITY_OPTIONS", "WORKER_OPTIONS", "Option", "WorkerSettings", "usable_cores"]
 
@@ -26,6 +27,8 @@ _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$|^\[[0-9A-Fa-f:]+\]:\d{1,5}$"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PROVIDERS = ("cpu", "cuda", "auto")
 GUARANTEES = ("at-least-once", "exactly-once")
+ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
+COMPRESSIONS = ("auto", *COMPRESSION_CODECS)
 SWITCH_VALUES = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 
 
@@ -231,6 +234,21 @@ WORKER_OPTIONS: tuple[Option, ...] = (
         "MODE",
     ),
     Option(
+        "isolation",
+        _one_of(ISOLATION_LEVELS),
+        "read_committed",
+        "input events to read: read_committed (only those of committed transactions) or read_uncommitted",
+        "LEVEL",
+    ),
+    Option(
+        "compression",
+        _one_of(COMPRESSIONS),
+        "auto",
+        "codec of published results and dead letters: auto (the output topic's compression.type, else lz4),"
+        " none, gzip, snappy, lz4, zstd",
+        "CODEC",
+    ),
+    Option(
         "instance",
         _text,
         socket.gethostname(),
@@ -303,6 +321,8 @@ class WorkerSettings:
     bucket_tokens: int
     group: str
     guarantee: str
+    isolation: str
+    compression: str
     instance: str
     partitions: int
     max_event_bytes: int

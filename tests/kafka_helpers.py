@@ -13,9 +13,9 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream_clf.broker import free_port
-from stream_clf.tiny_model import SAMPLE_TEXTS
-from stream_clf.topics import ensure_topics
+from stream_clf.kafka.broker import free_port
+from stream_clf.kafka.topics import ensure_topics
+from stream_clf.model.tiny_model import SAMPLE_TEXTS
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from stream_clf.batching import MicroBatcher, length_buckets
+from stream_clf.model.buckets import length_buckets
+from stream_clf.worker.batching import MicroBatcher
 
 
 def run(coroutine):

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from stream_clf.bench.mixes import MIXES, load_texts
-from stream_clf.bundle import load_bundle
-from stream_clf.classifier import Classifier
+from stream_clf.model.bundle import load_bundle
+from stream_clf.model.classifier import Classifier
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:

@@ -10,8 +10,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_clf.broker import free_port
-from stream_clf.topics import admin_client, ensure_topics
+from stream_clf.kafka.broker import free_port
+from stream_clf.kafka.clients import admin_client
+from stream_clf.kafka.topics import ensure_topics
 from tests.kafka_helpers import Topics, collect
 
 pytestmark = pytest.mark.broker

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from stream_clf.errors import ConfigError
+from stream_clf.model.windows import Truncation
 from stream_clf.settings import WORKER_OPTIONS, WorkerSettings, resolve_security
-from stream_clf.windows import Truncation
 
 
 def test_defaults_run_on_one_machine(tmp_path):
@@ -37,6 +37,8 @@ def test_every_setting_reads_its_environment_variable(tmp_path):
         "STREAM_CLF_BUCKET_TOKENS": "512",
         "STREAM_CLF_GROUP": "g",
         "STREAM_CLF_GUARANTEE": "Exactly-Once",
+        "STREAM_CLF_ISOLATION": "READ_UNCOMMITTED",
+        "STREAM_CLF_COMPRESSION": "Zstd",
         "STREAM_CLF_INSTANCE": "worker-3",
         "STREAM_CLF_PARTITIONS": "12",
         "STREAM_CLF_MAX_EVENT_BYTES": "1000",
@@ -77,6 +79,8 @@ def test_every_setting_reads_its_environment_variable(tmp_path):
         bucket_tokens=512,
         group="g",
         guarantee="exactly-once",
+        isolation="read_uncommitted",
+        compression="zstd",
         instance="worker-3",
         partitions=12,
         max_event_bytes=1000,

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_clf.broker import free_port
+from stream_clf.kafka.broker import free_port
 from tests.kafka_helpers import produce
 from tests.web_helpers import wait_for_status
 

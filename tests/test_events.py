@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream_clf.errors import EventError, Reason
-from stream_clf.events import Source, TextEvent, dead_letter_headers, decode_event, encode_result
+from stream_clf.worker.events import Source, TextEvent, dead_letter_headers, decode_event, encode_result
 
 LIMIT = 8192
 

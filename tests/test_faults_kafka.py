@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from stream_clf.bench.mixes import load_texts
-from stream_clf.broker import LocalKafka, free_port
-from stream_clf.bundle import load_bundle
-from stream_clf.classifier import Classifier
+from stream_clf.kafka.broker import LocalKafka, free_port
+from stream_clf.model.bundle import load_bundle
+from stream_clf.model.classifier import Classifier
 from tests.kafka_helpers import KEYS, Topics, WorkerProcess, collect, ids_seen, keyed_events, produce, results_of
 from tests.web_helpers import get, scrape, wait_for_status
 

@@ -8,8 +8,8 @@ from collections import Counter
 import orjson
 import pytest
 
-from stream_clf.tiny_model import SAMPLE_TEXTS
-from stream_clf.topics import ensure_topics
+from stream_clf.kafka.topics import ensure_topics
+from stream_clf.model.tiny_model import SAMPLE_TEXTS
 from tests.kafka_helpers import Topics, collect, produce
 
 pytestmark = pytest.mark.broker

@@ -4,18 +4,18 @@ import logging
 
 import orjson
 
-from stream_clf.logs import JsonFormatter, KeyValueFormatter
+from stream_clf.ops.logs import JsonFormatter, KeyValueFormatter
 
 
 def _record(message: str, *args: object) -> logging.LogRecord:
-    return logging.LogRecord("stream_clf.worker", logging.WARNING, __file__, 1, message, args, None)
+    return logging.LogRecord("stream_clf.worker.startup", logging.WARNING, __file__, 1, message, args, None)
 
 
 def test_json_lines_carry_our_fields_and_library_prose():
     ours = orjson.loads(JsonFormatter().format(_record("event=batch_failed size=%d error=%r", 3, "bad: x y")))
     assert {key: ours[key] for key in ("level", "logger", "event", "size", "error")} == {
         "level": "warning",
-        "logger": "stream_clf.worker",
+        "logger": "stream_clf.worker.startup",
         "event": "batch_failed",
         "size": "3",
         "error": "bad: x y",
@@ -27,4 +27,4 @@ def test_json_lines_carry_our_fields_and_library_prose():
 
 def test_key_value_lines_quote_library_prose():
     line = KeyValueFormatter().format(_record('broker said "no"\nthen left'))
-    assert line.endswith('level=warning logger=stream_clf.worker msg="broker said \\"no\\"\\nthen left"')
+    assert line.endswith('level=warning logger=stream_clf.worker.startup msg="broker said \\"no\\"\\nthen left"')

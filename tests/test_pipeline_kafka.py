@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_clf.bundle import load_bundle
-from stream_clf.classifier import Classifier
-from stream_clf.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
+from stream_clf.model.bundle import load_bundle
+from stream_clf.model.classifier import Classifier
+from stream_clf.model.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
 from tests.kafka_helpers import (
     KEYS,
     Record,

@@ -7,9 +7,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_clf.bundle import load_bundle, read_manifest
-from stream_clf.catalog import heldout_file, resolve_model
 from stream_clf.errors import ModelError
+from stream_clf.model.bundle import load_bundle, read_manifest
+from stream_clf.model.catalog import heldout_file, resolve_model
 
 
 def test_news_model_reaches_95_percent_on_its_held_out_split(news_model):

@@ -27,10 +27,10 @@ from rich.table import Table
 from stream_clf.bench.engine import measure_engine, measure_full_batch, measure_peak
 from stream_clf.bench.mixes import load_texts
 from stream_clf.bench.streaming import measure_latency, measure_throughput, percentile, start_service
-from stream_clf.broker import LocalKafka, free_port
-from stream_clf.bundle import load_bundle
-from stream_clf.catalog import resolve_model
-from stream_clf.classifier import Classifier
+from stream_clf.kafka.broker import LocalKafka, free_port
+from stream_clf.model.bundle import load_bundle
+from stream_clf.model.catalog import resolve_model
+from stream_clf.model.classifier import Classifier
 from stream_clf.settings import WORKER_OPTIONS
 
 __all__ = ["BenchOptions", "render", "run_bench"]

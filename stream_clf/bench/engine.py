@@ -21,8 +21,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from stream_clf.classifier import Classifier
-from stream_clf.windows import Plan
+from stream_clf.model.classifier import Classifier
+from stream_clf.model.windows import Plan
 
 __all__ = ["EngineResult", "encoder_flops", "measure_engine", "measure_full_batch", "measure_peak"]
 

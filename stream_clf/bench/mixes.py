@@ -13,9 +13,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from stream_clf.demo import DEMO_TEXTS
 from stream_clf.errors import ConfigError
-from stream_clf.tiny_model import SAMPLE_TEXTS
+from stream_clf.model.tiny_model import SAMPLE_TEXTS
+from stream_clf.samples import DEMO_TEXTS
 
 __all__ = ["MIXES", "Mix", "load_texts"]
 

@@ -19,11 +19,11 @@ from rich.table import Table
 
 from stream_clf.bench.mixes import load_texts
 from stream_clf.bench.streaming import measure_latency, percentile, start_service
-from stream_clf.broker import LocalKafka, free_port
-from stream_clf.bundle import load_bundle
-from stream_clf.catalog import resolve_model
-from stream_clf.classifier import Classifier
 from stream_clf.errors import StreamClfError
+from stream_clf.kafka.broker import LocalKafka, free_port
+from stream_clf.model.bundle import load_bundle
+from stream_clf.model.catalog import resolve_model
+from stream_clf.model.classifier import Classifier
 
 __all__ = ["MAX_RSS_GROWTH", "SoakOptions", "render_soak", "run_soak"]
 

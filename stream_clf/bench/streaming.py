@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
-from stream_clf.broker import free_port
 from stream_clf.errors import StreamClfError
-from stream_clf.topics import client_logger, ensure_topics
+from stream_clf.kafka import clients
+from stream_clf.kafka.broker import free_port
+from stream_clf.kafka.topics import ensure_topics
 
 __all__ = ["CpuMeter", "RunningService", "StreamResult", "measure_latency", "measure_throughput", "start_service"]
 
@@ -134,7 +135,7 @@ def _produce(
     bootstrap: str, topic: str, events: Sequence[tuple[str, str]], pace: float | None = None
 ) -> dict[str, float]:
     """Send (id, text) events; with ``pace`` (events/s), evenly spaced. Returns each id's send time."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "logger": client_logger})
+    producer = clients.producer([bootstrap], overrides={"linger.ms": 5})
     sent: dict[str, float] = {}
     started = time.monotonic()
     for index, (event_id, text) in enumerate(events):
@@ -150,9 +151,7 @@ def _produce(
 
 
 def _consumer(bootstrap: str, topic: str) -> Consumer:
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"bench-reader-{uuid.uuid4().hex[:8]}", "logger": client_logger}
-    )
+    consumer = clients.consumer([bootstrap], overrides={"group.id": f"bench-reader-{uuid.uuid4().hex[:8]}"})
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     return consumer

@@ -13,8 +13,8 @@ from stream_clf import __version__
 from stream_clf.cli import modelling, streaming
 from stream_clf.cli.common import Parser
 from stream_clf.errors import ConfigError, ModelError, StreamClfError
-from stream_clf.logs import configure_logging
-from stream_clf.topics import client_logger
+from stream_clf.kafka.clients import client_logger
+from stream_clf.ops.logs import configure_logging
 
 __all__ = ["build_parser", "main"]
 

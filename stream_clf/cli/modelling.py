@@ -18,9 +18,9 @@ from stream_clf.cli.common import (
     whole_number,
 )
 from stream_clf.errors import ConfigError
-from stream_clf.quantization import QuantizationReport
+from stream_clf.model.quantization import QuantizationReport
+from stream_clf.model.windows import Truncation, Windowing
 from stream_clf.settings import BROKERS_OPTION, SECURITY_OPTIONS, resolve_security
-from stream_clf.windows import Truncation, Windowing
 
 __all__ = ["register"]
 
@@ -81,7 +81,7 @@ def _export(parser: Parser) -> None:
 
     def run(args: argparse.Namespace) -> int:
         try:
-            from stream_clf.export import PARITY_TEXTS, export_checkpoint
+            from stream_clf.model.export import PARITY_TEXTS, export_checkpoint
         except ImportError as error:
             raise needs_extra(error, "export") from None
         with progress_bars() as progress:
@@ -118,8 +118,8 @@ def _quantize(parser: Parser) -> None:
     parser.add_argument("--texts", type=Path, help="file of texts, one per line, to compare int8 with fp32 on")
 
     def run(args: argparse.Namespace) -> int:
-        from stream_clf.catalog import resolve_model
-        from stream_clf.quantization import SAMPLE_TEXTS, quantize_bundle
+        from stream_clf.model.catalog import resolve_model
+        from stream_clf.model.quantization import SAMPLE_TEXTS, quantize_bundle
 
         source = resolve_model(args.bundle)
         with progress_bars() as progress:
@@ -138,7 +138,7 @@ def _models_build(parser: Parser) -> None:
 
     def run(args: argparse.Namespace) -> int:
         try:
-            from stream_clf.training import build_trained_model
+            from stream_clf.model.training import build_trained_model
         except ImportError as error:
             raise needs_extra(error, "models") from None
         with progress_bars() as progress:
@@ -157,7 +157,7 @@ def _models_build(parser: Parser) -> None:
 
 def _models_list(parser: Parser) -> None:
     def run(_: argparse.Namespace) -> int:
-        from stream_clf.catalog import TRAINED, bundle_name, models_dir
+        from stream_clf.model.catalog import TRAINED, bundle_name, models_dir
 
         for name, model in TRAINED.items():
             built = [p for p in ("fp32", "int8") if (models_dir() / bundle_name(name, p)).is_dir()]
@@ -200,11 +200,17 @@ def _eval(parser: Parser) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from stream_clf.bundle import load_bundle
-    from stream_clf.catalog import resolve_model
-    from stream_clf.classifier import Classifier
-    from stream_clf.evaluate import agreement, check_labels, predict_direct, predict_through_kafka, read_dataset
-    from stream_clf.scoring import classification_report
+    from stream_clf.evaluation.evaluate import (
+        agreement,
+        check_labels,
+        predict_direct,
+        predict_through_kafka,
+        read_dataset,
+    )
+    from stream_clf.evaluation.scoring import classification_report
+    from stream_clf.model.bundle import load_bundle
+    from stream_clf.model.catalog import resolve_model
+    from stream_clf.model.classifier import Classifier
 
     windowing = Windowing(args.truncation, args.stride, args.max_windows)
     classifier = Classifier(load_bundle(resolve_model(args.model)), windowing=windowing)

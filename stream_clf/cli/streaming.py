@@ -33,10 +33,9 @@ def _worker(parser: Parser) -> None:
         add_option(parser, option)
 
     def run(args: argparse.Namespace) -> int:
-        from stream_clf.worker import run_worker
+        from stream_clf.worker.startup import run_worker
 
-        run_worker(WorkerSettings.resolve(vars(args)))
-        return 0
+        return run_worker(WorkerSettings.resolve(vars(args)))
 
     parser.set_defaults(run=run, parser=parser)
 
@@ -52,7 +51,7 @@ def _broker(parser: Parser) -> None:
     parser.add_argument("--heap", default="512m", help="JVM heap size (default: 512m)")
 
     def run(args: argparse.Namespace) -> int:
-        from stream_clf.broker import KAFKA_VERSION, LocalKafka
+        from stream_clf.kafka.broker import KAFKA_VERSION, LocalKafka
 
         kafka = LocalKafka(args.data_dir, args.port, args.controller_port or args.port + 1, args.heap)
         if args.fresh:
@@ -85,7 +84,7 @@ def _produce(parser: Parser) -> None:
     def run(args: argparse.Namespace) -> int:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from stream_clf.produce import produce_lines
+        from stream_clf.kafka.produce import produce_lines
 
         brokers = BROKERS_OPTION.resolve(args.brokers, os.environ)
         reading_stdin = args.file == "-"
@@ -124,7 +123,7 @@ def _tail(parser: Parser) -> None:
     parser.add_argument("--idle-timeout", type=float, help="stop after this many seconds without a record")
 
     def run(args: argparse.Namespace) -> int:
-        from stream_clf.tail import tail
+        from stream_clf.kafka.tail import tail
 
         brokers = BROKERS_OPTION.resolve(args.brokers, os.environ)
         signal.signal(signal.SIGTERM, raise_interrupt)

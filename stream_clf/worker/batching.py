@@ -1,5 +1,4 @@
-"""Micro-batching: group items as they arrive into batches bounded by a count, a wait and a cost;
-then cut a batch's model rows into length buckets.
+"""Micro-batching: group items as they arrive into batches bounded by a count, a wait and a cost.
 
 A batch closes when it holds ``max_items``, when adding the next item would take its total cost
 past ``max_cost`` (the token budget, as text-embeddings-inference's ``max-batch-tokens``), or when
@@ -7,19 +6,15 @@ past ``max_cost`` (the token budget, as text-embeddings-inference's ``max-batch-
 waits for a first item to start a clock. An item too costly on its own makes a batch by itself.
 The queue in front is bounded, so a slow consumer of batches pushes back on the producer of items
 instead of buffering without limit.
-
-Inside a micro-batch, :func:`length_buckets` sorts the rows by length and cuts them into the
-sub-batches ONNX Runtime runs one at a time, so each is padded only to rows of similar length.
 """
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
-__all__ = ["MicroBatcher", "length_buckets"]
+__all__ = ["MicroBatcher"]
 
 T = TypeVar("T")
-MAX_PADDING_WASTE = 0.1
 
 
 class MicroBatcher(Generic[T]):
@@ -70,34 +65,3 @@ class MicroBatcher(Generic[T]):
             batch.append(item)
             total += self._cost(item)
         return batch
-
-
-def length_buckets(
-    lengths: Sequence[int], max_rows: int, max_tokens: int, max_waste: float = MAX_PADDING_WASTE
-) -> list[list[int]]:
-    """Indices of ``lengths``, sorted by length and cut into buckets of similar length.
-
-    A bucket holds at most ``max_rows`` rows and, padded to its longest row, at most ``max_tokens``
-    tokens, of which at most ``max_waste`` padding; a row past the token cap makes a bucket by
-    itself. On 2 CPU cores, 8 rows did as well as anything tried (4 to 32 rows, 512 to 2,048
-    tokens); the token cap is for larger calls (a GPU), whose memory it bounds. The waste cap halved
-    the padding of IMDB-like micro-batches (7.9% to 3.9%) and ran 3% faster; tighter caps cost
-    more in calls than they saved.
-    """
-    if max_rows < 1 or max_tokens < 1:
-        raise ValueError("max_rows and max_tokens must be >= 1")
-    buckets: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
-        length = lengths[index]
-        if current:
-            padded = (len(current) + 1) * length
-            if len(current) >= max_rows or padded > max_tokens or 1 - (real + length) / padded > max_waste:
-                buckets.append(current)
-                current, real = [], 0
-        current.append(index)
-        real += length
-    if current:
-        buckets.append(current)
-    return buckets

@@ -1,25 +1,19 @@
 """Topic administration with confluent-kafka's AdminClient: reach the broker, create topics."""
 
-import logging
 import time
 from collections.abc import Iterable, Sequence
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType
 
 from stream_clf.errors import BrokerError
-from stream_clf.security import PLAINTEXT, KafkaSecurity
+from stream_clf.kafka.clients import admin_client
+from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
 
-__all__ = ["admin_client", "client_logger", "ensure_topics", "largest_record_limit", "wait_for_broker"]
+__all__ = ["ensure_topics", "largest_record_limit", "publish_compression", "wait_for_broker"]
 
-client_logger = logging.getLogger("stream_clf.librdkafka")
 # Kafka's default record size limit (message.max.bytes) with its batch overhead.
 KAFKA_DEFAULT_RECORD_LIMIT = 1_048_588
-
-
-def admin_client(brokers: Sequence[str], security: KafkaSecurity = PLAINTEXT) -> AdminClient:
-    """An AdminClient whose librdkafka log lines go to Python logging instead of stderr."""
-    return AdminClient({"bootstrap.servers": ",".join(brokers), "logger": client_logger, **security.librdkafka()})
 
 
 def wait_for_broker(brokers: Sequence[str], timeout: float, security: KafkaSecurity = PLAINTEXT) -> None:
@@ -77,3 +71,17 @@ def largest_record_limit(brokers: Sequence[str], topics: Iterable[str], security
         if entry is not None and entry.value is not None:
             limits.append(int(entry.value))
     return max(limits)
+
+
+def publish_compression(
+    brokers: Sequence[str], topic: str, security: KafkaSecurity = PLAINTEXT, fallback: str = "lz4"
+) -> str:
+    """The codec to publish to ``topic`` with: the topic's own ``compression.type`` when it names one
+    (so the broker stores batches as they come instead of recompressing them), else ``fallback``."""
+    admin = admin_client(brokers, security)  # kept alive until the answer is in
+    (future,) = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()
+    entry = future.result(timeout=30).get("compression.type")
+    configured = entry.value if entry is not None else None
+    if configured == "uncompressed":
+        return "none"
+    return configured if configured in ("gzip", "snappy", "lz4", "zstd") else fallback

@@ -18,7 +18,7 @@ import orjson
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from stream_clf.bundle import MANIFEST
+from stream_clf.model.bundle import MANIFEST
 
 __all__ = ["SAMPLE_TEXTS", "build_tiny_bundle"]
 
@@ -83,7 +83,7 @@ def build_tiny_bundle(
         "case_sensitive": not lowercase,
         "activation": "softmax",
         "precision": "fp32",
-        "source": "stream_clf.tiny_model (random weights: its labels mean nothing)",
+        "source": "stream_clf.model.tiny_model (random weights: its labels mean nothing)",
     }
     (out / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return out

@@ -31,10 +31,10 @@ import onnxruntime as ort
 import torch
 import transformers
 
-from stream_clf.bundle import DEFAULT_MAX_LENGTH, load_bundle, usable_positions, write_manifest
-from stream_clf.classifier import Classifier
 from stream_clf.errors import ExportError
-from stream_clf.quantization import SAMPLE_TEXTS, QuantizationReport, encoded_samples, quantize_int8
+from stream_clf.model.bundle import DEFAULT_MAX_LENGTH, load_bundle, usable_positions, write_manifest
+from stream_clf.model.classifier import Classifier
+from stream_clf.model.quantization import SAMPLE_TEXTS, QuantizationReport, encoded_samples, quantize_int8
 
 __all__ = ["PARITY_TEXTS", "ExportReport", "export_checkpoint", "export_module", "load_checkpoint", "torch_to_onnx"]
 

@@ -11,10 +11,10 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from stream_clf.batching import length_buckets
-from stream_clf.bundle import ModelBundle
 from stream_clf.errors import ConfigError, ModelError
-from stream_clf.windows import Plan, Row, Template, Truncation, Windowing, plan
+from stream_clf.model.buckets import length_buckets
+from stream_clf.model.bundle import ModelBundle
+from stream_clf.model.windows import Plan, Row, Template, Truncation, Windowing, plan
 
 __all__ = ["Classifier", "EncodedBatch", "Prediction"]
 

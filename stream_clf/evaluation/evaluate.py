@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
-from stream_clf.classifier import Classifier, Prediction
 from stream_clf.errors import ConfigError, StreamClfError
-from stream_clf.produce import produce_lines
-from stream_clf.security import PLAINTEXT, KafkaSecurity
-from stream_clf.topics import admin_client, client_logger
+from stream_clf.kafka import clients
+from stream_clf.kafka.produce import produce_lines
+from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
+from stream_clf.model.classifier import Classifier, Prediction
 
 __all__ = [
     "Dataset",
@@ -112,15 +112,8 @@ def predict_through_kafka(
     """Send ``texts`` to a running worker and read its results back, in input order."""
     run = uuid.uuid4().hex[:8]
     ids = [f"eval-{run}-{i}" for i in range(len(texts))]
-    consumer = Consumer(
-        {
-            "bootstrap.servers": ",".join(brokers),
-            "group.id": f"stream-clf-eval-{run}",
-            "logger": client_logger,
-            **security.librdkafka(),
-        }
-    )
-    metadata = admin_client(brokers, security).list_topics(output_topic, timeout=10).topics.get(output_topic)
+    consumer = clients.consumer(brokers, security, {"group.id": f"stream-clf-eval-{run}"})
+    metadata = clients.admin_client(brokers, security).list_topics(output_topic, timeout=10).topics.get(output_topic)
     if metadata is None or metadata.error is not None or not metadata.partitions:
         raise StreamClfError(
             f"topic {output_topic!r} does not exist: is a worker running with --output {output_topic}?"

@@ -21,9 +21,9 @@ import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from stream_clf.bundle import load_bundle, read_manifest, write_manifest
-from stream_clf.classifier import Classifier
 from stream_clf.errors import ExportError
+from stream_clf.model.bundle import load_bundle, read_manifest, write_manifest
+from stream_clf.model.classifier import Classifier
 
 __all__ = ["SAMPLE_TEXTS", "QuantizationReport", "encoded_samples", "quantize_bundle", "quantize_int8"]
 

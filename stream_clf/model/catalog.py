@@ -8,7 +8,7 @@ using a built bundle needs nothing beyond the worker.
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream_clf.broker import cache_root
+from stream_clf.cache import cache_root
 from stream_clf.errors import ModelError
 
 __all__ = ["PRECISIONS", "TRAINED", "TrainedModel", "bundle_name", "heldout_file", "models_dir", "resolve_model"]

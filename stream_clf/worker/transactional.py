@@ -12,88 +12,124 @@ once instead of waiting for the transaction timeout.
 
 The loop is synchronous: a batch is tokenized, classified, published and committed before the next
 is read, so a rebalance never finds work in flight. It trades the pipeline's overlap for that. The
-web endpoints (the same as the Faust path's) are served from a thread; the loop measures lag.
+loop measures lag and publishes its state; the web server reads that state from its own thread.
 """
 
+import enum
 import logging
 import threading
 import time
+from collections.abc import Sequence
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from stream_clf.classifier import Classifier
 from stream_clf.errors import BrokerError
-from stream_clf.events import Source
-from stream_clf.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
-from stream_clf.processing import InFlight, Routing, classify_planned, count_outcomes, plan_events
+from stream_clf.kafka import clients
+from stream_clf.ops.health import ConsumerState
+from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.settings import WorkerSettings
-from stream_clf.topics import client_logger
-from stream_clf.web.health import Readiness
-from stream_clf.web.threaded import serve_in_thread
+from stream_clf.worker.core import BatchStep, InFlight, OutRecord
+from stream_clf.worker.events import Source
 
-__all__ = ["run_exactly_once"]
+__all__ = ["Commit", "TransactionalLoop", "commit_batch", "run_exactly_once"]
 
 log = logging.getLogger(__name__)
 TRANSACTION_TIMEOUT_SECONDS = 60.0
 
 
+class Commit(enum.Enum):
+    """How a micro-batch's transaction ended."""
+
+    COMMITTED = "committed"
+    ABORTED = "aborted"  # nothing of it is visible; the consumer was rewound to read it again
+
+
 def run_exactly_once(
-    settings: WorkerSettings, classifier: Classifier, *, max_record_bytes: int, stop: threading.Event
+    settings: WorkerSettings,
+    step: BatchStep,
+    metrics: WorkerMetrics,
+    state: ConsumerState,
+    *,
+    compression: str,
+    max_record_bytes: int,
+    stop: threading.Event,
 ) -> None:
     """Process until ``stop`` is set; the batch in flight is finished and committed first."""
-    security = settings.security.librdkafka()
-    common = {"bootstrap.servers": ",".join(settings.brokers), "logger": client_logger, **security}
-    consumer = Consumer(
-        common
-        | {
+    consumer = clients.consumer(
+        settings.brokers,
+        settings.security,
+        {
             "group.id": settings.group,
             "enable.auto.commit": False,
-            "isolation.level": "read_committed",
+            "isolation.level": settings.isolation,
             "auto.offset.reset": "earliest",
             "session.timeout.ms": settings.session_timeout_ms,
-        }
+        },
     )
-    producer = Producer(
-        common
-        | {
+    producer = clients.producer(
+        settings.brokers,
+        settings.security,
+        {
             "transactional.id": f"{settings.group}-{settings.instance}",
             "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_SECONDS * 1000),
             "message.max.bytes": max_record_bytes,
+            "compression.type": compression,
             "linger.ms": 5,
-        }
+        },
     )
-    bundle = classifier.bundle
-    metrics = WorkerMetrics(
-        model=bundle.name, version=bundle.version, precision=bundle.precision, max_batch=settings.max_batch
-    )
-    assigned = 0  # read by the web thread: the consumer itself blocks other threads while it polls
-    readiness = Readiness(settings.brokers, lambda: assigned, security=settings.security)
-    server = serve_in_thread(settings.web_host, settings.web_port, metrics, readiness)
-    lag = _Lag(consumer)
-    routing = Routing(settings.output, settings.dlq, bundle.name, bundle.version, settings.top_k)
     producer.init_transactions(30)
     log.info("event=transactions_ready transactional_id=%s-%s", settings.group, settings.instance)
     consumer.subscribe(list(settings.input))
+    loop = TransactionalLoop(step, producer, consumer, metrics, state, max_event_bytes=settings.max_event_bytes)
+    lag = _Lag(consumer)
     measured = 0.0
     try:
         while not stop.is_set():
+            state.polled()
             messages = consumer.consume(settings.max_batch, settings.max_wait_ms / 1000 or 0.01)
-            batch = [_in_flight(message, settings.max_event_bytes) for message in messages if _usable(message)]
-            assigned = len(consumer.assignment())
+            state.assigned = len(consumer.assignment())
             if time.monotonic() - measured >= LAG_INTERVAL_SECONDS:
                 metrics.partitions(lag.measure())
                 measured = time.monotonic()
-            if not batch:
-                continue
-            for record in batch:
-                metrics.consumed(record.source.topic)
-            plan_events(classifier, batch, metrics)
-            answers = classify_planned(classifier, batch, metrics)
-            _commit(producer, consumer, [routing.record(record, answers.get(id(record))) for record in batch])
-            count_outcomes(metrics, batch, answers)
+            loop.process(messages)
     finally:
         consumer.close()
-        server.shutdown()
+
+
+class TransactionalLoop:
+    """One micro-batch at a time: the batch step, then its records and offsets in one transaction."""
+
+    def __init__(
+        self,
+        step: BatchStep,
+        producer: Producer,
+        consumer: Consumer,
+        metrics: WorkerMetrics,
+        state: ConsumerState,
+        *,
+        max_event_bytes: int,
+    ) -> None:
+        self._step = step
+        self._producer = producer
+        self._consumer = consumer
+        self._metrics = metrics
+        self._state = state
+        self._max_event_bytes = max_event_bytes
+
+    def process(self, messages: Sequence[Message]) -> Commit | None:
+        """Classify and commit the consumed ``messages``; None when none held an event."""
+        batch = [_in_flight(message, self._max_event_bytes) for message in messages if _usable(message)]
+        if not batch:
+            return None
+        for record in batch:
+            self._metrics.consumed(record.source.topic)
+        processed = self._step(batch)
+        outcome = commit_batch(self._producer, self._consumer, processed.records)
+        if outcome is Commit.COMMITTED:  # an aborted batch is read and counted again
+            processed.count(self._metrics)
+            for record in batch:
+                self._state.processed(record.source.topic, record.source.partition, record.source.offset)
+        return outcome
 
 
 class _Lag:
@@ -149,12 +185,16 @@ async def _no_ack() -> None:
     """Offsets commit inside the transaction, not through acks."""
 
 
-def _commit(producer: Producer, consumer: Consumer, records: list[tuple]) -> None:
-    """Publish ``records`` and the consumer's positions in one transaction; on failure, rewind."""
+def commit_batch(producer: Producer, consumer: Consumer, records: Sequence[OutRecord]) -> Commit:
+    """Publish ``records`` and the consumer's positions in one transaction; on an abort, rewind.
+
+    Raises :class:`BrokerError` when the transaction failed for good (the producer was fenced by a
+    newer instance, say): the worker must stop.
+    """
     try:
         producer.begin_transaction()
-        for topic, key, value, headers in records:
-            _produce(producer, topic, key, value, headers)
+        for record in records:
+            _produce(producer, record)
         positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
         producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(TRANSACTION_TIMEOUT_SECONDS)
@@ -165,12 +205,14 @@ def _commit(producer: Producer, consumer: Consumer, records: list[tuple]) -> Non
         log.warning("event=transaction_aborted error=%r", error.str())
         producer.abort_transaction(TRANSACTION_TIMEOUT_SECONDS)
         _rewind(consumer)
+        return Commit.ABORTED
+    return Commit.COMMITTED
 
 
-def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes | None, headers: list) -> None:
+def _produce(producer: Producer, record: OutRecord) -> None:
     while True:
         try:
-            producer.produce(topic, key=key, value=value, headers=headers)
+            producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers)
             return
         except BufferError:  # the local queue is full: let deliveries drain
             producer.poll(0.1)

@@ -26,13 +26,13 @@ import orjson
 import torch
 import transformers
 
-from stream_clf.bundle import load_bundle, read_manifest
-from stream_clf.catalog import TRAINED, bundle_name, heldout_file, models_dir
-from stream_clf.classifier import Classifier
 from stream_clf.errors import ExportError, ModelError
-from stream_clf.export import export_module, torch_to_onnx
-from stream_clf.quantization import quantize_bundle
-from stream_clf.scoring import ClassificationReport, classification_report
+from stream_clf.evaluation.scoring import ClassificationReport, classification_report
+from stream_clf.model.bundle import load_bundle, read_manifest
+from stream_clf.model.catalog import TRAINED, bundle_name, heldout_file, models_dir
+from stream_clf.model.classifier import Classifier
+from stream_clf.model.export import export_module, torch_to_onnx
+from stream_clf.model.quantization import quantize_bundle
 
 __all__ = ["BuildReport", "Corpus", "MeanPoolingClassifier", "build_trained_model", "load_corpus"]
 

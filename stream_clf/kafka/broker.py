@@ -26,10 +26,11 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from stream_clf.cache import cache_root
 from stream_clf.errors import BrokerError
-from stream_clf.topics import wait_for_broker
+from stream_clf.kafka.topics import wait_for_broker
 
-__all__ = ["KAFKA_VERSION", "LocalKafka", "cache_root", "free_port", "resolve_jars"]
+__all__ = ["KAFKA_VERSION", "LocalKafka", "free_port", "resolve_jars"]
 
 KAFKA_VERSION = "3.9.2"
 MAVEN_REPOSITORY = os.environ.get("STREAM_CLF_MAVEN_REPOSITORY", "https://repo1.maven.org/maven2")
@@ -51,14 +52,6 @@ appender.file.layout.pattern=[%d] %p %m (%c)%n
 rootLogger.level=INFO
 rootLogger.appenderRef.file.ref=file
 """
-
-
-def cache_root() -> Path:
-    """Where stream-clf caches downloads and built models: ``$STREAM_CLF_CACHE`` or the XDG cache."""
-    if "STREAM_CLF_CACHE" in os.environ:
-        return Path(os.environ["STREAM_CLF_CACHE"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "stream-clf"
 
 
 def free_port() -> int:
@@ -85,7 +78,7 @@ def resolve_jars(version: str = KAFKA_VERSION, *, quiet: bool = False) -> Path:
 
 
 def _read_lock(version: str) -> list[tuple[str, str]]:
-    lock = resources.files("stream_clf") / f"kafka-{version}.lock"
+    lock = resources.files(__package__) / f"kafka-{version}.lock"
     if not lock.is_file():
         raise BrokerError(f"no pinned jar list for Kafka {version}; use {KAFKA_VERSION} or set KAFKA_HOME")
     pins = []

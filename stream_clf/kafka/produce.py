@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from stream_clf.security import PLAINTEXT, KafkaSecurity
-from stream_clf.topics import client_logger
+from stream_clf.kafka.clients import client_config
+from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
 
 __all__ = ["ProduceReport", "event_for_line", "produce_lines", "producer_config"]
 
@@ -29,14 +29,9 @@ class ProduceReport:
 
 def producer_config(brokers: Sequence[str], security: KafkaSecurity = PLAINTEXT) -> dict[str, object]:
     """An idempotent producer that partitions keys like the Java client and Faust (murmur2)."""
-    return {
-        "bootstrap.servers": ",".join(brokers),
-        "enable.idempotence": True,
-        "linger.ms": 10,
-        "partitioner": "murmur2_random",
-        "logger": client_logger,
-        **security.librdkafka(),
-    }
+    return client_config(
+        brokers, security, {"enable.idempotence": True, "linger.ms": 10, "partitioner": "murmur2_random"}
+    )
 
 
 def event_for_line(line: bytes, *, key_field: str | None, raw: bool) -> tuple[bytes | None, bytes] | None:

@@ -11,10 +11,10 @@ import uuid
 from collections.abc import Callable, Sequence
 
 import orjson
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Message
 
-from stream_clf.security import PLAINTEXT, KafkaSecurity
-from stream_clf.topics import client_logger
+from stream_clf.kafka import clients
+from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
 
 __all__ = ["format_record", "tail"]
 
@@ -31,15 +31,14 @@ def tail(
     security: KafkaSecurity = PLAINTEXT,
 ) -> int:
     """Print records until ``max_records`` were printed or ``idle_timeout`` seconds pass without one."""
-    consumer = Consumer(
+    consumer = clients.consumer(
+        brokers,
+        security,
         {
-            "bootstrap.servers": ",".join(brokers),
             "group.id": f"stream-clf-tail-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest" if from_beginning else "latest",
-            "logger": client_logger,
-            **security.librdkafka(),
-        }
+        },
     )
     consumer.subscribe([topic])
     printed = 0

@@ -1,0 +1,1 @@
+"""Scoring models like the reference cards, directly and through Kafka."""

@@ -1,0 +1,1 @@
+"""Operations: metrics, logs, and the web endpoints (health, readiness, dashboard)."""

@@ -1,0 +1,1 @@
+"""The worker: decode events, micro-batch, classify and publish them, under either delivery guarantee."""

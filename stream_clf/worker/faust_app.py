@@ -1,0 +1,211 @@
+"""At-least-once on Faust: an agent that feeds consumed events into the pipeline, and a task that runs it.
+
+Acknowledgement is manual. The agent reads with ``stream.noack()``; an event is acked only by the
+:class:`~stream_clf.worker.pipeline.Pipeline`, after its result or dead letter is delivered, and in
+the order events were read. Faust commits the highest contiguous acked offset of each partition, so
+a crash at any moment leaves every committed event with a delivered record. On SIGTERM or a
+rebalance Faust waits until every event it handed out is acked (``stream_wait_empty``), which the
+bounded queues keep short. Faust's ``take()`` is avoided on purpose: it acks a batch when the loop
+asks for the next one, including when the loop body raised (faust-streaming #189).
+
+Faust's aiokafka consumer is extended in two places (its transport is chosen by the app):
+
+- **isolation level**: Faust reads uncommitted data unless its own exactly-once mode is on; the
+  consumer here uses ``--isolation`` (``read_committed`` by default), so events of an aborted
+  upstream transaction are never labelled.
+- **fetches**: each fetch marks the loop as consuming (for liveness), and a fetch that fails for
+  good (a record the client cannot decode, say) ends the worker with one line and a non-zero exit,
+  where Faust would log it and fetch nothing more.
+"""
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import faust
+from aiokafka.errors import ConsumerStoppedError, KafkaError
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
+from faust.types import TP, EventT, StreamT
+
+from stream_clf.ops.health import ConsumerState
+from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
+from stream_clf.settings import WorkerSettings
+from stream_clf.worker.core import BatchStep, InFlight, OutRecord
+from stream_clf.worker.events import Source
+from stream_clf.worker.pipeline import Pipeline
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+class _App(faust.App):
+    """A Faust app whose consumer reads at ``isolation`` and reports its fetches to ``consumer_state``."""
+
+    isolation: str = "read_committed"
+    consumer_state: ConsumerState  # Faust's App has a ``state`` of its own
+    fail: Callable[[str], None]
+
+    def _new_transport(self) -> Transport:
+        return _Transport(self.conf.broker_consumer, self)
+
+
+class _ConsumerThread(AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Transport) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # aiokafka takes the level at construction and reads it at start; Faust passes
+        # read_committed only in its own exactly-once mode.
+        consumer._isolation_level = self.app.isolation
+        return consumer
+
+    async def _fetch_records(self, consumer: Any, active_partitions: Any, *args: Any, **kwargs: Any) -> Any:
+        app: _App = self.app
+        app.consumer_state.polled()
+        try:
+            return await super()._fetch_records(consumer, active_partitions, *args, **kwargs)
+        except (ConsumerStoppedError, asyncio.CancelledError):
+            raise
+        except KafkaError as error:
+            if error.retriable:
+                raise
+            app.fail(f"the consumer failed for good: {type(error).__name__}: {error}")
+            raise
+        except Exception as error:  # the client cannot decode what it fetched: retrying cannot help
+            app.fail(f"the consumer failed for good: {type(error).__name__}: {error}")
+            raise
+
+
+class _Consumer(Consumer):
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(Transport):
+    Consumer = _Consumer
+
+
+def create_app(
+    settings: WorkerSettings,
+    step: BatchStep,
+    metrics: WorkerMetrics,
+    state: ConsumerState,
+    fail: Callable[[str], None],
+    *,
+    compression: str,
+    max_record_bytes: int,
+    datadir: Path,
+) -> faust.App:
+    """Build the worker's Faust app.
+
+    ``fail`` ends the worker with a reason; ``compression`` is the codec of published records;
+    ``max_record_bytes`` the largest record it may have to publish; ``datadir`` is Faust's scratch
+    directory (the worker keeps no tables, so nothing there outlives the process).
+    """
+    session_timeout = settings.session_timeout_ms / 1000
+    app = _App(
+        settings.group,
+        broker=[f"kafka://{address}" for address in settings.brokers],
+        key_serializer="raw",
+        value_serializer="raw",
+        datadir=datadir,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=session_timeout,
+        broker_heartbeat_interval=max(0.5, session_timeout / 10),
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        producer_max_request_size=max_record_bytes,
+        producer_compression_type=None if compression == "none" else compression,
+        topic_partitions=settings.partitions,
+        web_enabled=False,  # the endpoints are served by stream_clf.ops.web.server, in every mode
+        broker_credentials=settings.security.faust_credentials(),
+    )
+    app.isolation = settings.isolation
+    app.consumer_state = state
+    app.fail = fail
+    source = app.topic(*settings.input)
+    topics = {name: app.topic(name) for name in (settings.output, settings.dlq)}
+
+    async def send(record: OutRecord) -> asyncio.Future:
+        # force=True: publish now. Without it, a send made while Faust considers an event current
+        # is attached to that event and held back until it is acked -- the reverse of our order.
+        return await topics[record.topic].send(key=record.key, value=record.value, headers=record.headers, force=True)
+
+    pipeline = Pipeline(
+        step,
+        send,
+        metrics,
+        state,
+        max_batch=settings.max_batch,
+        max_wait=settings.max_wait_ms / 1000,
+        max_tokens=settings.max_tokens,
+        tokenization=ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize"),
+        inference=ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference"),
+    )
+
+    @app.agent(source, name="stream_clf.consume")
+    async def consume(stream: StreamT) -> None:
+        manual = stream.noack()
+        async for event in manual.events():
+            metrics.consumed(event.message.topic)
+            await pipeline.feed(_in_flight(event, manual, settings.max_event_bytes))
+
+    @app.task
+    async def classify() -> None:
+        try:
+            await pipeline.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the stages' ExceptionGroup
+            # A batch that cannot be delivered must not be acked; stop the worker so that a
+            # restart re-reads it from the last committed offset.
+            log.exception("event=pipeline_failed error=%r", error)
+            fail(f"a batch could not be delivered: {_first_cause(error)}")
+
+    def assigned() -> list[TP]:
+        return sorted(tp for tp in app.consumer.assignment() if tp.topic in settings.input)
+
+    @app.on_partitions_revoked.connect
+    async def revoked(sender: faust.App, revoked: set[TP], **_: Any) -> None:
+        state.assigned = 0
+
+    @app.on_partitions_assigned.connect
+    async def now_assigned(sender: faust.App, assigned: set[TP], **_: Any) -> None:
+        state.assigned = sum(1 for tp in assigned if tp.topic in settings.input)
+
+    @app.timer(LAG_INTERVAL_SECONDS)
+    async def measure_lag() -> None:
+        partitions = assigned()
+        state.assigned = len(partitions)
+        ends = await app.consumer.highwaters(*partitions) if partitions else {}
+        done = state.offsets()
+        lag = {}
+        for tp in partitions:
+            offset = done.get((tp.topic, tp.partition))
+            if offset is None:
+                offset = await app.consumer.position(tp) or 0
+            lag[tp.topic, tp.partition] = max(0, (ends.get(tp) or 0) - offset)
+        metrics.partitions(lag)
+
+    return app
+
+
+def _in_flight(event: EventT, stream: StreamT, max_bytes: int) -> InFlight:
+    message = event.message
+    return InFlight.decode(
+        Source(message.topic, message.partition, message.offset),
+        message.key,
+        message.value,
+        functools.partial(stream.ack, event),
+        max_bytes,
+        timestamp=message.timestamp,
+    )
+
+
+def _first_cause(error: BaseException) -> str:
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:300]

@@ -1,0 +1,237 @@
+"""Start-up of the worker: check everything, build the shared parts once, run the loop of its guarantee.
+
+Everything that can be wrong with the configuration is found here, before any loop starts, and
+reported as one line (see :mod:`stream_clf.cli`). The batch step, the metrics, the consumer state
+and the web server are built here, once, and handed to whichever loop runs: Faust's agent
+(at-least-once) or the transactional loop (exactly-once).
+
+How the worker ends: SIGTERM or SIGINT stops it cleanly (exit 0) after the batches in flight are
+delivered and committed; a loop that fails for good ends it with one ``event=worker_failed`` line
+and exit 1, so that an orchestrator restarts it. Either way, a stop that has not finished within
+:data:`STOP_DEADLINE_SECONDS` ends the process at once (exit 1): nothing acked is lost, and the
+next worker re-reads whatever was not committed.
+"""
+
+import logging
+import os
+import signal
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import faust
+
+from stream_clf.errors import ConfigError
+from stream_clf.kafka.topics import ensure_topics, largest_record_limit, publish_compression, wait_for_broker
+from stream_clf.model.bundle import load_bundle
+from stream_clf.model.catalog import resolve_model
+from stream_clf.model.classifier import Classifier
+from stream_clf.ops.health import ConsumerState, Readiness
+from stream_clf.ops.logs import configure_logging, logging_config
+from stream_clf.ops.metrics import WorkerMetrics
+from stream_clf.ops.web.routes import Routes
+from stream_clf.ops.web.server import serve_in_thread
+from stream_clf.settings import WorkerSettings
+from stream_clf.worker.core import BatchStep, Routing
+from stream_clf.worker.faust_app import create_app
+from stream_clf.worker.transactional import run_exactly_once
+
+__all__ = ["BROKER_WAIT_SECONDS", "STOP_DEADLINE_SECONDS", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+BROKER_WAIT_SECONDS = 30.0
+# Within Kubernetes' default termination grace (30 s) and far above a clean stop (a batch or two).
+STOP_DEADLINE_SECONDS = 25.0
+# Room for a record's key, headers, batch framing and a result's own fields on top of an input value.
+_RECORD_OVERHEAD = 64 * 1024
+
+
+def run_worker(settings: WorkerSettings) -> int:
+    """Run the worker until SIGTERM or SIGINT, or until its loop fails for good; return the exit code."""
+    configure_logging(settings.log_level, settings.log_format)
+    bundle = load_bundle(resolve_model(settings.model))
+    classifier = Classifier(
+        bundle,
+        threads=settings.threads,
+        windowing=settings.windowing,
+        thresholds=settings.thresholds,
+        bucket_size=settings.bucket_size,
+        bucket_tokens=settings.bucket_tokens,
+        provider=settings.provider,
+        spinning=settings.spinning,
+    )
+    security = settings.security
+    wait_for_broker(settings.brokers, BROKER_WAIT_SECONDS, security)
+    ensure_topics(settings.brokers, settings.input, settings.partitions, security=security)
+    record_limit = largest_record_limit(settings.brokers, settings.input, security)
+    # Dead letters carry the original value and results echo its meta, so both topics must take
+    # records as large as the inputs do, plus room for headers and the result's own fields.
+    output_limit = record_limit + _RECORD_OVERHEAD
+    ensure_topics(
+        settings.brokers,
+        [settings.output, settings.dlq],
+        settings.partitions,
+        {"max.message.bytes": str(output_limit)},
+        security=security,
+    )
+    compression = settings.compression
+    if compression == "auto":
+        compression = publish_compression(settings.brokers, settings.output, security)
+    metrics = WorkerMetrics(
+        model=bundle.name, version=bundle.version, precision=bundle.precision, max_batch=settings.max_batch
+    )
+    routing = Routing(settings.output, settings.dlq, bundle.name, bundle.version, settings.top_k)
+    step = BatchStep(classifier, routing, metrics)
+    state = ConsumerState()
+    readiness = Readiness(settings.brokers, state, security=security)
+    try:
+        server = serve_in_thread(settings.web_host, settings.web_port, Routes(metrics, readiness))
+    except OSError as error:
+        raise ConfigError(
+            f"--web-port {settings.web_port}: cannot listen on {settings.web_host}: {error.strerror}"
+        ) from None
+    log.info(
+        "event=worker_start model=%s model_version=%s precision=%s provider=%s labels=%s input=%s output=%s"
+        " dlq=%s group=%s guarantee=%s isolation=%s compression=%s security=%s",
+        bundle.name,
+        bundle.version,
+        bundle.precision,
+        classifier.provider,
+        ",".join(bundle.labels),
+        ",".join(settings.input),
+        settings.output,
+        settings.dlq,
+        settings.group,
+        settings.guarantee,
+        settings.isolation,
+        compression,
+        security.protocol + (f"/{security.mechanism}" if security.sasl else ""),
+    )
+    parts = _Parts(step, metrics, state, compression, output_limit)
+    stop = _Stop()
+    try:
+        if settings.guarantee == "exactly-once":
+            _run_transactional(settings, parts, stop)
+        else:
+            _run_faust(settings, parts, stop)
+    finally:
+        server.shutdown()
+    log.info("event=worker_stop guarantee=%s exit_code=%d", settings.guarantee, stop.exit_code)
+    return stop.exit_code
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What start-up builds once and hands to the loop of either guarantee."""
+
+    step: BatchStep
+    metrics: WorkerMetrics
+    state: ConsumerState
+    compression: str  # of published records, resolved
+    max_record_bytes: int  # the largest record the loop may publish
+
+
+class _Stop:
+    """How the worker is asked to end: by a signal (exit 0) or a failure (exit 1), with a deadline."""
+
+    def __init__(self) -> None:
+        self.exit_code = 0
+        self._request: Callable[[], None] = lambda: None
+        self._deadline: threading.Timer | None = None
+
+    def on_request(self, request: Callable[[], None]) -> None:
+        """What the running loop does to begin a clean stop."""
+        self._request = request
+
+    def signalled(self, signum: int) -> None:
+        log.info("event=stop_requested signal=%s", signal.Signals(signum).name)
+        self._begin()
+
+    def fail(self, reason: str) -> None:
+        """End the worker because its loop failed for good: one line, exit code 1."""
+        log.error("event=worker_failed reason=%r", reason)
+        self.exit_code = 1
+        self._begin()
+
+    def _begin(self) -> None:
+        if self._deadline is None:
+            self._deadline = threading.Timer(STOP_DEADLINE_SECONDS, self._expire)
+            self._deadline.daemon = True
+            self._deadline.start()
+        self._request()
+
+    def _expire(self) -> None:
+        log.error(
+            "event=stop_timeout seconds=%.0f: the worker did not stop in time; exiting now", STOP_DEADLINE_SECONDS
+        )
+        logging.shutdown()
+        os._exit(1)
+
+
+def _run_transactional(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> None:
+    """The exactly-once loop, stopped by SIGTERM or SIGINT after the batch in flight commits."""
+    stopping = threading.Event()
+    stop.on_request(stopping.set)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _: stop.signalled(received))
+    try:
+        run_exactly_once(
+            settings,
+            parts.step,
+            parts.metrics,
+            parts.state,
+            compression=parts.compression,
+            max_record_bytes=parts.max_record_bytes,
+            stop=stopping,
+        )
+    except Exception as error:
+        stop.fail(str(error))
+
+
+def _run_faust(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> None:
+    """The Faust app, stopped by SIGTERM or SIGINT once every event it handed out is acked."""
+    with tempfile.TemporaryDirectory(prefix="stream-clf-faust-") as scratch:
+        app = create_app(
+            settings,
+            parts.step,
+            parts.metrics,
+            parts.state,
+            stop.fail,
+            compression=parts.compression,
+            max_record_bytes=parts.max_record_bytes,
+            datadir=Path(scratch),
+        )
+        worker = _FaustWorker(
+            app,
+            stop,
+            quiet=True,
+            redirect_stdouts=False,
+            loglevel=settings.log_level,
+            logging_config=logging_config(settings.log_level, settings.log_format),
+        )
+        stop.on_request(lambda: worker.loop.call_soon_threadsafe(worker.stop_on_request))
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exit:  # Faust's worker always ends by raising it
+            if exit.code not in (0, None) and stop.exit_code == 0:
+                stop.exit_code = 1
+
+
+class _FaustWorker(faust.Worker):
+    """Faust's worker, whose signals go through :class:`_Stop` (for its deadline)."""
+
+    def __init__(self, app: faust.App, stop: _Stop, **kwargs: object) -> None:
+        super().__init__(app, **kwargs)
+        self._stop_control = stop
+
+    def _on_sigterm(self) -> None:
+        self._stop_control.signalled(signal.SIGTERM)
+
+    def _on_sigint(self) -> None:
+        self._stop_control.signalled(signal.SIGINT)
+
+    def stop_on_request(self) -> None:
+        self._schedule_shutdown(signal.SIGTERM)
