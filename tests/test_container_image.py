@@ -1,0 +1,106 @@
+"""The worker's container image, built from deploy/Dockerfile and run against the session's broker.
+
+Runs where a Docker engine answers. The base image is ``STREAM_CLF_TEST_IMAGE_BASE`` (``.ci/docker-engine
+start`` makes one from Debian packages where no registry image can be pulled), else the Dockerfile's
+own default. The container uses the host's network, so it reaches the broker on loopback.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from stream_clf.kafka.broker import free_port
+from stream_clf.model.tiny_model import SAMPLE_TEXTS
+from tests.kafka_helpers import collect, ids_seen, produce, results_of
+
+pytestmark = pytest.mark.broker
+
+ROOT = Path(__file__).resolve().parent.parent
+TAG = "stream-clf:test"
+
+
+def _docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check)
+
+
+@pytest.fixture(scope="module")
+def image() -> dict[str, float]:
+    """Build the image without a baked model; its build time and size."""
+    if shutil.which("docker") is None or _docker("info", check=False).returncode != 0:
+        pytest.skip("no Docker engine answers (.ci/docker-engine start makes one on these machines)")
+    base = os.environ.get("STREAM_CLF_TEST_IMAGE_BASE")
+    started = time.monotonic()
+    build = _docker(
+        "build", "--network", "host", "-f", "deploy/Dockerfile", "--build-arg", "BAKE_MODEL=none",
+        *(["--build-arg", f"PYTHON={base}"] if base else []), "-t", TAG, str(ROOT),
+        timeout=900, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    size = int(_docker("image", "inspect", "--format", "{{.Size}}", TAG).stdout)
+    return {"build_seconds": time.monotonic() - started, "size_mib": size / 2**20}
+
+
+def test_the_image_labels_events_turns_healthy_and_runs_as_non_root(
+    image, kafka_bootstrap, topics, tiny_bundle, tmp_path
+):
+    # The container's user (uid 10001) must read the mounted bundle.
+    models = tmp_path / "models"
+    shutil.copytree(tiny_bundle, models / "tiny")
+    for path in [models, *models.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    tmp_path.chmod(0o755)
+    port = free_port()
+    name = f"stream-clf-test-{uuid.uuid4().hex[:8]}"
+    _docker(
+        "run", "-d", "--name", name, "--network", "host", "-v", f"{models}:/models:ro",
+        "-e", "STREAM_CLF_MODEL=/models/tiny", "-e", f"STREAM_CLF_BROKERS={kafka_bootstrap}",
+        "-e", f"STREAM_CLF_INPUT={topics.input}", "-e", f"STREAM_CLF_OUTPUT={topics.output}",
+        "-e", f"STREAM_CLF_DLQ={topics.dlq}", "-e", f"STREAM_CLF_GROUP={topics.group}",
+        "-e", f"STREAM_CLF_WEB_PORT={port}", "-e", "STREAM_CLF_SESSION_TIMEOUT_MS=6000",
+        TAG,
+    )  # fmt: skip
+    try:
+        events = [(f"k{i}".encode(), orjson.dumps({"id": f"c{i}", "text": SAMPLE_TEXTS[i]})) for i in range(20)]
+        produce(kafka_bootstrap, topics.input, [*events, (b"bad", b"not json")])
+
+        records = collect(
+            kafka_bootstrap,
+            [topics.output, topics.dlq],
+            until=lambda seen: ids_seen(topics, 20)(seen) and any(r.topic == topics.dlq for r in seen),
+            timeout=120,
+            settle=1,
+        )
+        assert sorted(r["id"] for r in results_of(records, topics)) == sorted(f"c{i}" for i in range(20))
+        (dead,) = [r for r in records if r.topic == topics.dlq]
+        assert dead.value == b"not json"
+        assert dead.headers["error.reason"] == b"invalid_json"
+
+        health = _wait_for_health(name, timeout=60)
+        assert health == "healthy", _docker("logs", name, check=False).stderr[-2000:]
+        assert _docker("exec", name, "id", "-u").stdout.strip() != "0"
+        assert _docker("inspect", "--format", "{{.Config.User}}", name).stdout.strip() == "stream-clf"
+
+        _docker("stop", "--time", "30", name, timeout=60)
+        state = json.loads(_docker("inspect", "--format", "{{json .State}}", name).stdout)
+        assert state["ExitCode"] == 0, "SIGTERM stops the worker cleanly"
+    finally:
+        _docker("rm", "-f", name, check=False)
+    print(f"\nimage {TAG}: built in {image['build_seconds']:.0f} s, {image['size_mib']:.0f} MiB")
+
+
+def _wait_for_health(name: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    status = "unknown"
+    while time.monotonic() < deadline:
+        status = _docker("inspect", "--format", "{{.State.Health.Status}}", name).stdout.strip()
+        if status in ("healthy", "unhealthy"):
+            return status
+        time.sleep(1)
+    return status

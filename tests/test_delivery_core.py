@@ -1,0 +1,354 @@
+"""The delivery core in process: the batch step, the at-least-once pipeline's ordering rules, and the
+exactly-once loop's commit and abort, with fakes where Kafka would be (no broker needed).
+
+The rules a subscriber relies on: an event is acked only after its record is delivered, acks go in
+read order, at most two batches await delivery at once, only the culprits of a failing batch are
+dead-lettered, and an aborted transaction is neither counted nor lost.
+"""
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from stream_clf.model.bundle import load_bundle
+from stream_clf.model.classifier import Classifier
+from stream_clf.model.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
+from stream_clf.ops.health import ConsumerState
+from stream_clf.ops.metrics import WorkerMetrics
+from stream_clf.worker.core import BatchStep, InFlight, OutRecord, Routing
+from stream_clf.worker.events import Source
+from stream_clf.worker.pipeline import PUBLISHES_IN_FLIGHT, Pipeline
+from stream_clf.worker.transactional import Commit, TransactionalLoop
+
+POISON = "POISON"
+
+
+class Poisonable:
+    """The tiny model's classifier, except that a batch holding a text with POISON fails, as a model can."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        self._classifier = classifier
+        self._poisoned: set[int] = set()
+
+    def plan(self, texts):
+        plans = self._classifier.plan(texts)
+        self._poisoned |= {id(plan) for plan, text in zip(plans, texts, strict=True) if POISON in text}
+        return plans
+
+    def infer(self, plans):
+        if any(id(plan) in self._poisoned for plan in plans):
+            raise RuntimeError("the model failed on this input")
+        return self._classifier.infer(plans)
+
+    def padded_tokens(self, plans):
+        return self._classifier.padded_tokens(plans)
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> Poisonable:
+    bundle = load_bundle(build_tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle"))
+    return Poisonable(Classifier(bundle, threads=1))
+
+
+@pytest.fixture
+def metrics() -> WorkerMetrics:
+    return WorkerMetrics(model="tiny", version="v1", precision="fp32", max_batch=4)
+
+
+@pytest.fixture
+def step(classifier: Poisonable, metrics: WorkerMetrics) -> BatchStep:
+    return BatchStep(classifier, Routing("out", "dlq", "tiny", "v1"), metrics)
+
+
+def event(offset: int, text: str | None = None, acks: list[int] | None = None, partition: int = 0) -> InFlight:
+    async def ack() -> None:
+        if acks is not None:
+            acks.append(offset)
+
+    value = orjson.dumps({"id": f"e{offset}", "text": text or SAMPLE_TEXTS[offset % len(SAMPLE_TEXTS)]})
+    return InFlight.decode(Source("in", partition, offset), f"k{offset}".encode(), value, ack, 1 << 20, timestamp=1.0)
+
+
+def counted(metrics: WorkerMetrics) -> tuple[float, float]:
+    snapshot = metrics.snapshot()
+    return snapshot["results_out"], sum(snapshot["dead_letters"].values())
+
+
+def test_only_the_culprits_of_a_failing_batch_are_dead_lettered(step, metrics):
+    batch = [event(0), event(1, f"a {POISON} text"), event(2), event(3, "[1,2]"), event(4)]
+    batch[3].value = b"[1,2]"
+    batch[3].outcome = InFlight.decode(batch[3].source, None, b"[1,2]", batch[3].ack, 1 << 20).outcome
+
+    processed = step(batch)
+
+    topics = [record.topic for record in processed.records]
+    assert topics == ["out", "dlq", "out", "dlq", "out"]
+    poisoned = dict(processed.records[1].headers)
+    assert poisoned["error.reason"] == b"inference_error"
+    assert processed.records[1].value == batch[1].value, "a dead letter keeps the original bytes"
+    assert dict(processed.records[3].headers)["error.reason"] == b"not_an_object"
+    assert [orjson.loads(r.value)["id"] for r in processed.records if r.topic == "out"] == ["e0", "e2", "e4"]
+    assert counted(metrics) == (0, 0), "nothing is counted before its record is out"
+    processed.count(metrics)
+    assert counted(metrics) == (3, 2)
+
+
+class Deliveries:
+    """A fake producer: every send returns a future that the test completes, in any order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[OutRecord, asyncio.Future]] = []
+
+    async def __call__(self, record: OutRecord) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.sent.append((record, future))
+        return future
+
+    def complete(self, indices) -> None:
+        for index in indices:
+            self.sent[index][1].set_result(None)
+
+
+async def settle(seconds: float = 0.3) -> None:
+    await asyncio.sleep(seconds)
+
+
+def test_pipeline_acks_in_read_order_only_after_delivery_with_two_batches_in_flight(step, metrics):
+    async def scenario() -> None:
+        acks: list[int] = []
+        deliveries = Deliveries()
+        state = ConsumerState()
+        with ThreadPoolExecutor(1) as tokenization, ThreadPoolExecutor(1) as inference:
+            pipeline = Pipeline(
+                step,
+                deliveries,
+                metrics,
+                state,
+                max_batch=4,
+                max_wait=0.01,
+                max_tokens=None,
+                tokenization=tokenization,
+                inference=inference,
+            )
+            running = asyncio.create_task(pipeline.run())
+            for offset in range(12):
+                await pipeline.feed(event(offset, acks=acks))
+            await settle(1.0)
+
+            # Three batches of four are ready; only two may await delivery at once.
+            assert len(deliveries.sent) == 4 * PUBLISHES_IN_FLIGHT
+            assert [orjson.loads(r.value)["id"] for r, _ in deliveries.sent] == [f"e{i}" for i in range(8)]
+            assert acks == []
+
+            # The second batch delivered first: nothing may be acked while the first is pending.
+            deliveries.complete(range(4, 8))
+            await settle()
+            assert acks == []
+            assert counted(metrics) == (0, 0)
+
+            # The first batch delivered, in reverse: both batches acked, in read order.
+            deliveries.complete(reversed(range(4)))
+            await settle()
+            assert acks == list(range(8))
+            assert counted(metrics) == (8, 0)
+
+            # A slot is free again: the third batch goes out, and is acked once delivered.
+            await settle(0.5)
+            assert len(deliveries.sent) == 12
+            deliveries.complete([9, 11, 8])
+            await settle()
+            assert acks == list(range(8)), "one pending delivery holds its whole batch back"
+            deliveries.complete([10])
+            await settle()
+            assert acks == list(range(12))
+            assert state.offsets() == {("in", 0): 12}
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_delivery_stops_the_pipeline_without_acking(step, metrics):
+    async def scenario() -> None:
+        acks: list[int] = []
+        deliveries = Deliveries()
+        with ThreadPoolExecutor(1) as tokenization, ThreadPoolExecutor(1) as inference:
+            pipeline = Pipeline(
+                step,
+                deliveries,
+                metrics,
+                ConsumerState(),
+                max_batch=4,
+                max_wait=0.01,
+                max_tokens=None,
+                tokenization=tokenization,
+                inference=inference,
+            )
+            running = asyncio.create_task(pipeline.run())
+            for offset in range(4):
+                await pipeline.feed(event(offset, acks=acks))
+            await settle(1.0)
+            deliveries.complete([0, 1, 3])
+            deliveries.sent[2][1].set_exception(RuntimeError("the broker refused the record"))
+            with pytest.raises(ExceptionGroup):
+                await asyncio.wait_for(running, 5)
+        assert acks == []
+        assert counted(metrics) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+class FakeMessage:
+    def __init__(self, offset: int, partition: int = 0) -> None:
+        self._offset = offset
+        self._partition = partition
+        self._value = orjson.dumps({"id": f"e{offset}", "text": SAMPLE_TEXTS[offset % len(SAMPLE_TEXTS)]})
+
+    def error(self):
+        return None
+
+    def topic(self) -> str:
+        return "in"
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, 1_000
+
+
+class FakeConsumer:
+    """Positions after what was consumed, a committed offset, and the seeks of a rewind."""
+
+    def __init__(self, committed: int, position: int) -> None:
+        self._committed = committed
+        self._position = position
+        self.seeks: list[TopicPartition] = []
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("in", 0)]
+
+    def position(self, partitions):
+        return [TopicPartition("in", 0, self._position)]
+
+    def committed(self, partitions, timeout=None):
+        return [TopicPartition("in", 0, self._committed)]
+
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+    def seek(self, partition: TopicPartition) -> None:
+        self.seeks.append(partition)
+        self._position = partition.offset
+
+
+class FakeTransactions:
+    """A transactional producer whose commits fail (with an abortable error) as often as told."""
+
+    def __init__(self, failures: int) -> None:
+        self._failures = failures
+        self.open: list[OutRecord] = []
+        self.committed: list[tuple[str, bytes]] = []
+        self.offsets: list[int] = []
+        self.aborts = 0
+
+    def begin_transaction(self) -> None:
+        self.open = []
+
+    def produce(self, topic, key=None, value=None, headers=None) -> None:
+        self.open.append((topic, value))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def send_offsets_to_transaction(self, positions, metadata, timeout) -> None:
+        self.pending_offsets = [tp.offset for tp in positions]
+
+    def commit_transaction(self, timeout) -> None:
+        if self._failures:
+            self._failures -= 1
+            raise KafkaException(KafkaError(KafkaError._STATE, "the coordinator moved", txn_requires_abort=True))
+        self.committed += self.open
+        self.offsets += self.pending_offsets
+
+    def abort_transaction(self, timeout) -> None:
+        self.aborts += 1
+        self.open = []
+
+
+def test_an_aborted_transaction_is_not_counted_and_its_batch_is_read_again(step, metrics):
+    producer = FakeTransactions(failures=1)
+    consumer = FakeConsumer(committed=10, position=14)
+    state = ConsumerState()
+    loop = TransactionalLoop(step, producer, consumer, metrics, state, max_event_bytes=1 << 20)
+    messages = [FakeMessage(offset) for offset in range(10, 14)]
+
+    assert loop.process(messages) is Commit.ABORTED
+    assert producer.aborts == 1
+    assert producer.committed == []
+    assert counted(metrics) == (0, 0), "an aborted batch's results were never visible: not counted"
+    assert [tp.offset for tp in consumer.seeks] == [10], "rewound to the committed offset"
+    assert state.offsets() == {}
+
+    consumer._position = 14  # the batch is consumed again
+    assert loop.process(messages) is Commit.COMMITTED
+    assert [orjson.loads(value)["id"] for _, value in producer.committed] == ["e10", "e11", "e12", "e13"]
+    assert producer.offsets == [14]
+    assert counted(metrics) == (4, 0), "each event counted once, though classified twice"
+    assert state.offsets() == {("in", 0): 14}
+
+
+def test_a_transaction_that_fails_for_good_stops_the_loop(step, metrics):
+    class Fenced(FakeTransactions):
+        def commit_transaction(self, timeout) -> None:
+            raise KafkaException(KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True))
+
+    loop = TransactionalLoop(step, Fenced(0), FakeConsumer(0, 1), metrics, ConsumerState(), max_event_bytes=1 << 20)
+    with pytest.raises(Exception, match="failed for good"):
+        loop.process([FakeMessage(0)])
+    assert counted(metrics) == (0, 0)
+
+
+def test_an_empty_fetch_commits_nothing(step, metrics):
+    producer = FakeTransactions(failures=0)
+    loop = TransactionalLoop(step, producer, FakeConsumer(0, 0), metrics, ConsumerState(), max_event_bytes=1 << 20)
+    assert loop.process([]) is None
+    assert producer.committed == []
+
+
+def test_routes_answer_the_same_whatever_the_loop(metrics, tmp_path: Path):
+    from stream_clf.ops.health import Readiness
+    from stream_clf.ops.web.routes import Routes
+
+    state = ConsumerState()
+    routes = Routes(metrics, Readiness(["127.0.0.1:1"], state, stall_seconds=0.2))
+    assert routes.answer("/healthz").status == 200
+    ready = routes.answer("/readyz")
+    assert ready.status == 503
+    assert "no partitions assigned" in orjson.loads(ready.body)["reasons"]
+    assert routes.answer("/metrics").body.startswith(b"# HELP")
+    assert routes.answer("/dashboard").content_type == "text/html"
+    assert routes.answer("/nowhere").status == 404
+
+    import time
+
+    time.sleep(0.3)  # the loop neither fetched nor finished anything since: it stopped consuming
+    stalled = routes.answer("/healthz")
+    assert stalled.status == 503
+    assert "consumer stalled" in orjson.loads(stalled.body)["reason"]
+    state.polled()
+    assert routes.answer("/healthz").status == 200
