@@ -113,6 +113,21 @@ class Deliveries:
             self.sent[index][1].set_result(None)
 
 
+def small_pipeline(step, deliveries, metrics, state, tokenization, inference) -> Pipeline:
+    """Batches of four, closed 10 ms after their first event."""
+    return Pipeline(
+        step,
+        deliveries,
+        metrics,
+        state,
+        max_batch=4,
+        max_wait=0.01,
+        max_tokens=None,
+        tokenization=tokenization,
+        inference=inference,
+    )
+
+
 async def settle(seconds: float = 0.3) -> None:
     await asyncio.sleep(seconds)
 
@@ -123,17 +138,7 @@ def test_pipeline_acks_in_read_order_only_after_delivery_with_two_batches_in_fli
         deliveries = Deliveries()
         state = ConsumerState()
         with ThreadPoolExecutor(1) as tokenization, ThreadPoolExecutor(1) as inference:
-            pipeline = Pipeline(
-                step,
-                deliveries,
-                metrics,
-                state,
-                max_batch=4,
-                max_wait=0.01,
-                max_tokens=None,
-                tokenization=tokenization,
-                inference=inference,
-            )
+            pipeline = small_pipeline(step, deliveries, metrics, state, tokenization, inference)
             running = asyncio.create_task(pipeline.run())
             for offset in range(12):
                 await pipeline.feed(event(offset, acks=acks))
@@ -178,17 +183,7 @@ def test_a_failed_delivery_stops_the_pipeline_without_acking(step, metrics):
         acks: list[int] = []
         deliveries = Deliveries()
         with ThreadPoolExecutor(1) as tokenization, ThreadPoolExecutor(1) as inference:
-            pipeline = Pipeline(
-                step,
-                deliveries,
-                metrics,
-                ConsumerState(),
-                max_batch=4,
-                max_wait=0.01,
-                max_tokens=None,
-                tokenization=tokenization,
-                inference=inference,
-            )
+            pipeline = small_pipeline(step, deliveries, metrics, ConsumerState(), tokenization, inference)
             running = asyncio.create_task(pipeline.run())
             for offset in range(4):
                 await pipeline.feed(event(offset, acks=acks))
@@ -334,8 +329,12 @@ def test_routes_answer_the_same_whatever_the_loop(metrics, tmp_path: Path):
     from stream_clf.ops.health import Readiness
     from stream_clf.ops.web.routes import Routes
 
+    class BrokerAnswers(Readiness):
+        def _ask_broker(self) -> None:
+            return None
+
     state = ConsumerState()
-    routes = Routes(metrics, Readiness(["127.0.0.1:1"], state, stall_seconds=0.2))
+    routes = Routes(metrics, BrokerAnswers(["127.0.0.1:1"], state, stall_seconds=0.2))
     assert routes.answer("/healthz").status == 200
     ready = routes.answer("/readyz")
     assert ready.status == 503
@@ -346,7 +345,7 @@ def test_routes_answer_the_same_whatever_the_loop(metrics, tmp_path: Path):
 
     import time
 
-    time.sleep(0.3)  # the loop neither fetched nor finished anything since: it stopped consuming
+    time.sleep(0.3)  # the loop neither fetched nor finished anything since, while the broker answers
     stalled = routes.answer("/healthz")
     assert stalled.status == 503
     assert "consumer stalled" in orjson.loads(stalled.body)["reason"]

@@ -70,9 +70,10 @@ class Readiness:
         self._lock = threading.Lock()
 
     def liveness(self) -> str | None:
-        """Why the worker is not alive (its loop stopped consuming); None while it is."""
+        """Why the worker is not alive: its loop stopped consuming though the broker answers. None while
+        it is alive; a broker outage alone is no reason (restarting the worker would not end it)."""
         stalled = self._state.stalled_for()
-        if stalled > self._stall_seconds:
+        if stalled > self._stall_seconds and self._broker() is None:
             return f"consumer stalled: nothing fetched or processed for {stalled:.0f}s"
         return None
 
