@@ -67,7 +67,8 @@ def test_the_image_labels_events_turns_healthy_and_runs_as_non_root(
         TAG,
     )  # fmt: skip
     try:
-        events = [(f"k{i}".encode(), orjson.dumps({"id": f"c{i}", "text": SAMPLE_TEXTS[i]})) for i in range(20)]
+        texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(20)]
+        events = [(f"k{i}".encode(), orjson.dumps({"id": f"c{i}", "text": text})) for i, text in enumerate(texts)]
         produce(kafka_bootstrap, topics.input, [*events, (b"bad", b"not json")])
 
         records = collect(

@@ -227,6 +227,13 @@ class _FaustWorker(faust.Worker):
         super().__init__(app, **kwargs)
         self._stop_control = stop
 
+    async def start(self) -> None:
+        try:
+            await super().start()
+        except Exception as error:  # a service failed to start (a client library missing, say)
+            self._stop_control.fail(f"the worker could not start: {type(error).__name__}: {error}")
+            raise
+
     def _on_sigterm(self) -> None:
         self._stop_control.signalled(signal.SIGTERM)
 
