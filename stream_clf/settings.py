@@ -50,6 +50,13 @@ def _whole(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _port(text: str) -> int:
+    port = _whole(1)(text)
+    if port > 65535:
+        raise ValueError("expected a port number, 1-65535")
+    return port
+
+
 def _topic(text: str) -> str:
     name = text.strip()
     if not _TOPIC.match(name) or name in (".", ".."):
@@ -296,7 +303,7 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     ),
     Option("session_timeout_ms", _whole(1000), 30_000, "consumer group session timeout, in ms", "MS"),
     Option("web_host", _text, "127.0.0.1", "address the worker's web server binds to", "ADDRESS"),
-    Option("web_port", _whole(1), 6066, "port of the worker's web server", "PORT"),
+    Option("web_port", _port, 6066, "port of the worker's web server", "PORT"),
     Option("log_level", _one_of(LOG_LEVELS), "info", "log level: " + ", ".join(LOG_LEVELS), "LEVEL"),
     Option(
         "log_format", _one_of(LOG_FORMATS), "kv", "log lines as key=value pairs (kv) or JSON objects (json)", "FORMAT"

@@ -165,6 +165,9 @@ def _worker(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         ([], {}, "--model is required"),
         (["--model", "/nonexistent/bundle"], {}, "model bundle '/nonexistent/bundle': no such directory"),
         (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
+        (["--web-port", "70000"], {}, "--web-port='70000': expected a port number, 1-65535"),
+        (["--compression", "brotli"], {}, "--compression='brotli': expected one of auto, none, gzip"),
+        ([], {"STREAM_CLF_ISOLATION": "dirty"}, "STREAM_CLF_ISOLATION='dirty': expected one of read_committed"),
     ],
 )
 def test_the_worker_stops_at_start_with_one_line_and_exit_code_2(args, env, message):

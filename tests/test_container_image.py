@@ -6,6 +6,7 @@ makes from Debian packages (as root, with debootstrap). The container uses the h
 it reaches the broker on loopback.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -13,13 +14,17 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
 from stream_clf.kafka.broker import free_port
+from stream_clf.model.bundle import load_bundle
+from stream_clf.model.classifier import Classifier
 from stream_clf.model.tiny_model import SAMPLE_TEXTS
+from stream_clf.samples import DEMO_TEXTS
 from tests.kafka_helpers import collect, ids_seen, produce, results_of
 
 pytestmark = pytest.mark.broker
@@ -33,42 +38,57 @@ def _docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.C
 
 
 @pytest.fixture(scope="module")
-def image() -> dict[str, float]:
-    """Build the image without a baked model; its build time and size."""
+def base_image() -> str:
     if shutil.which("docker") is None or _docker("info", check=False).returncode != 0:
         pytest.skip("no Docker engine answers (.ci/docker-engine start makes one on these machines)")
-    base = _base_image()
+    return _base_image()
+
+
+def _build(base: str, tag: str, bake: str) -> dict[str, float]:
+    """Build deploy/Dockerfile as ``tag`` with ``BAKE_MODEL=bake``; its build time and size, printed."""
     started = time.monotonic()
     build = _docker(
-        "build", "--network", "host", "-f", "deploy/Dockerfile", "--build-arg", "BAKE_MODEL=none",
-        "--build-arg", f"PYTHON={base}", "-t", TAG, str(ROOT),
-        timeout=900, check=False,
+        "build", "--network", "host", "-f", "deploy/Dockerfile", "--build-arg", f"BAKE_MODEL={bake}",
+        "--build-arg", f"PYTHON={base}", "-t", tag, str(ROOT),
+        timeout=1500, check=False,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-3000:]
-    size = int(_docker("image", "inspect", "--format", "{{.Size}}", TAG).stdout)
-    return {"build_seconds": time.monotonic() - started, "size_mib": size / 2**20}
+    size = int(_docker("image", "inspect", "--format", "{{.Size}}", tag).stdout)
+    built = {"build_seconds": time.monotonic() - started, "size_mib": size / 2**20}
+    print(f"\nimage {tag} (BAKE_MODEL={bake}): built in {built['build_seconds']:.0f} s, {built['size_mib']:.0f} MiB")
+    return built
+
+
+@contextlib.contextmanager
+def _container(tag: str, kafka_bootstrap: str, topics, *options: str) -> Iterator[str]:
+    """A running container of ``tag`` on the host's network, serving ``topics``; removed after."""
+    name = f"stream-clf-test-{uuid.uuid4().hex[:8]}"
+    _docker(
+        "run", "-d", "--name", name, "--network", "host", *options,
+        "-e", f"STREAM_CLF_BROKERS={kafka_bootstrap}",
+        "-e", f"STREAM_CLF_INPUT={topics.input}", "-e", f"STREAM_CLF_OUTPUT={topics.output}",
+        "-e", f"STREAM_CLF_DLQ={topics.dlq}", "-e", f"STREAM_CLF_GROUP={topics.group}",
+        "-e", f"STREAM_CLF_WEB_PORT={free_port()}", "-e", "STREAM_CLF_SESSION_TIMEOUT_MS=6000",
+        tag,
+    )  # fmt: skip
+    try:
+        yield name
+    finally:
+        _docker("rm", "-f", name, check=False)
 
 
 def test_the_image_labels_events_turns_healthy_and_runs_as_non_root(
-    image, kafka_bootstrap, topics, tiny_bundle, tmp_path
+    base_image, kafka_bootstrap, topics, tiny_bundle, tmp_path
 ):
+    _build(base_image, TAG, "none")
     # The container's user (uid 10001) must read the mounted bundle.
     models = tmp_path / "models"
     shutil.copytree(tiny_bundle, models / "tiny")
     for path in [models, *models.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     tmp_path.chmod(0o755)
-    port = free_port()
-    name = f"stream-clf-test-{uuid.uuid4().hex[:8]}"
-    _docker(
-        "run", "-d", "--name", name, "--network", "host", "-v", f"{models}:/models:ro",
-        "-e", "STREAM_CLF_MODEL=/models/tiny", "-e", f"STREAM_CLF_BROKERS={kafka_bootstrap}",
-        "-e", f"STREAM_CLF_INPUT={topics.input}", "-e", f"STREAM_CLF_OUTPUT={topics.output}",
-        "-e", f"STREAM_CLF_DLQ={topics.dlq}", "-e", f"STREAM_CLF_GROUP={topics.group}",
-        "-e", f"STREAM_CLF_WEB_PORT={port}", "-e", "STREAM_CLF_SESSION_TIMEOUT_MS=6000",
-        TAG,
-    )  # fmt: skip
-    try:
+    mount = ("-v", f"{models}:/models:ro", "-e", "STREAM_CLF_MODEL=/models/tiny")
+    with _container(TAG, kafka_bootstrap, topics, *mount) as name:
         texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(20)]
         events = [(f"k{i}".encode(), orjson.dumps({"id": f"c{i}", "text": text})) for i, text in enumerate(texts)]
         produce(kafka_bootstrap, topics.input, [*events, (b"bad", b"not json")])
@@ -93,9 +113,25 @@ def test_the_image_labels_events_turns_healthy_and_runs_as_non_root(
         _docker("stop", "--time", "30", name, timeout=60)
         state = json.loads(_docker("inspect", "--format", "{{json .State}}", name).stdout)
         assert state["ExitCode"] == 0, "SIGTERM stops the worker cleanly"
-    finally:
-        _docker("rm", "-f", name, check=False)
-    print(f"\nimage {TAG}: built in {image['build_seconds']:.0f} s, {image['size_mib']:.0f} MiB")
+
+
+@pytest.mark.timeout(1800)
+def test_the_image_with_the_news_model_baked_in_labels_news_like_the_model(
+    base_image, kafka_bootstrap, topics, news_model
+):
+    # The model stage installs torch (the PyPI build, with CUDA libraries) and builds the news model;
+    # none of it reaches the runtime image but the int8 bundle.
+    _build(base_image, f"{TAG}-news", "news")
+    expected = Classifier(load_bundle(news_model.bundles["int8"])).predict(list(DEMO_TEXTS))
+    with _container(f"{TAG}-news", kafka_bootstrap, topics):
+        produce(
+            kafka_bootstrap,
+            topics.input,
+            [(None, orjson.dumps({"id": f"n{i}", "text": text})) for i, text in enumerate(DEMO_TEXTS)],
+        )
+        records = collect(kafka_bootstrap, [topics.output], until=ids_seen(topics, len(DEMO_TEXTS)), timeout=180)
+    labels = {result["id"]: result["label"] for result in results_of(records, topics)}
+    assert labels == {f"n{i}": prediction.label for i, prediction in enumerate(expected)}
 
 
 def _base_image() -> str:

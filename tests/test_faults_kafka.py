@@ -3,7 +3,9 @@ under the worker's feet, workers joining and leaving mid-stream. Nothing is lost
 where it is promised."""
 
 import math
+import os
 import random
+import signal
 import threading
 import time
 from collections import Counter, defaultdict
@@ -15,6 +17,7 @@ from stream_clf.bench.mixes import load_texts
 from stream_clf.kafka.broker import LocalKafka, free_port
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
+from stream_clf.worker.startup import STOP_DEADLINE_SECONDS
 from tests.kafka_helpers import KEYS, Topics, WorkerProcess, collect, ids_seen, keyed_events, produce, results_of
 from tests.web_helpers import get, scrape, wait_for_status
 
@@ -84,6 +87,32 @@ def test_the_worker_rides_out_a_broker_restart(tiny_bundle, tmp_path, stop):
         assert set(ids) == {f"e{i}" for i in range(total)}
         print(f"broker {stop} + restart: {total} events, 0 lost, {sum(ids.values()) - total} duplicates")
     finally:
+        if worker.running:
+            worker.kill()
+        broker.kill()
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+def test_sigterm_ends_the_worker_within_its_deadline_even_with_the_broker_frozen(tiny_bundle, tmp_path, guarantee):
+    # A broker that stops answering (SIGSTOP: alive, silent) would hold a clean stop forever; the
+    # orchestrator's grace period must still see the process end.
+    broker = LocalKafka(tmp_path / "kafka", port=free_port(), controller_port=free_port())
+    broker.start()
+    topics = Topics.fresh(broker.bootstrap)
+    worker = WorkerProcess(broker.bootstrap, topics, tiny_bundle, tmp_path / "worker.log", ("--guarantee", guarantee))
+    try:
+        produce(broker.bootstrap, topics.input, keyed_events(20_000))  # a backlog: batches are in flight
+        worker.start()
+        collect(broker.bootstrap, [topics.output], until=ids_seen(topics, 200), timeout=120, watch=[worker])
+        os.kill(broker.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        code = worker.terminate(timeout=60)
+        elapsed = time.monotonic() - started
+        assert elapsed < STOP_DEADLINE_SECONDS + 5, f"took {elapsed:.0f}s"
+        assert code in (0, 1), worker.log_tail()  # 0 if it stopped cleanly in time, 1 at the deadline
+        print(f"frozen broker, {guarantee}: SIGTERM to exit in {elapsed:.1f}s, exit code {code}")
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
         if worker.running:
             worker.kill()
         broker.kill()

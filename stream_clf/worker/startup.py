@@ -15,6 +15,7 @@ next worker re-reads whatever was not committed.
 import logging
 import os
 import signal
+import socket
 import tempfile
 import threading
 from collections.abc import Callable
@@ -175,8 +176,7 @@ def _run_transactional(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> 
     """The exactly-once loop, stopped by SIGTERM or SIGINT after the batch in flight commits."""
     stopping = threading.Event()
     stop.on_request(stopping.set)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda received, _: stop.signalled(received))
+    _watch_signals(stop)
     try:
         run_exactly_once(
             settings,
@@ -189,6 +189,28 @@ def _run_transactional(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> 
         )
     except Exception as error:
         stop.fail(str(error))
+
+
+def _watch_signals(stop: _Stop) -> None:
+    """Act on SIGTERM and SIGINT from a thread of their own.
+
+    A Python signal handler runs only when the main thread comes back to the interpreter, and the
+    exactly-once loop's main thread can sit inside librdkafka for a minute (a transaction commit to
+    a broker that stopped answering). The C-level handler writes the signal's number to the wakeup
+    socket at once; this thread reads it and starts the stop, and its deadline.
+    """
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)  # the watcher acts; the handler only lets the byte be written
+
+    def watch() -> None:
+        with reader, writer:  # held open for as long as the process runs
+            while received := reader.recv(1):
+                stop.signalled(received[0])
+
+    threading.Thread(target=watch, name="signals", daemon=True).start()
 
 
 def _run_faust(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> None:
