@@ -137,7 +137,8 @@ class ProcessedBatch:
 
 
 class BatchStep:
-    """Plans, classifies and routes micro-batches; each step callable on its own, from any one thread."""
+    """Plans, classifies and routes micro-batches; :meth:`plan` and :meth:`classify` may run in two threads
+    at once, on different batches (the pipeline overlaps them)."""
 
     def __init__(self, classifier: Classifier, routing: Routing, metrics: WorkerMetrics) -> None:
         self._classifier = classifier
