@@ -7,7 +7,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType
 
 from stream_clf.errors import BrokerError
-from stream_clf.kafka.clients import admin_client
+from stream_clf.kafka.clients import COMPRESSION_CODECS, admin_client
 from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
 
 __all__ = ["ensure_topics", "largest_record_limit", "publish_compression", "wait_for_broker"]
@@ -82,6 +82,5 @@ def publish_compression(
     (future,) = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()
     entry = future.result(timeout=30).get("compression.type")
     configured = entry.value if entry is not None else None
-    if configured == "uncompressed":
-        return "none"
-    return configured if configured in ("gzip", "snappy", "lz4", "zstd") else fallback
+    codec = "none" if configured == "uncompressed" else configured  # the topic's name for no codec
+    return codec if codec in COMPRESSION_CODECS else fallback

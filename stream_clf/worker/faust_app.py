@@ -69,13 +69,9 @@ class _ConsumerThread(AIOKafkaConsumerThread):
             return await super()._fetch_records(consumer, active_partitions, *args, **kwargs)
         except (ConsumerStoppedError, asyncio.CancelledError):
             raise
-        except KafkaError as error:
-            if error.retriable:
-                raise
-            app.fail(f"the consumer failed for good: {type(error).__name__}: {error}")
-            raise
-        except Exception as error:  # the client cannot decode what it fetched: retrying cannot help
-            app.fail(f"the consumer failed for good: {type(error).__name__}: {error}")
+        except Exception as error:  # a record it cannot decode, say: retrying cannot help
+            if not (isinstance(error, KafkaError) and error.retriable):
+                app.fail(f"the consumer failed for good: {type(error).__name__}: {error}")
             raise
 
 

@@ -43,18 +43,19 @@ class Routes:
         self._readiness = readiness
         files = resources.files(__package__)
         self._static = {path: (files.joinpath(name).read_bytes(), kind) for path, (name, kind) in _STATIC.items()}
+        self._handlers = {
+            "/metrics": self._metrics_page,
+            "/healthz": self._liveness,
+            "/readyz": self._readiness_page,
+            "/dashboard/stats.json": self._stats,
+        }
 
     def answer(self, path: str) -> Answer:
         """The answer to a GET of ``path`` (any query string ignored)."""
         path = path.split("?", 1)[0]
         if path in self._static:
             return Answer(200, *self._static[path])
-        handler = {
-            "/metrics": self._metrics_page,
-            "/healthz": self._liveness,
-            "/readyz": self._readiness_page,
-            "/dashboard/stats.json": self._stats,
-        }.get(path)
+        handler = self._handlers.get(path)
         return handler() if handler else Answer(404, b'{"status":"not found"}')
 
     def _metrics_page(self) -> Answer:
