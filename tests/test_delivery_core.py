@@ -32,11 +32,12 @@ class Poisonable:
 
     def __init__(self, classifier: Classifier) -> None:
         self._classifier = classifier
-        self._poisoned: set[int] = set()
+        # Held, not just their ids: a freed plan's id can be reused by a clean plan of a later test.
+        self._poisoned: dict[int, object] = {}
 
     def plan(self, texts):
         plans = self._classifier.plan(texts)
-        self._poisoned |= {id(plan) for plan, text in zip(plans, texts, strict=True) if POISON in text}
+        self._poisoned |= {id(plan): plan for plan, text in zip(plans, texts, strict=True) if POISON in text}
         return plans
 
     def infer(self, plans):
