@@ -278,10 +278,10 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option(
         "truncation",
         _truncation,
-        Truncation.HEAD,
+        None,
         "texts past max_length: " + ", ".join(t.value for t in Truncation),
         "STRATEGY",
-        "head",
+        "the bundle's, else head",
     ),
     Option(
         "stride",
@@ -336,7 +336,7 @@ class WorkerSettings:
     threads: int
     provider: str
     spinning: bool
-    truncation: Truncation
+    truncation: Truncation | None
     stride: int | None
     max_windows: int
     top_k: int

@@ -21,7 +21,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 @pytest.fixture
 def browser():
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("no Chromium: install Debian's chromium and chromium-driver packages (.ci/run does)")
+        pytest.skip("no Chromium: run .ci/system-packages (Debian's chromium and chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

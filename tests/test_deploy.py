@@ -6,7 +6,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from stream_clf.settings import WORKER_OPTIONS, WorkerSettings
@@ -36,14 +35,25 @@ def _check_worker_environment(environment: dict[str, str]) -> WorkerSettings:
     return WorkerSettings.resolve({}, environ=ours)  # raises ConfigError on a value the worker rejects
 
 
+def _compose_command() -> list[str] | None:
+    """The first compose implementation that answers: Docker's plugin, then docker-compose v1.
+
+    A ``docker`` CLI without the compose plugin exists (it fails with "unknown shorthand flag"), so
+    each candidate is asked for its version before it is trusted.
+    """
+    for candidate in (["docker", "compose"], ["docker-compose"]):
+        if (
+            shutil.which(candidate[0])
+            and subprocess.run([*candidate, "version"], capture_output=True, timeout=30, check=False).returncode == 0
+        ):
+            return candidate
+    return None
+
+
 def test_compose_validates():
-    if shutil.which("docker-compose"):
-        command = ["docker-compose", "config", "-q"]
-    elif shutil.which("docker"):
-        command = ["docker", "compose", "config", "-q"]
-    else:
-        pytest.skip("neither docker-compose nor docker is installed (.ci/run installs Debian's docker-compose)")
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    command = _compose_command()
+    assert command, "no compose implementation answers: run .ci/system-packages (installs docker-compose)"
+    finished = subprocess.run([*command, "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert finished.returncode == 0, finished.stderr
 
 

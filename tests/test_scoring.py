@@ -45,7 +45,7 @@ def test_a_report_survives_json():
 
 def test_csv_and_jsonl_files_are_read_with_chosen_columns_and_label_map(tmp_path: Path):
     (tmp_path / "d.csv").write_text('review,sentiment\n"great, really",1\nawful,0\n')
-    dataset = read_dataset(tmp_path / "d.csv", "review", "sentiment", {"1": "pos", "0": "neg"})
+    dataset = read_dataset(tmp_path / "d.csv", ["review"], "sentiment", {"1": "pos", "0": "neg"})
     assert (dataset.texts, dataset.labels) == (["great, really", "awful"], ["pos", "neg"])
     (tmp_path / "d.jsonl").write_text('{"text": "a", "label": "x"}\n\n{"text": "b", "label": "y"}\n')
     assert read_dataset(tmp_path / "d.jsonl").labels == ["x", "y"]

@@ -51,30 +51,46 @@ class KafkaAgreement:
 
 
 def read_dataset(
-    path: Path, text_column: str = "text", label_column: str = "label", label_map: Mapping[str, str] | None = None
+    path: Path,
+    text_columns: Sequence[str] = ("text",),
+    label_column: str = "label",
+    label_map: Mapping[str, str] | None = None,
 ) -> Dataset:
-    """Rows of a CSV (or TSV) file with a header, or of a JSONL file, as texts and labels."""
+    """Rows of a CSV (or TSV) file with a header, or of a JSONL file, as texts and labels.
+
+    Several text columns (AG News's title and description) are joined with a space, in the order given.
+    """
     if not path.is_file():
         raise ConfigError(f"--data {path}: no such file")
     suffix = path.suffix.lower()
+    try:
+        rows = _rows(path, suffix)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ConfigError(f"--data {path}: cannot be read ({error})") from None
+    if not rows:
+        raise ConfigError(f"--data {path}: no rows")
+    missing = [column for column in (*text_columns, label_column) if column not in rows[0]]
+    if missing:
+        raise ConfigError(f"--data {path}: no column {missing[0]!r}; its columns are {sorted(rows[0])}")
+    label_map = label_map or {}
+    texts = [" ".join(str(row.get(column) or "") for column in text_columns).strip() for row in rows]
+    labels = [str(row[label_column]) for row in rows]
+    return Dataset(texts, [label_map.get(label, label) for label in labels])
+
+
+def _rows(path: Path, suffix: str) -> list[dict]:
     if suffix in (".csv", ".tsv"):
         with path.open(encoding="utf-8", newline="") as stream:
-            rows = list(csv.DictReader(stream, delimiter="\t" if suffix == ".tsv" else ","))
-    elif suffix in (".jsonl", ".ndjson", ".json"):
+            return list(csv.DictReader(stream, delimiter="\t" if suffix == ".tsv" else ","))
+    if suffix in (".jsonl", ".ndjson", ".json"):
         try:
             rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
         except orjson.JSONDecodeError as error:
             raise ConfigError(f"--data {path}: not JSON lines ({error})") from None
-    else:
-        raise ConfigError(f"--data {path}: expected a .csv, .tsv or .jsonl file")
-    if not rows:
-        raise ConfigError(f"--data {path}: no rows")
-    missing = [column for column in (text_column, label_column) if column not in rows[0]]
-    if missing:
-        raise ConfigError(f"--data {path}: no column {missing[0]!r}; its columns are {sorted(rows[0])}")
-    label_map = label_map or {}
-    labels = [str(row[label_column]) for row in rows]
-    return Dataset([str(row[text_column]) for row in rows], [label_map.get(label, label) for label in labels])
+        if not all(isinstance(row, dict) for row in rows):
+            raise ConfigError(f"--data {path}: every line must be a JSON object")
+        return rows
+    raise ConfigError(f"--data {path}: expected a .csv, .tsv or .jsonl file")
 
 
 def check_labels(dataset: Dataset, model_labels: Sequence[str], data: Path) -> None:

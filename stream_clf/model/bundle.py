@@ -5,7 +5,8 @@ Layout::
     model.onnx       inputs input_ids, attention_mask [, token_type_ids]; output logits [batch, labels]
     tokenizer.json   a Hugging Face fast tokenizer (plus any other tokenizer files, ignored here)
     config.json      Hugging Face config: id2label, and model_type / problem_type / pad_token_id
-    stream_clf.json  optional manifest: name, max_length, case_sensitive, activation, precision
+    stream_clf.json  optional manifest: name, max_length, case_sensitive, activation, precision,
+                     truncation (the strategy the model was trained for; the worker's default)
 
 Without a manifest the defaults follow the Spark NLP cards: max_length 512, case sensitive unless
 ``tokenizer_config.json`` says ``do_lower_case``, softmax unless ``problem_type`` is multi-label.
@@ -20,6 +21,7 @@ from typing import Any
 import orjson
 
 from stream_clf.errors import ModelError
+from stream_clf.model.windows import DEFAULT_TRUNCATION, Truncation
 
 __all__ = [
     "MANIFEST",
@@ -55,6 +57,7 @@ class ModelBundle:
     activation: str
     precision: str
     pad_token_id: int
+    truncation: Truncation = DEFAULT_TRUNCATION
 
     @property
     def model_file(self) -> Path:
@@ -92,6 +95,13 @@ def load_bundle(path: Path | str) -> ModelBundle:
     case_sensitive = manifest.get("case_sensitive", not tokenizer_config.get("do_lower_case", False))
     if not isinstance(case_sensitive, bool):
         raise ModelError(f"{where}: {MANIFEST} has case_sensitive {case_sensitive!r}; expected true or false")
+    try:
+        truncation = Truncation(manifest.get("truncation", DEFAULT_TRUNCATION))
+    except ValueError:
+        raise ModelError(
+            f"{where}: {MANIFEST} has truncation {manifest['truncation']!r};"
+            f" use one of {', '.join(t.value for t in Truncation)}"
+        ) from None
     pad_token_id = config.get("pad_token_id")
     version = content_hash(path)
     recorded = manifest.get("content_hash")
@@ -107,6 +117,7 @@ def load_bundle(path: Path | str) -> ModelBundle:
         activation=activation,
         precision=str(manifest.get("precision", "fp32")),
         pad_token_id=pad_token_id if isinstance(pad_token_id, int) else 0,
+        truncation=truncation,
     )
 
 

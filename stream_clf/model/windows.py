@@ -2,7 +2,7 @@
 
 Strategies (``--truncation``):
 
-- ``head``: the first tokens (the default, as in the Spark NLP cards);
+- ``head``: the first tokens (the default unless the bundle names another, as in the Spark NLP cards);
 - ``tail``: the last tokens;
 - ``head+tail``: the first quarter of the budget from the start and the rest from the end, the
   best of the truncations in Sun et al., "How to Fine-Tune BERT for Text Classification" (2019);
@@ -22,7 +22,7 @@ from enum import StrEnum
 
 from tokenizers import Encoding, Tokenizer
 
-__all__ = ["Plan", "Row", "Template", "Truncation", "Windowing", "plan"]
+__all__ = ["DEFAULT_TRUNCATION", "Plan", "Row", "Template", "Truncation", "Windowing", "plan"]
 
 
 class Truncation(StrEnum):
@@ -37,11 +37,14 @@ class Truncation(StrEnum):
         return self in (Truncation.WINDOWS_MEAN, Truncation.WINDOWS_MAX)
 
 
+DEFAULT_TRUNCATION = Truncation.HEAD
+
+
 @dataclass(frozen=True)
 class Windowing:
-    """A truncation strategy and its parameters."""
+    """A truncation strategy and its parameters; strategy None means the bundle's own (see ModelBundle)."""
 
-    strategy: Truncation = Truncation.HEAD
+    strategy: Truncation | None = None
     stride: int | None = None
     max_windows: int = 16
 
@@ -107,7 +110,7 @@ def plan(encoding: Encoding, template: Template, max_length: int, windowing: Win
     content = encoding.ids
     budget = max_length - template.overhead
     fits = len(content) <= budget
-    strategy = windowing.strategy
+    strategy = windowing.strategy or DEFAULT_TRUNCATION
     if fits:
         return Plan([template.wrap(content)], truncated=False)
     if strategy is Truncation.HEAD:
