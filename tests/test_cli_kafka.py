@@ -13,6 +13,7 @@ import pytest
 from stream_clf.kafka.broker import free_port
 from stream_clf.kafka.clients import admin_client
 from stream_clf.kafka.topics import ensure_topics
+from stream_clf.samples import DEMO_REVIEWS
 from tests.kafka_helpers import Topics, collect
 
 pytestmark = pytest.mark.broker
@@ -114,18 +115,21 @@ def test_produce_sends_text_and_json_lines_and_tail_prints_them(kafka_bootstrap,
     assert sorted(tailed.stdout.splitlines()) == sorted(r.value.decode() for r in records)
 
 
-def test_demo_runs_from_nothing_and_stops_cleanly(news_model):
+def test_demo_runs_from_nothing_and_stops_cleanly(news_model, imdb_quick_model):
     finished = subprocess.run(_cli("demo"), capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert "news-minilm (int8), trained offline on BBC News" in finished.stdout
     for topic in ("business", "sports", "politics", "tech"):
         assert f"│ {topic} " in finished.stdout
     assert "missing_text" in finished.stdout
-    assert "worker stopped with exit code 0" in finished.stdout
+    reviews = [line for line in finished.stdout.splitlines() if "│ review-" in line]
+    assert len(reviews) == len(DEMO_REVIEWS)
+    assert {"pos", "neg"} <= {cell.strip() for line in reviews for cell in line.split("│")}
+    assert "workers stopped with exit codes 0, 0" in finished.stdout
 
 
 def test_demo_serves_any_bundle_it_is_given(tiny_bundle):
     finished = subprocess.run(_cli("demo", "--model", str(tiny_bundle)), capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert "labelled results" in finished.stdout
-    assert "worker stopped with exit code 0" in finished.stdout
+    assert "workers stopped with exit codes 0," in finished.stdout

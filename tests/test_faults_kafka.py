@@ -154,7 +154,7 @@ def test_slow_inference_keeps_the_worker_in_its_group(kafka_bootstrap, topics, n
     # beside the event loop, so heartbeats go on and the group never rebalances.
     bundle = news_model.bundles["int8"]
     classifier = Classifier(load_bundle(bundle), threads=1)
-    texts = load_texts("imdb", 60, classifier.tokenizer)
+    texts = load_texts("imdb", 60)
     started = time.monotonic()
     classifier.predict(texts)
     per_text = (time.monotonic() - started) / len(texts)

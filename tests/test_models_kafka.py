@@ -54,3 +54,30 @@ def test_eval_through_kafka_gives_the_direct_answers(news_model, kafka_bootstrap
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert "through Kafka" in finished.stdout
     assert "streaming vs direct: same label for 111/111 events" in finished.stdout
+
+
+def test_the_quick_imdb_model_through_kafka_gives_the_direct_answers(
+    imdb_quick_model, kafka_bootstrap, start_worker, tmp_path
+):
+    topics = Topics.fresh(kafka_bootstrap, partitions=3)
+    start_worker(topics, imdb_quick_model.bundles["fp32"])
+    command = [
+        sys.executable,
+        "-m",
+        "stream_clf",
+        "eval",
+        "--model",
+        "imdb-quick",
+        "--data",
+        str(imdb_quick_model.heldout),
+    ]
+    finished = subprocess.run(
+        [*command, "--through-kafka", "--brokers", kafka_bootstrap, "--input", topics.input, "--output", topics.output],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "streaming vs direct: same label for 400/400 events" in finished.stdout
+    expected = imdb_quick_model.reports["fp32"]
+    assert f"accuracy: {expected.accuracy:.4f} ({expected.correct}/{expected.total})" in finished.stdout

@@ -25,7 +25,7 @@ from rich.console import Group
 from rich.table import Table
 
 from stream_clf.bench.engine import measure_engine, measure_full_batch, measure_peak
-from stream_clf.bench.mixes import load_texts
+from stream_clf.bench.mixes import describe_mix, load_texts
 from stream_clf.bench.streaming import measure_latency, measure_throughput, percentile, start_service
 from stream_clf.kafka.broker import LocalKafka, free_port
 from stream_clf.model.bundle import load_bundle
@@ -44,6 +44,7 @@ _WORKER_DEFAULTS: dict[str, Any] = {option.field: option.default for option in W
 class BenchOptions:
     model: Path = Path("news-int8")
     mix: str = "imdb"
+    mix_file: Path | None = None
     events: int = 2000
     baseline_events: int = 200
     latency_seconds: float = 20.0
@@ -73,7 +74,7 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
         spinning=True,
     )
     config = orjson.loads((bundle.path / "config.json").read_bytes())
-    texts = load_texts(options.mix, options.events, classifier.tokenizer)
+    texts = load_texts(options.mix, options.events, options.mix_file)
     plans = classifier.plan(texts)
     tokens = [text_plan.tokens for text_plan in plans]
     report: dict[str, Any] = {
@@ -85,7 +86,7 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
             "path": str(bundle.path),
         },
         "mix": {
-            "name": options.mix,
+            "name": describe_mix(options.mix, options.mix_file),
             "texts": len(texts),
             "median_tokens": sorted(tokens)[len(tokens) // 2],
             "truncated": sum(p.truncated for p in plans) / len(plans),

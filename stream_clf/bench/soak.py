@@ -23,7 +23,6 @@ from stream_clf.errors import StreamClfError
 from stream_clf.kafka.broker import LocalKafka, free_port
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.catalog import resolve_model
-from stream_clf.model.classifier import Classifier
 
 __all__ = ["MAX_RSS_GROWTH", "SoakOptions", "render_soak", "run_soak"]
 
@@ -34,6 +33,7 @@ MAX_RSS_GROWTH = 0.10
 class SoakOptions:
     model: Path = Path("news-int8")
     mix: str = "imdb"
+    mix_file: Path | None = None
     seconds: float = 1800.0
     rate: float = 20.0
     interval: float = 30.0
@@ -90,7 +90,7 @@ def run_soak(options: SoakOptions, advance: Any) -> dict[str, Any]:
     """Run the soak; ``advance(n)`` is called as results arrive. Returns a JSON-ready report."""
     bundle = load_bundle(resolve_model(options.model))
     count = max(1, round(options.rate * options.seconds))
-    texts = load_texts(options.mix, min(count, 5000), Classifier(bundle).tokenizer)
+    texts = load_texts(options.mix, min(count, 5000), options.mix_file)
     with tempfile.TemporaryDirectory(prefix="stream-clf-soak-") as scratch:
         root = Path(scratch)
         broker = None

@@ -34,12 +34,29 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
 
 
+def _mix_option(parser: Parser, default: str) -> None:
+    parser.add_argument(
+        "--mix",
+        nargs="+",
+        default=[default],
+        metavar="MIX",
+        help=f"real texts: imdb (held-out reviews), tweets, ag-news FILE (an AG News CSV), or a file of texts"
+        f" (default: {default})",
+    )
+
+
+def _mix_file(mix: list[str]) -> Path | None:
+    if len(mix) > 2:
+        raise ConfigError(f"--mix takes a name and at most one file, got {' '.join(mix)}")
+    return Path(mix[1]) if len(mix) == 2 else None
+
+
 def _bench(parser: Parser) -> None:
     from stream_clf.bench import BenchOptions
 
     defaults = BenchOptions()
     parser.add_argument("--model", type=Path, default=defaults.model, help="bundle or built model (default: news-int8)")
-    parser.add_argument("--mix", default=defaults.mix, help="imdb, tweets, or a file of texts (default: imdb)")
+    _mix_option(parser, defaults.mix)
     parser.add_argument("--events", type=positive_int, default=defaults.events, help="(default: %(default)s)")
     parser.add_argument("--baseline-events", type=positive_int, default=defaults.baseline_events, help="(%(default)s)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the naive baseline (needs no torch)")
@@ -68,7 +85,8 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     options = BenchOptions(
         model=args.model,
-        mix=args.mix,
+        mix=args.mix[0],
+        mix_file=_mix_file(args.mix),
         events=args.events,
         baseline_events=args.baseline_events,
         latency_seconds=args.latency_seconds,
@@ -103,7 +121,7 @@ def _soak(parser: Parser) -> None:
 
     defaults = SoakOptions()
     parser.add_argument("--model", type=Path, default=defaults.model, help="bundle or built model (default: news-int8)")
-    parser.add_argument("--mix", default=defaults.mix, help="imdb, tweets, or a file of texts (default: imdb)")
+    _mix_option(parser, defaults.mix)
     parser.add_argument("--minutes", type=float, default=defaults.seconds / 60, help="(default: %(default)g)")
     parser.add_argument("--rate", type=float, default=defaults.rate, help="events per second (default: %(default)g)")
     parser.add_argument("--interval", type=float, default=defaults.interval, help="seconds per sample (%(default)g)")
@@ -122,7 +140,8 @@ def _run_soak(args: argparse.Namespace) -> int:
         raise ConfigError("--minutes, --rate and --interval must be above 0")
     options = SoakOptions(
         model=args.model,
-        mix=args.mix,
+        mix=args.mix[0],
+        mix_file=_mix_file(args.mix),
         seconds=args.minutes * 60,
         rate=args.rate,
         interval=args.interval,

@@ -22,6 +22,8 @@ from stream_clf.model.windows import Truncation, Windowing
 from stream_clf.settings import BROKERS_OPTION, SECURITY_OPTIONS, resolve_security
 
 if TYPE_CHECKING:
+    from stream_clf.evaluation.evaluate import Dataset
+    from stream_clf.model.classifier import Classifier
     from stream_clf.model.training import Recipe
 
 __all__ = ["register"]
@@ -208,6 +210,18 @@ def _label_map(text: str) -> dict[str, str]:
     return mapping
 
 
+ALL_STRATEGIES = "all"
+
+
+def _truncation_choice(text: str) -> Truncation | str:
+    if text == ALL_STRATEGIES:
+        return text
+    try:
+        return Truncation(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join([*Truncation, ALL_STRATEGIES])}") from None
+
+
 def _data_columns(parser: Parser) -> None:
     parser.add_argument(
         "--text-column",
@@ -226,9 +240,9 @@ def _eval(parser: Parser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=32, help="(default: 32)")
     parser.add_argument(
         "--truncation",
-        type=Truncation,
-        choices=list(Truncation),
-        help="texts past max_length (default: the bundle's, else head)",
+        type=_truncation_choice,
+        metavar="{" + ",".join([*Truncation, ALL_STRATEGIES]) + "}",
+        help="texts past max_length (default: the bundle's, else head); all: score every strategy in one table",
     )
     parser.add_argument("--stride", type=int, help="window overlap in tokens (default: a quarter of the window)")
     parser.add_argument("--max-windows", type=positive_int, default=16, help="(default: 16)")
@@ -241,6 +255,20 @@ def _eval(parser: Parser) -> None:
     parser.add_argument("--output", default="texts.labeled", help="the worker's output (default: texts.labeled)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the results (default: 600)")
     parser.set_defaults(run=_run_eval, parser=parser)
+
+
+def _compare_truncations(classifier: "Classifier", dataset: "Dataset", args: argparse.Namespace) -> int:
+    from stream_clf.evaluation.truncation import compare_truncations
+
+    with progress_bars() as progress:
+        table = compare_truncations(classifier, dataset, args.batch_size, tracker(progress))
+    bundle = classifier.bundle
+    print(f"{bundle.name} ({bundle.precision}, version {bundle.version}) on {args.data}, every truncation\n")
+    print(table.format())
+    if args.json:
+        document = {"model": bundle.name, "model_version": bundle.version, "data": str(args.data)}
+        args.json.write_bytes(orjson.dumps({**document, "truncation": table.as_dict()}, option=orjson.OPT_INDENT_2))
+    return 0
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -256,11 +284,16 @@ def _run_eval(args: argparse.Namespace) -> int:
     from stream_clf.model.catalog import resolve_model
     from stream_clf.model.classifier import Classifier
 
-    windowing = Windowing(args.truncation, args.stride, args.max_windows)
+    every_strategy = args.truncation == ALL_STRATEGIES
+    if every_strategy and args.through_kafka:
+        raise ConfigError("--truncation all compares strategies here; --through-kafka checks the worker's one")
+    windowing = Windowing(None if every_strategy else args.truncation, args.stride, args.max_windows)
     classifier = Classifier(load_bundle(resolve_model(args.model)), windowing=windowing)
     bundle = classifier.bundle
     dataset = read_dataset(args.data, args.text_column or ["text"], args.label_column, args.label_map)
     check_labels(dataset, classifier.labels, args.data)
+    if every_strategy:
+        return _compare_truncations(classifier, dataset, args)
     document: dict[str, object] = {"model": bundle.name, "model_version": bundle.version, "data": str(args.data)}
     with progress_bars() as progress:
         task = progress.add_task("classifying directly", total=len(dataset.texts))

@@ -4,6 +4,7 @@ Synchronous and free of Kafka: the worker calls :meth:`Classifier.predict` from 
 (ONNX Runtime and the Rust tokenizer release the GIL), tests and ``eval`` call it directly.
 """
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -121,9 +122,22 @@ class Classifier:
         budget = bundle.max_length - template.overhead
         if budget < 1:
             raise ModelError(f"{where}: max_length {bundle.max_length} leaves no room for text")
-        if self.windowing.strategy.windowed and not 0 <= windowing.overlap(budget) < budget:
-            raise ConfigError(f"--stride {windowing.stride} must be at least 0 and below the window of {budget} tokens")
+        self._check_windowing()
         self._check_output_width(where)
+
+    def with_windowing(self, windowing: Windowing) -> "Classifier":
+        """The same model and session, cutting long texts another way (for comparing strategies)."""
+        variant = copy.copy(self)
+        variant.windowing = replace(windowing, strategy=windowing.strategy or self.bundle.truncation)
+        variant._check_windowing()
+        return variant
+
+    def _check_windowing(self) -> None:
+        budget = self.bundle.max_length - self._template.overhead
+        if self.windowing.strategy.windowed and not 0 <= self.windowing.overlap(budget) < budget:
+            raise ConfigError(
+                f"--stride {self.windowing.stride} must be at least 0 and below the window of {budget} tokens"
+            )
 
     def plan(self, texts: Sequence[str]) -> list[Plan]:
         """Tokenize ``texts`` and cut each into the rows the model will read (no padding yet)."""

