@@ -122,6 +122,11 @@ def _models_build(parser: Parser) -> None:
     parser.add_argument("name", nargs="?", choices=["news", "sentiment", "imdb"], help="a built-in model")
     parser.add_argument("--quick", action="store_true", help="imdb only: 800 reviews at 128 tokens (2 min), for CI")
     parser.add_argument("--force", action="store_true", help="rebuild even if an identical build is cached")
+    parser.add_argument(
+        "--min-accuracy",
+        type=_fraction,
+        help="exit 1 when the fp32 held-out accuracy is below this fraction (a gate for CI), e.g. 0.9",
+    )
     own = parser.add_argument_group("a model from your own labelled file (instead of NAME)")
     own.add_argument("--data", type=Path, help="CSV, TSV or JSONL file with a text and a label per row")
     own.add_argument("--name", dest="model_name", help="the model's name in the cache and in results")
@@ -156,9 +161,23 @@ def _models_build(parser: Parser) -> None:
         print(f"  int8 labels agree with fp32 on {report.int8_agreement:.2%} of the held-out split\n")
         print(report.reports["fp32"].format())
         print(f"\nreproduce: stream-clf eval --model {name} --data {report.heldout}")
+        accuracy = report.reports["fp32"].accuracy
+        if args.min_accuracy is not None and accuracy < args.min_accuracy:
+            print(f"{name}: held-out accuracy {accuracy:.2%} is below --min-accuracy {args.min_accuracy:.2%}")
+            return 1
         return 0
 
     parser.set_defaults(run=run, parser=parser)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
+    return value
 
 
 def _checked_build(args: argparse.Namespace) -> str:
@@ -195,6 +214,10 @@ def _models_list(parser: Parser) -> None:
             built = [p for p in ("fp32", "int8") if (models_dir() / bundle_name(name, p)).is_dir()]
             state = f"built ({', '.join(built)}) in {models_dir()}" if built else "not built"
             print(f"{name:10s} {model.description}; {state}")
+        evaluations = sorted(models_dir().glob("*-evaluation.json")) if models_dir().is_dir() else []
+        for name in (path.name.removesuffix("-evaluation.json") for path in evaluations):
+            if name not in TRAINED:
+                print(f"{name:10s} built from your data (models build --data) in {models_dir()}")
         return 0
 
     parser.set_defaults(run=run, parser=parser)
