@@ -85,6 +85,26 @@ def test_bench_reads_a_file_of_texts_skips_the_baseline_and_adds_exactly_once_on
     assert "exactly-once" in finished.stdout
 
 
+def test_bench_measures_the_ag_news_mix_from_the_file_it_is_given(tiny_bundle, kafka_bootstrap, tmp_path):
+    data = tmp_path / "ag.csv"
+    data.write_text(
+        "label,title,description\n" + "".join(f"World,Talks {i},Envoys met on day {i}.\n" for i in range(9))
+    )
+    report_file = tmp_path / "bench.json"
+    finished = _bench("--model", str(tiny_bundle), "--mix", "ag-news", str(data), "--events", "30", "--no-baseline",
+                      "--brokers", kafka_bootstrap, "--json", str(report_file))  # fmt: skip
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    report = orjson.loads(report_file.read_bytes())
+    assert report["mix"] | {"median_tokens": 0, "truncated": 0} == {
+        "name": "ag-news (ag.csv)",
+        "file": str(data),
+        "texts": 30,
+        "median_tokens": 0,
+        "truncated": 0,
+    }
+    assert report["stream_clf"]["events_per_second"] > 0
+
+
 def test_bench_names_a_mix_it_cannot_find_in_one_line(tiny_bundle, tmp_path):
     finished = _bench("--mix", str(tmp_path / "missing.txt"), "--no-baseline", "--model", str(tiny_bundle))
     assert finished.returncode == 2

@@ -87,11 +87,12 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
         },
         "mix": {
             "name": describe_mix(options.mix, options.mix_file),
+            "file": str(options.mix_file) if options.mix_file else None,
             "texts": len(texts),
             "median_tokens": sorted(tokens)[len(tokens) // 2],
             "truncated": sum(p.truncated for p in plans) / len(plans),
         },
-        "settings": {k: v for k, v in asdict(options).items() if k not in ("model", "brokers")},
+        "settings": {k: v for k, v in asdict(options).items() if k not in ("model", "brokers", "mix_file")},
     }
     precisions = sorted({bundle.precision, "fp32"})  # the baseline runs in fp32
     advance = track("measuring the matrix-product peak", len(precisions))

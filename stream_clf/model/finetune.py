@@ -61,15 +61,14 @@ def fine_tune(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
+    # Linear warm-up to the learning rate, then linear decay to zero at the last batch.
     warmup = max(1, round(len(batches) * settings.warmup))
+    decay = max(1, len(batches) - warmup)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (len(batches) - step) / (len(batches) - warmup)))
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (len(batches) - step) / decay))
     )
     bf16 = device == "cuda" or _cpu_has_bf16()
-    advance = progress(
-        f"fine-tuning on {len(texts)} texts x {settings.epochs} epoch(s)",
-        len(batches) * 0 + len(texts) * settings.epochs,
-    )
+    advance = progress(f"fine-tuning on {len(texts)} texts, {settings.epochs} epoch(s)", len(texts) * settings.epochs)
     pad = tokenizer.pad_token_id or 0
     for batch in batches:
         feeds = _pad([rows[i] for i in batch], pad, device)
