@@ -45,6 +45,7 @@ class _Stream:
     model: Path
     texts: tuple[str, ...]
     id_prefix: str
+    malformed: bool = False  # also send one malformed event, to show the dead-letter path
 
     @property
     def output(self) -> str:
@@ -82,11 +83,12 @@ def run_demo(model: Path | None = None) -> int:
                 lines = [
                     orjson.dumps({"id": f"{stream.id_prefix}-{i}", "text": t}) for i, t in enumerate(stream.texts, 1)
                 ]
-                malformed = [_MALFORMED] if stream is streams[0] else []
-                produce_lines([kafka.bootstrap], stream.input, [*lines, *malformed], raw=True)
+                produce_lines(
+                    [kafka.bootstrap], stream.input, [*lines, _MALFORMED] if stream.malformed else lines, raw=True
+                )
             for stream, worker in zip(streams, workers, strict=True):
                 with console.status(f"waiting for the {stream.title} results..."):
-                    results, dead = _collect(kafka.bootstrap, stream, worker, expect_dead=stream is streams[0])
+                    results, dead = _collect(kafka.bootstrap, stream, worker)
                 console.print(_table(stream, results))
                 for reason, detail in dead:
                     console.print(f"[red]dead letter[/] demo-bad -> {stream.dlq}: {reason} ({detail})")
@@ -111,7 +113,7 @@ def _streams(console: Console, scratch: Path, model: Path | None) -> list[_Strea
     if model:
         model = resolve_model(model)
         console.print(f"[green]model:[/] {model}\n")
-        return [_Stream("news", "texts", model, DEMO_TEXTS, "demo")]
+        return [_news(model)]
     try:
         from stream_clf.model.training import build_trained_model
     except ImportError:
@@ -119,7 +121,7 @@ def _streams(console: Console, scratch: Path, model: Path | None) -> list[_Strea
             "[yellow]model:[/] tiny-random, built on the fly with random weights: its labels show the pipeline"
             " at work, not real topics. For the trained news and IMDB models: pip install 'stream-clf[models]'.\n"
         )
-        return [_Stream("news", "texts", build_tiny_bundle(scratch / "model"), DEMO_TEXTS, "demo")]
+        return [_news(build_tiny_bundle(scratch / "model"))]
     news = _trained(console, build_trained_model, "news", "news-minilm (int8), trained offline on BBC News")
     imdb = models_dir() / bundle_name("imdb", "int8")
     if imdb.is_dir():
@@ -134,9 +136,13 @@ def _streams(console: Console, scratch: Path, model: Path | None) -> list[_Strea
         )
     console.print()
     return [
-        _Stream("news", "texts", news, DEMO_TEXTS, "demo"),
+        _news(news),
         _Stream("sentiment", "reviews", imdb, DEMO_REVIEWS, "review"),
     ]
+
+
+def _news(model: Path) -> _Stream:
+    return _Stream("news", "texts", model, DEMO_TEXTS, "demo", malformed=True)
 
 
 def _trained(console: Console, build: Callable[..., object], name: str, description: str) -> Path:
@@ -181,7 +187,7 @@ def _stop_worker(worker: subprocess.Popen[bytes] | None) -> int | None:
 
 
 def _collect(
-    bootstrap: str, stream: _Stream, worker: subprocess.Popen[bytes], *, expect_dead: bool
+    bootstrap: str, stream: _Stream, worker: subprocess.Popen[bytes]
 ) -> tuple[dict[str, dict], list[tuple[str, str]]]:
     consumer = clients.consumer(
         [bootstrap], overrides={"group.id": f"stream-clf-demo-reader-{stream.input}", "auto.offset.reset": "earliest"}
@@ -192,7 +198,7 @@ def _collect(
     dead: list[tuple[str, str]] = []
     deadline = time.monotonic() + _RESULT_TIMEOUT
     try:
-        while len(results) < expected or (expect_dead and not dead):
+        while len(results) < expected or (stream.malformed and not dead):
             if time.monotonic() > deadline:
                 raise StreamClfError(f"only {len(results)} of {expected} results after {_RESULT_TIMEOUT:.0f}s")
             if worker.poll() is not None:

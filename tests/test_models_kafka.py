@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -39,45 +40,35 @@ def test_every_architecture_is_served_through_kafka_with_its_own_answers(name, e
         assert results[str(i)]["truncated"] is prediction.truncated
 
 
+def eval_through_kafka(
+    model: str, data: Path, kafka_bootstrap: str, topics: Topics, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``stream-clf eval --through-kafka`` against the worker consuming ``topics``; it checks the labels agree."""
+    command = [sys.executable, "-m", "stream_clf", "eval", "--model", model, "--data", str(data), "--through-kafka"]
+    finished = subprocess.run(
+        [*command, "--brokers", kafka_bootstrap, "--input", topics.input, "--output", topics.output],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    return finished
+
+
 def test_eval_through_kafka_gives_the_direct_answers(news_model, kafka_bootstrap, start_worker, tmp_path):
     topics = Topics.fresh(kafka_bootstrap, partitions=3)
     sample = tmp_path / "sample.jsonl"
     sample.write_bytes(b"".join(news_model.heldout.read_bytes().splitlines(keepends=True)[::4]))
     start_worker(topics, news_model.bundles["fp32"], "--top-k", "2")
-    command = [sys.executable, "-m", "stream_clf", "eval", "--model", "news", "--data", str(sample)]
-    finished = subprocess.run(
-        [*command, "--through-kafka", "--brokers", kafka_bootstrap, "--input", topics.input, "--output", topics.output],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert finished.returncode == 0, finished.stdout + finished.stderr
+    finished = eval_through_kafka("news", sample, kafka_bootstrap, topics, timeout=600)
     assert "through Kafka" in finished.stdout
     assert "streaming vs direct: same label for 111/111 events" in finished.stdout
 
 
-def test_the_quick_imdb_model_through_kafka_gives_the_direct_answers(
-    imdb_quick_model, kafka_bootstrap, start_worker, tmp_path
-):
+def test_the_quick_imdb_model_through_kafka_gives_the_direct_answers(imdb_quick_model, kafka_bootstrap, start_worker):
     topics = Topics.fresh(kafka_bootstrap, partitions=3)
     start_worker(topics, imdb_quick_model.bundles["fp32"])
-    command = [
-        sys.executable,
-        "-m",
-        "stream_clf",
-        "eval",
-        "--model",
-        "imdb-quick",
-        "--data",
-        str(imdb_quick_model.heldout),
-    ]
-    finished = subprocess.run(
-        [*command, "--through-kafka", "--brokers", kafka_bootstrap, "--input", topics.input, "--output", topics.output],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert finished.returncode == 0, finished.stdout + finished.stderr
+    finished = eval_through_kafka("imdb-quick", imdb_quick_model.heldout, kafka_bootstrap, topics, timeout=900)
     assert "streaming vs direct: same label for 400/400 events" in finished.stdout
     expected = imdb_quick_model.reports["fp32"]
     assert f"accuracy: {expected.accuracy:.4f} ({expected.correct}/{expected.total})" in finished.stdout

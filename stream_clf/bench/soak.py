@@ -133,7 +133,11 @@ def _judge(
     growth = (peak / baseline - 1) if baseline and peak else 0.0
     return {
         "model": model,
-        "settings": {**asdict(options), "model": str(options.model), "mix_file": str(options.mix_file or "") or None},
+        "settings": {
+            **asdict(options),
+            "model": str(options.model),
+            "mix_file": str(options.mix_file) if options.mix_file else None,
+        },
         "sent": sent,
         "received": len(latencies),
         "lost": sent - len(latencies),

@@ -7,13 +7,13 @@ text costs on average.
 """
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from stream_clf.evaluation.evaluate import Dataset, predict_direct
 from stream_clf.evaluation.scoring import classification_report
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.windows import Truncation, Windowing
+from stream_clf.model.windows import Truncation
 
 __all__ = ["StrategyScore", "TruncationTable", "compare_truncations"]
 
@@ -67,18 +67,19 @@ def compare_truncations(
     dataset: Dataset,
     batch_size: int,
     progress: Callable[[str, int], Callable[[int], None]],
-    strategies: Sequence[Truncation] = tuple(Truncation),
 ) -> TruncationTable:
     """Score ``dataset`` with each strategy, keeping the classifier's stride and window limit."""
     scores = []
-    too_long = sum(plan.truncated for plan in classifier.with_windowing(Windowing(Truncation.HEAD)).plan(dataset.texts))
-    for strategy in strategies:
+    too_long = 0
+    for strategy in Truncation:
         variant = classifier.with_windowing(replace(classifier.windowing, strategy=strategy))
         advance = progress(f"classifying with {strategy.value}", len(dataset.texts))
         started = time.perf_counter()
         predictions = predict_direct(variant, dataset.texts, batch_size, advance)
         elapsed = time.perf_counter() - started
         report = classification_report(dataset.labels, [p.label for p in predictions], classifier.labels)
+        if strategy is Truncation.HEAD:  # a head-truncated text is one that does not fit
+            too_long = sum(p.truncated for p in predictions)
         scores.append(
             StrategyScore(
                 strategy=strategy,

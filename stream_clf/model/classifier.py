@@ -90,8 +90,6 @@ class Classifier:
     ) -> None:
         self.bundle = bundle
         self.labels = bundle.labels
-        # No strategy named: the bundle's own (a model fine-tuned on head+tail rows says so).
-        self.windowing = replace(windowing, strategy=windowing.strategy or bundle.truncation)
         self.bucket_size = bucket_size
         self.bucket_tokens = bucket_tokens
         where = f"model bundle '{bundle.path}'"
@@ -122,17 +120,19 @@ class Classifier:
         budget = bundle.max_length - template.overhead
         if budget < 1:
             raise ModelError(f"{where}: max_length {bundle.max_length} leaves no room for text")
-        self._check_windowing()
+        self._use(windowing)
         self._check_output_width(where)
 
     def with_windowing(self, windowing: Windowing) -> "Classifier":
         """The same model and session, cutting long texts another way (for comparing strategies)."""
         variant = copy.copy(self)
-        variant.windowing = replace(windowing, strategy=windowing.strategy or self.bundle.truncation)
-        variant._check_windowing()
+        variant._use(windowing)
         return variant
 
-    def _check_windowing(self) -> None:
+    def _use(self, windowing: Windowing) -> None:
+        """Cut long texts as ``windowing`` says; no strategy named means the bundle's own (a model
+        fine-tuned on head+tail rows says so)."""
+        self.windowing = replace(windowing, strategy=windowing.strategy or self.bundle.truncation)
         budget = self.bundle.max_length - self._template.overhead
         if self.windowing.strategy.windowed and not 0 <= self.windowing.overlap(budget) < budget:
             raise ConfigError(
