@@ -265,7 +265,15 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     ),
     Option("partitions", _whole(1), 4, "partitions of the topics the worker creates", "N"),
     Option("max_event_bytes", _whole(1), 1_048_576, "largest accepted event value, in bytes", "BYTES"),
-    Option("threads", _whole(1), usable_cores(), "ONNX Runtime intra-op threads", "N", "the usable cores"),
+    Option("threads", _whole(1), usable_cores(), "cores ONNX Runtime may use", "N", "the usable cores"),
+    Option(
+        "lanes",
+        _whole(1),
+        None,
+        "ONNX Runtime calls run at once on the CPU, each on threads/lanes cores (1: one call on all threads)",
+        "N",
+        "--threads",
+    ),
     Option("provider", _one_of(PROVIDERS), "cpu", "ONNX Runtime execution provider: cpu, cuda, or auto", "NAME"),
     Option(
         "spinning",
@@ -334,6 +342,7 @@ class WorkerSettings:
     partitions: int
     max_event_bytes: int
     threads: int
+    lanes: int | None
     provider: str
     spinning: bool
     truncation: Truncation | None
@@ -366,6 +375,10 @@ class WorkerSettings:
             raise ConfigError(f"{opt.flag} is required: pass {opt.flag} {opt.metavar} or set {opt.env}")
         settings = cls(**values)
         settings._check_topics()
+        if settings.lanes is not None and settings.lanes > settings.threads:
+            raise ConfigError(
+                f"--lanes {settings.lanes} is more than --threads {settings.threads}: a lane needs a core"
+            )
         _security(values)  # a bad combination stops the worker here, with one line
         return settings
 
@@ -381,6 +394,11 @@ class WorkerSettings:
     @property
     def security(self) -> KafkaSecurity:
         return _security({option.field: getattr(self, option.field) for option in SECURITY_OPTIONS})
+
+    @property
+    def inference_lanes(self) -> int:
+        """ONNX Runtime calls at once: ``--lanes``, else one per thread."""
+        return self.lanes or self.threads
 
     @property
     def windowing(self) -> Windowing:

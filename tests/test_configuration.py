@@ -43,6 +43,7 @@ def test_every_setting_reads_its_environment_variable(tmp_path):
         "STREAM_CLF_PARTITIONS": "12",
         "STREAM_CLF_MAX_EVENT_BYTES": "1000",
         "STREAM_CLF_THREADS": "3",
+        "STREAM_CLF_LANES": "3",
         "STREAM_CLF_PROVIDER": "Auto",
         "STREAM_CLF_SPINNING": "on",
         "STREAM_CLF_TRUNCATION": "windows-max",
@@ -85,6 +86,7 @@ def test_every_setting_reads_its_environment_variable(tmp_path):
         partitions=12,
         max_event_bytes=1000,
         threads=3,
+        lanes=3,
         provider="auto",
         spinning=True,
         truncation=Truncation.WINDOWS_MAX,
@@ -133,6 +135,7 @@ def test_a_flag_wins_over_the_environment():
         ({"truncation": "middle"}, {}, "expected one of head, tail, head+tail, windows-mean, windows-max"),
         ({"thresholds": "toxic:0.5"}, {}, "expected label=probability"),
         ({"thresholds": "toxic=1.5"}, {}, "with probabilities in [0, 1]"),
+        ({"threads": "2", "lanes": "3"}, {}, "--lanes 3 is more than --threads 2: a lane needs a core"),
     ],
 )
 def test_a_bad_value_is_one_readable_error(flags, environ, message):
@@ -168,6 +171,7 @@ def _worker(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         (["--web-port", "70000"], {}, "--web-port='70000': expected a port number, 1-65535"),
         (["--compression", "brotli"], {}, "--compression='brotli': expected one of auto, none, gzip"),
         ([], {"STREAM_CLF_ISOLATION": "dirty"}, "STREAM_CLF_ISOLATION='dirty': expected one of read_committed"),
+        (["--model", "m", "--lanes", "0"], {}, "--lanes='0': expected a whole number >= 1"),
     ],
 )
 def test_the_worker_stops_at_start_with_one_line_and_exit_code_2(args, env, message):

@@ -7,6 +7,7 @@ dead-lettered, and an aborted transaction is neither counted nor lost.
 """
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,29 +22,39 @@ from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import WorkerMetrics
 from stream_clf.worker.core import BatchStep, InFlight, OutRecord, Routing
 from stream_clf.worker.events import Source
-from stream_clf.worker.pipeline import PUBLISHES_IN_FLIGHT, Pipeline
+from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT, PUBLISHES_IN_FLIGHT, Pipeline
 from stream_clf.worker.transactional import Commit, TransactionalLoop
 
 POISON = "POISON"
+SLOW = "SLOW"
 
 
 class Poisonable:
-    """The tiny model's classifier, except that a batch holding a text with POISON fails, as a model can."""
+    """The tiny model's classifier, except that a batch holding a text with POISON fails, as a model can,
+    and one holding a text with SLOW takes half a second. ``finished`` lists each batch's first plan
+    as its inference ends."""
 
     def __init__(self, classifier: Classifier) -> None:
         self._classifier = classifier
         # Held, not just their ids: a freed plan's id can be reused by a clean plan of a later test.
         self._poisoned: dict[int, object] = {}
+        self._slow: dict[int, object] = {}
+        self.finished: list[object] = []
 
     def plan(self, texts):
         plans = self._classifier.plan(texts)
         self._poisoned |= {id(plan): plan for plan, text in zip(plans, texts, strict=True) if POISON in text}
+        self._slow |= {id(plan): plan for plan, text in zip(plans, texts, strict=True) if SLOW in text}
         return plans
 
-    def infer(self, plans):
+    def infer(self, plans, observe=None):
         if any(id(plan) in self._poisoned for plan in plans):
             raise RuntimeError("the model failed on this input")
-        return self._classifier.infer(plans)
+        if any(id(plan) in self._slow for plan in plans):
+            time.sleep(0.5)
+        predictions = self._classifier.infer(plans, observe)
+        self.finished.append(plans[0])
+        return predictions
 
     def padded_tokens(self, plans):
         return self._classifier.padded_tokens(plans)
@@ -99,15 +110,16 @@ def test_only_the_culprits_of_a_failing_batch_are_dead_lettered(step, metrics):
 
 
 class Deliveries:
-    """A fake producer: every send returns a future that the test completes, in any order."""
+    """A fake producer: every record sent gets a future that the test completes, in any order; a
+    batch is delivered when all of its records are."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[OutRecord, asyncio.Future]] = []
 
-    async def __call__(self, record: OutRecord) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
-        self.sent.append((record, future))
-        return future
+    def __call__(self, records) -> asyncio.Future:
+        futures = [asyncio.get_running_loop().create_future() for _ in records]
+        self.sent.extend(zip(records, futures, strict=True))
+        return asyncio.gather(*futures)
 
     def complete(self, indices) -> None:
         for index in indices:
@@ -138,7 +150,7 @@ def test_pipeline_acks_in_read_order_only_after_delivery_with_two_batches_in_fli
         acks: list[int] = []
         deliveries = Deliveries()
         state = ConsumerState()
-        with ThreadPoolExecutor(1) as tokenization, ThreadPoolExecutor(1) as inference:
+        with ThreadPoolExecutor(1) as tokenization, ThreadPoolExecutor(INFERENCES_IN_FLIGHT) as inference:
             pipeline = small_pipeline(step, deliveries, metrics, state, tokenization, inference)
             running = asyncio.create_task(pipeline.run())
             for offset in range(12):
@@ -179,11 +191,37 @@ def test_pipeline_acks_in_read_order_only_after_delivery_with_two_batches_in_fli
     asyncio.run(scenario())
 
 
+def test_a_slow_batch_holds_back_the_next_ones_results_but_not_their_inference(step, classifier, metrics):
+    async def scenario() -> None:
+        acks: list[int] = []
+        deliveries = Deliveries()
+        with ThreadPoolExecutor(1) as tokenization, ThreadPoolExecutor(INFERENCES_IN_FLIGHT) as inference:
+            pipeline = small_pipeline(step, deliveries, metrics, ConsumerState(), tokenization, inference)
+            running = asyncio.create_task(pipeline.run())
+            classifier.finished.clear()
+            for offset in range(8):
+                await pipeline.feed(event(offset, f"a {SLOW} text" if offset == 0 else None, acks=acks))
+            await settle(0.25)
+            # The second batch is classified while the first, slow one still runs; nothing is sent.
+            assert len(classifier.finished) == 1
+            assert deliveries.sent == []
+            await settle(1.0)
+            assert [orjson.loads(r.value)["id"] for r, _ in deliveries.sent] == [f"e{i}" for i in range(8)]
+            deliveries.complete(reversed(range(8)))
+            await settle()
+            assert acks == list(range(8))
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+
+    asyncio.run(scenario())
+
+
 def test_a_failed_delivery_stops_the_pipeline_without_acking(step, metrics):
     async def scenario() -> None:
         acks: list[int] = []
         deliveries = Deliveries()
-        with ThreadPoolExecutor(1) as tokenization, ThreadPoolExecutor(1) as inference:
+        with ThreadPoolExecutor(1) as tokenization, ThreadPoolExecutor(INFERENCES_IN_FLIGHT) as inference:
             pipeline = small_pipeline(step, deliveries, metrics, ConsumerState(), tokenization, inference)
             running = asyncio.create_task(pipeline.run())
             for offset in range(4):

@@ -7,6 +7,7 @@ same threads: the practical peak the model's FLOPs are compared with. ``encoder_
 multiply-adds of a BERT-shaped encoder for a sequence of n tokens.
 """
 
+import functools
 import logging
 import tempfile
 import time
@@ -67,17 +68,19 @@ def encoder_flops(config: dict[str, Any], tokens: int) -> float | None:
 def measure_engine(
     classifier: Classifier, plans: Sequence[Plan], config: dict[str, Any], advance: Advance
 ) -> EngineResult:
-    """Throughput of the ONNX session alone on all rows, globally sorted, in the classifier's buckets."""
+    """Throughput of the ONNX session alone on all rows, globally sorted, in the classifier's buckets
+    and lanes (wall time of the whole pass; feeds are built beforehand)."""
     rows = [row for text_plan in plans for row in text_plan.rows]
     buckets = [classifier.feeds([rows[i] for i in bucket]) for bucket in classifier.buckets(rows)]
-    for feeds in buckets[-2:]:  # warm up on the longest
-        classifier.run(feeds)
-    elapsed = 0.0
-    for feeds in buckets:
-        started = time.perf_counter()
-        classifier.run(feeds)
-        elapsed += time.perf_counter() - started
+    classifier.run_all([functools.partial(dict, feeds) for feeds in buckets[-2 * classifier.lanes :]])  # warm up
+
+    def counted(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         advance(len(feeds["input_ids"]))
+        return feeds
+
+    started = time.perf_counter()
+    classifier.run_all([functools.partial(counted, feeds) for feeds in buckets])
+    elapsed = time.perf_counter() - started
     flops = [encoder_flops(config, len(ids)) for ids, _ in rows]
     return EngineResult(
         texts=len(plans),

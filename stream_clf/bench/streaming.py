@@ -21,13 +21,22 @@ from pathlib import Path
 import numpy as np
 import orjson
 from confluent_kafka import Consumer, Message, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream_clf.errors import StreamClfError
 from stream_clf.kafka import clients
 from stream_clf.kafka.broker import free_port
 from stream_clf.kafka.topics import ensure_topics
 
-__all__ = ["CpuMeter", "RunningService", "StreamResult", "measure_latency", "measure_throughput", "start_service"]
+__all__ = [
+    "CpuMeter",
+    "RunningService",
+    "StageSample",
+    "StreamResult",
+    "measure_latency",
+    "measure_throughput",
+    "start_service",
+]
 
 Advance = Callable[[int], None]
 
@@ -65,11 +74,60 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _resident_bytes(pid: int) -> dict[str, int]:
+    """Resident memory now (``rss``) and at its peak (``peak``), from /proc; empty where it cannot tell."""
+    names = {"VmRSS": "rss", "VmHWM": "peak"}
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    memory = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name in names:
+            memory[names[name]] = int(value.split()[0]) * 1024
+    return memory
+
+
+@dataclass(frozen=True)
+class StageSample:
+    """The worker's stage clocks (seconds per stage and state) and inference lanes, read from /metrics."""
+
+    seconds: dict[tuple[str, str], float]
+    lanes: int
+
+    @classmethod
+    def scrape(cls, port: int) -> "StageSample":
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        seconds, lanes = {}, 1
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "stream_clf_stage_seconds_total":
+                    seconds[sample.labels["stage"], sample.labels["state"]] = sample.value
+                elif sample.name == "stream_clf_inference_lanes":
+                    lanes = int(sample.value)
+        return cls(seconds, lanes)
+
+    def shares(self, earlier: "StageSample", wall: float) -> dict[str, dict[str, float]]:
+        """Each stage's share of ``wall`` seconds in each state since ``earlier``; the lanes' busy
+        share is of all lanes' time, and the rest of it is their starved share."""
+        shares: dict[str, dict[str, float]] = {}
+        for (stage, state), total in self.seconds.items():
+            width = self.lanes if stage == "lanes" else 1
+            shares.setdefault(stage, {})[state] = (total - earlier.seconds.get((stage, state), 0.0)) / (wall * width)
+        if "lanes" in shares:
+            shares["lanes"]["starved"] = max(0.0, 1.0 - shares["lanes"].get("busy", 0.0))
+        return shares
+
+
 @dataclass(frozen=True)
 class StreamResult:
     events: int
     seconds: float
     cores: dict[str, float]
+    stages: dict[str, dict[str, float]] | None = None
+    memory: dict[str, int] | None = None
 
     @property
     def events_per_second(self) -> float:
@@ -203,25 +261,42 @@ def measure_throughput(
     advance: Advance,
     *,
     others: dict[str, int] | None = None,
+    stages: bool = False,
 ) -> StreamResult:
     """Events per second from a pre-filled input topic, first result to last.
 
     Also the cores used meanwhile by the service, this process (the benchmark's clients) and
-    ``others`` (name to pid: the broker).
+    ``others`` (name to pid: the broker); the service's resident memory at the end; and with
+    ``stages``, the share of the time each of its stages spent busy, starved and blocked.
     """
     events = [(f"t{i}", text) for i, text in enumerate(texts)]
     _produce(bootstrap, service.input, events)
     meter = CpuMeter({"service": service.process.pid, "bench clients": os.getpid(), **(others or {})})
     consumer = _consumer(bootstrap, service.output)
+    first: list[tuple[float, StageSample]] = []
+
+    def on_first() -> None:
+        meter.mark()
+        if stages:
+            first.append((time.monotonic(), StageSample.scrape(service.web_port)))
+
     try:
-        arrived = _collect(
-            consumer, {event_id for event_id, _ in events}, service, timeout, advance, on_first=meter.mark
-        )
+        arrived = _collect(consumer, {event_id for event_id, _ in events}, service, timeout, advance, on_first=on_first)
         cores = meter.read()
+        shares = None
+        if first:
+            started, earlier = first[0]
+            shares = StageSample.scrape(service.web_port).shares(earlier, time.monotonic() - started)
     finally:
         consumer.close()
     times = sorted(arrived.values())
-    return StreamResult(events=len(times), seconds=times[-1] - times[0], cores=cores)
+    return StreamResult(
+        events=len(times),
+        seconds=times[-1] - times[0],
+        cores=cores,
+        stages=shares,
+        memory=_resident_bytes(service.process.pid),
+    )
 
 
 def measure_latency(

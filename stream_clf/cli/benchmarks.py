@@ -63,6 +63,7 @@ def _bench(parser: Parser) -> None:
     parser.add_argument("--exactly-once", action="store_true", help="also measure --guarantee exactly-once")
     parser.add_argument("--latency-seconds", type=float, default=defaults.latency_seconds, help="(%(default)s)")
     parser.add_argument("--threads", type=positive_int, default=defaults.threads, help="(default: usable cores)")
+    parser.add_argument("--lanes", type=positive_int, help="ONNX Runtime calls at once (default: --threads)")
     for name in ("max_batch", "max_wait_ms", "max_tokens", "bucket_size", "bucket_tokens"):
         parser.add_argument(
             f"--{name.replace('_', '-')}",
@@ -91,6 +92,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         baseline_events=args.baseline_events,
         latency_seconds=args.latency_seconds,
         threads=args.threads,
+        lanes=args.lanes or args.threads,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_tokens=args.max_tokens,

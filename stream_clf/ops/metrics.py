@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from stream_clf.errors import Reason
 
-__all__ = ["CONTENT_TYPE", "LAG_INTERVAL_SECONDS", "WorkerMetrics"]
+__all__ = ["CONTENT_TYPE", "LAG_INTERVAL_SECONDS", "STAGE_STATES", "StageClock", "WorkerMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -26,6 +26,8 @@ _CONFIDENCE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 RECENT_SECONDS = 30.0
 # How often consumer lag per partition is measured.
 LAG_INTERVAL_SECONDS = 2.0
+# Where a stage's time goes: working, waiting for input, or waiting for room (or an answer) downstream.
+STAGE_STATES = ("busy", "starved", "blocked")
 # The *_created series (a timestamp per counter) only double what /metrics prints.
 disable_created_metrics()
 
@@ -97,12 +99,37 @@ class WorkerMetrics:
         self.up = Gauge("stream_clf_up", "1 while the worker runs", registry=r)
         self.up.set(1)
         self.assigned = Gauge("stream_clf_assigned_partitions", "Input partitions assigned to this worker", registry=r)
+        self.stage_seconds = Counter(
+            "stream_clf_stage_seconds",
+            "Time each stage of the worker spent busy, starved (waiting for input) or blocked (waiting"
+            " downstream); the inference lanes count only busy time, summed over lanes",
+            ["stage", "state"],
+            registry=r,
+        )
+        self.lanes = Gauge("stream_clf_inference_lanes", "ONNX Runtime calls that run at once", registry=r)
+        self._lane_busy = self.stage_seconds.labels(stage="lanes", state="busy")
+        # Each event touches a few labelled series: their children are looked up once (labels() per
+        # event cost the event loop more than the rest of the metrics together).
+        self._consumed: dict[str, Counter] = {}
+        self._predicted: dict[str, Counter] = {}
+        self._confidence = self.confidence.labels(model_version=version)
         self._lag_partitions: set[tuple[str, str]] = set()
         self._recent_latency: deque[tuple[float, float]] = deque(maxlen=20_000)
         self._recent_batches: deque[int] = deque(maxlen=50)
 
+    def stage(self, name: str) -> "StageClock":
+        """A clock for one stage (a task or a thread that takes its turn in the pipeline)."""
+        return StageClock(self.stage_seconds, name)
+
+    def lane_busy(self, seconds: float) -> None:
+        """One ONNX Runtime call (feeds built and run) took ``seconds`` in a lane."""
+        self._lane_busy.inc(seconds)
+
     def consumed(self, topic: str) -> None:
-        self.events_in.labels(topic=topic).inc()
+        counter = self._consumed.get(topic)
+        if counter is None:
+            counter = self._consumed[topic] = self.events_in.labels(topic=topic)
+        counter.inc()
 
     def batch(self, events: int, tokens: int, padded: int, seconds: float, waits: Iterable[float]) -> None:
         """One micro-batch classified: its size, tokens, padding, inference time and queue waits."""
@@ -118,8 +145,11 @@ class WorkerMetrics:
     def result(self, label: str, score: float, latency: float | None) -> None:
         """One result delivered; ``latency`` from the event's Kafka timestamp, when it had one."""
         self.results_out.inc()
-        self.predictions.labels(model_version=self.model_version, label=label).inc()
-        self.confidence.labels(model_version=self.model_version).observe(score)
+        predicted = self._predicted.get(label)
+        if predicted is None:
+            predicted = self._predicted[label] = self.predictions.labels(model_version=self.model_version, label=label)
+        predicted.inc()
+        self._confidence.observe(score)
         if latency is not None:
             self.latency_seconds.observe(latency)
             self._recent_latency.append((time.monotonic(), latency))
@@ -171,6 +201,25 @@ class WorkerMetrics:
             },
             "assigned_partitions": len(self._lag_partitions),
         }
+
+
+class StageClock:
+    """Where one stage's time goes. Each :meth:`enter` closes the span since the last one under the
+    state the stage was in; one call per change of state keeps it cheap enough for a per-event loop."""
+
+    def __init__(self, counter: Counter, stage: str) -> None:
+        self._counters = {state: counter.labels(stage=stage, state=state) for state in STAGE_STATES}
+        self._state = "starved"
+        self._since = time.perf_counter()
+
+    def enter(self, state: str) -> None:
+        now = time.perf_counter()
+        self._counters[self._state].inc(now - self._since)
+        self._state, self._since = state, now
+
+    def add(self, state: str, seconds: float) -> None:
+        """Count ``seconds`` in ``state`` (for work measured elsewhere, such as in a thread)."""
+        self._counters[state].inc(seconds)
 
 
 def _samples(metric: Counter | Gauge) -> list:

@@ -137,8 +137,8 @@ class ProcessedBatch:
 
 
 class BatchStep:
-    """Plans, classifies and routes micro-batches; :meth:`plan` and :meth:`classify` may run in two threads
-    at once, on different batches (the pipeline overlaps them)."""
+    """Plans, classifies and routes micro-batches; :meth:`plan` and :meth:`classify` may run in several
+    threads at once, on different batches (the pipeline overlaps them)."""
 
     def __init__(self, classifier: Classifier, routing: Routing, metrics: WorkerMetrics) -> None:
         self._classifier = classifier
@@ -164,7 +164,7 @@ class BatchStep:
         planned = [record for record in batch if record.plan is not None]
         plans = [record.plan for record in planned if record.plan is not None]
         started = time.monotonic()
-        predictions = isolated(self._classifier.infer, plans)
+        predictions = isolated(self.infer, plans)
         if plans:
             self._metrics.batch(
                 events=len(batch),
@@ -177,6 +177,10 @@ class BatchStep:
         answers = [by_record.get(id(record)) for record in batch]
         records = [self.routing.record(record, answer) for record, answer in zip(batch, answers, strict=True)]
         return ProcessedBatch(batch, answers, records)
+
+    def infer(self, plans: list[Plan]) -> list[Prediction]:
+        """The classifier's answers for ``plans``, each lane's time counted."""
+        return self._classifier.infer(plans, observe=self._metrics.lane_busy)
 
     def __call__(self, batch: Sequence[InFlight]) -> ProcessedBatch:
         """Both steps, one after the other."""

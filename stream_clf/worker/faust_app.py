@@ -34,9 +34,9 @@ from faust.types import TP, EventT, StreamT
 from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.settings import WorkerSettings
-from stream_clf.worker.core import BatchStep, InFlight, OutRecord
+from stream_clf.worker.core import BatchStep, InFlight
 from stream_clf.worker.events import Source
-from stream_clf.worker.pipeline import Pipeline
+from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT, Pipeline, Sender
 
 __all__ = ["create_app"]
 
@@ -91,14 +91,13 @@ def create_app(
     state: ConsumerState,
     fail: Callable[[str], None],
     *,
-    compression: str,
-    max_record_bytes: int,
+    publish: Sender,
     datadir: Path,
 ) -> faust.App:
     """Build the worker's Faust app.
 
-    ``fail`` ends the worker with a reason; ``compression`` is the codec of published records;
-    ``max_record_bytes`` the largest record it may have to publish; ``datadir`` is Faust's scratch
+    ``fail`` ends the worker with a reason; ``publish`` hands a batch's records to the producer
+    (:class:`~stream_clf.worker.publisher.BatchPublisher`); ``datadir`` is Faust's scratch
     directory (the worker keeps no tables, so nothing there outlives the process).
     """
     session_timeout = settings.session_timeout_ms / 1000
@@ -112,9 +111,6 @@ def create_app(
         broker_session_timeout=session_timeout,
         broker_heartbeat_interval=max(0.5, session_timeout / 10),
         broker_commit_interval=1.0,
-        producer_acks=-1,
-        producer_max_request_size=max_record_bytes,
-        producer_compression_type=None if compression == "none" else compression,
         topic_partitions=settings.partitions,
         web_enabled=False,  # the endpoints are served by stream_clf.ops.web.server, in every mode
         broker_credentials=settings.security.faust_credentials(),
@@ -123,31 +119,29 @@ def create_app(
     app.consumer_state = state
     app.fail = fail
     source = app.topic(*settings.input)
-    topics = {name: app.topic(name) for name in (settings.output, settings.dlq)}
-
-    async def send(record: OutRecord) -> asyncio.Future:
-        # force=True: publish now. Without it, a send made while Faust considers an event current
-        # is attached to that event and held back until it is acked -- the reverse of our order.
-        return await topics[record.topic].send(key=record.key, value=record.value, headers=record.headers, force=True)
-
     pipeline = Pipeline(
         step,
-        send,
+        publish,
         metrics,
         state,
         max_batch=settings.max_batch,
         max_wait=settings.max_wait_ms / 1000,
         max_tokens=settings.max_tokens,
         tokenization=ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize"),
-        inference=ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference"),
+        inference=ThreadPoolExecutor(max_workers=INFERENCES_IN_FLIGHT, thread_name_prefix="inference"),
     )
 
     @app.agent(source, name="stream_clf.consume")
     async def consume(stream: StreamT) -> None:
         manual = stream.noack()
+        clock = metrics.stage("consume")
         async for event in manual.events():
+            clock.enter("busy")
             metrics.consumed(event.message.topic)
-            await pipeline.feed(_in_flight(event, manual, settings.max_event_bytes))
+            record = _in_flight(event, manual, settings.max_event_bytes)
+            clock.enter("blocked")
+            await pipeline.feed(record)
+            clock.enter("starved")
 
     @app.task
     async def classify() -> None:

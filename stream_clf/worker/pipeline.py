@@ -2,22 +2,31 @@
 
 ::
 
-    feed ─► intake ─► plan ─► batcher ─► classify ─► send ─► confirm
-            (queue)  (thread) (count,    (thread)   (read   (deliveries awaited,
-                               wait,                 order)  then acks in read order)
-                               tokens)
+    feed ─► intake ─► tokenize ─► batcher ─► infer ────────► publish ─► confirm
+            (queue)   (thread)    (count,    (2 batches at    (read      (deliveries awaited,
+                                   wait,      once, buckets    order)     then acks in read order)
+                                   tokens)    in the lanes)
 
-Each stage is a task, so the stages overlap: while the inference thread runs batch N, the event loop
-decodes and the tokenizer thread plans what will become batch N+1, and batch N-1's records are
-delivered. The order of the last steps is the delivery guarantee: every record of a batch is
-handed to the producer (in read order, batch after batch, so per-key order holds), all deliveries
-are awaited, the previous batch is fully acked, and only then are this batch's events acked, in the
-order they were read. So the consumer never commits an offset whose record the broker has not
-acknowledged, and acks never run ahead of an earlier batch. At most :data:`PUBLISHES_IN_FLIGHT`
-batches await delivery at once.
+Each stage is a task, so the stages overlap: while the lanes run batch N, the event loop decodes,
+the tokenizer thread plans what will become batch N+2, batch N+1 waits for a free lane (so no
+lane idles while batch N's last bucket runs), and batch N-1's records are delivered. A batch
+closes as soon as the batcher's rules say, not when the previous one is done: one that can start
+never waits for one that cannot fill.
+
+The order of the last steps is the delivery guarantee: batches are published in the order they
+were formed, every record of a batch is handed to the producer in read order (so per-key order
+holds), all deliveries are awaited, the previous batch is fully acked, and only then are this
+batch's events acked, in the order they were read. So the consumer never commits an offset whose
+record the broker has not acknowledged, and acks never run ahead of an earlier batch. At most
+:data:`INFERENCES_IN_FLIGHT` batches are classified and :data:`PUBLISHES_IN_FLIGHT` await
+delivery at once.
+
+Every stage keeps a :class:`~stream_clf.ops.metrics.StageClock`: the time it was busy, starved
+(waiting for its input) and blocked (waiting for room, or an answer, downstream).
 """
 
 import asyncio
+import time
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import Executor
 from typing import Protocol
@@ -27,20 +36,26 @@ from stream_clf.ops.metrics import WorkerMetrics
 from stream_clf.worker.batching import MicroBatcher
 from stream_clf.worker.core import BatchStep, InFlight, OutRecord, ProcessedBatch
 
-__all__ = ["PUBLISHES_IN_FLIGHT", "Pipeline", "Sender"]
+__all__ = ["INFERENCES_IN_FLIGHT", "PUBLISHES_IN_FLIGHT", "Pipeline", "Sender"]
 
-# Batches whose records may be awaiting delivery while the next one is classified.
+# Batches being classified at once: the next one queues its buckets behind the current one's.
+INFERENCES_IN_FLIGHT = 2
+# Batches whose records may be awaiting delivery while the next ones are classified.
 PUBLISHES_IN_FLIGHT = 2
 
 
 class Sender(Protocol):
-    """Publishes one record; the returned awaitable completes when the broker has acknowledged it."""
+    """Hands a batch's records to the producer, in order, at once; the returned awaitable completes
+    when the broker has acknowledged all of them, and fails if it refused one."""
 
-    async def __call__(self, record: OutRecord) -> Awaitable[object]: ...
+    def __call__(self, records: Sequence[OutRecord]) -> Awaitable[object]: ...
 
 
 class Pipeline:
-    """The stages as concurrent tasks, fed one consumed record at a time."""
+    """The stages as concurrent tasks, fed one consumed record at a time.
+
+    ``inference`` must run :data:`INFERENCES_IN_FLIGHT` calls at once.
+    """
 
     def __init__(
         self,
@@ -66,6 +81,8 @@ class Pipeline:
         self._batcher: MicroBatcher[InFlight] = MicroBatcher(
             max_batch, max_wait, capacity=max_batch, max_cost=max_tokens, cost=lambda record: record.tokens
         )
+        self._inferring = asyncio.Semaphore(INFERENCES_IN_FLIGHT)
+        self._classified: asyncio.Queue[asyncio.Future[ProcessedBatch]] = asyncio.Queue()
         self._slots = asyncio.Semaphore(PUBLISHES_IN_FLIGHT)
 
     async def feed(self, record: InFlight) -> None:
@@ -75,41 +92,65 @@ class Pipeline:
     async def run(self) -> None:
         """Run the stages until cancelled; raise the first failure of any of them."""
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._plan_stage())
-            group.create_task(self._classify_stage(group))
+            group.create_task(self._tokenize_stage())
+            group.create_task(self._infer_stage())
+            group.create_task(self._publish_stage(group))
 
-    async def _plan_stage(self) -> None:
+    async def _tokenize_stage(self) -> None:
         loop = asyncio.get_running_loop()
+        clock = self._metrics.stage("tokenize")
         while True:
+            clock.enter("starved")
             chunk = [await self._intake.get()]
             while len(chunk) < self._max_batch and not self._intake.empty():
                 chunk.append(self._intake.get_nowait())
+            clock.enter("busy")
             await loop.run_in_executor(self._tokenization, self._step.plan, chunk)
+            clock.enter("blocked")
             for record in chunk:
                 await self._batcher.put(record)
 
-    async def _classify_stage(self, group: asyncio.TaskGroup) -> None:
+    async def _infer_stage(self) -> None:
         loop = asyncio.get_running_loop()
+        clock = self._metrics.stage("batch")
+        while True:
+            clock.enter("starved")
+            batch = await self._batcher.next_batch()
+            clock.enter("blocked")
+            await self._inferring.acquire()
+            clock.enter("busy")
+            self._classified.put_nowait(loop.run_in_executor(self._inference, self._step.classify, batch))
+
+    async def _publish_stage(self, group: asyncio.TaskGroup) -> None:
+        clock = self._metrics.stage("publish")
         previous: asyncio.Task[None] | None = None
         while True:
-            batch = await self._batcher.next_batch()
-            processed = await loop.run_in_executor(self._inference, self._step.classify, batch)
+            clock.enter("starved")
+            classified = await self._classified.get()
+            try:
+                processed = await classified
+            finally:
+                self._inferring.release()
+            clock.enter("blocked")
             await self._slots.acquire()
-            # Sends are issued here, in batch order, so records keep their order per key; waiting
-            # for their delivery and acking happen in a task, beside the next batch's inference.
-            deliveries = [await self._send(record) for record in processed.records]
-            previous = group.create_task(self._confirm(processed, deliveries, previous))
+            clock.enter("busy")
+            # Records are handed over here, in batch order, so they keep their order per key;
+            # waiting for their delivery and acking happen in a task, beside the next batches.
+            delivered = self._send(processed.records)
+            previous = group.create_task(self._confirm(processed, delivered, previous))
 
     async def _confirm(
-        self, processed: ProcessedBatch, deliveries: Sequence[Awaitable[object]], previous: asyncio.Task | None
+        self, processed: ProcessedBatch, delivered: Awaitable[object], previous: asyncio.Task | None
     ) -> None:
         try:
-            await asyncio.gather(*deliveries)
+            await delivered
             if previous is not None:
                 await previous
+            started = time.perf_counter()
             processed.count(self._metrics)
             for record in processed.events:
                 await record.ack()
                 self._state.processed(record.source.topic, record.source.partition, record.source.offset)
+            self._metrics.stage("confirm").add("busy", time.perf_counter() - started)
         finally:
             self._slots.release()

@@ -25,6 +25,7 @@ from pathlib import Path
 import faust
 
 from stream_clf.errors import ConfigError
+from stream_clf.kafka import clients
 from stream_clf.kafka.topics import ensure_topics, largest_record_limit, publish_compression, wait_for_broker
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.catalog import resolve_model
@@ -37,6 +38,7 @@ from stream_clf.ops.web.server import serve_in_thread
 from stream_clf.settings import WorkerSettings
 from stream_clf.worker.core import BatchStep, Routing
 from stream_clf.worker.faust_app import create_app
+from stream_clf.worker.publisher import PRODUCER_SETTINGS, BatchPublisher
 from stream_clf.worker.transactional import run_exactly_once
 
 __all__ = ["BROKER_WAIT_SECONDS", "STOP_DEADLINE_SECONDS", "run_worker"]
@@ -57,6 +59,7 @@ def run_worker(settings: WorkerSettings) -> int:
     classifier = Classifier(
         bundle,
         threads=settings.threads,
+        lanes=settings.inference_lanes,
         windowing=settings.windowing,
         thresholds=settings.thresholds,
         bucket_size=settings.bucket_size,
@@ -84,6 +87,7 @@ def run_worker(settings: WorkerSettings) -> int:
     metrics = WorkerMetrics(
         model=bundle.name, version=bundle.version, precision=bundle.precision, max_batch=settings.max_batch
     )
+    metrics.lanes.set(classifier.lanes)
     routing = Routing(settings.output, settings.dlq, bundle.name, bundle.version, settings.top_k)
     step = BatchStep(classifier, routing, metrics)
     state = ConsumerState()
@@ -215,16 +219,21 @@ def _watch_signals(stop: _Stop) -> None:
 
 def _run_faust(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> None:
     """The Faust app, stopped by SIGTERM or SIGINT once every event it handed out is acked."""
+    producer = clients.producer(
+        settings.brokers,
+        settings.security,
+        {
+            **PRODUCER_SETTINGS,
+            "acks": "all",
+            "enable.idempotence": True,
+            "message.max.bytes": parts.max_record_bytes,
+            "compression.type": parts.compression,
+        },
+    )
+    publisher = BatchPublisher(producer)
     with tempfile.TemporaryDirectory(prefix="stream-clf-faust-") as scratch:
         app = create_app(
-            settings,
-            parts.step,
-            parts.metrics,
-            parts.state,
-            stop.fail,
-            compression=parts.compression,
-            max_record_bytes=parts.max_record_bytes,
-            datadir=Path(scratch),
+            settings, parts.step, parts.metrics, parts.state, stop.fail, publish=publisher, datadir=Path(scratch)
         )
         worker = _FaustWorker(
             app,
@@ -240,6 +249,10 @@ def _run_faust(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> None:
         except SystemExit as exit:  # Faust's worker always ends by raising it
             if exit.code not in (0, None) and stop.exit_code == 0:
                 stop.exit_code = 1
+        finally:
+            # Every acked event's record is already delivered; what is left belongs to events
+            # that were not acked, and will be read again.
+            publisher.close(timeout=1.0)
 
 
 class _FaustWorker(faust.Worker):

@@ -30,6 +30,7 @@ from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.settings import WorkerSettings
 from stream_clf.worker.core import BatchStep, InFlight, OutRecord
 from stream_clf.worker.events import Source
+from stream_clf.worker.publisher import PRODUCER_SETTINGS
 
 __all__ = ["Commit", "TransactionalLoop", "commit_batch", "run_exactly_once"]
 
@@ -74,7 +75,7 @@ def run_exactly_once(
             "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_SECONDS * 1000),
             "message.max.bytes": max_record_bytes,
             "compression.type": compression,
-            "linger.ms": 5,
+            **PRODUCER_SETTINGS,
         },
     )
     producer.init_transactions(30)
