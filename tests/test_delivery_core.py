@@ -346,6 +346,36 @@ def test_an_aborted_transaction_is_not_counted_and_its_batch_is_read_again(step,
     assert state.offsets() == {("in", 0): 14}
 
 
+def test_each_transaction_commits_the_offsets_past_its_own_batch_while_the_next_is_classified(step, metrics):
+    producer = FakeTransactions(failures=0)
+    consumer = FakeConsumer(committed=0, position=8)  # already past both batches
+    state = ConsumerState()
+    loop = TransactionalLoop(step, producer, consumer, metrics, state, max_event_bytes=1 << 20)
+
+    assert loop.submit([FakeMessage(offset) for offset in range(4)])
+    assert loop.submit([FakeMessage(offset) for offset in range(4, 8)])
+    assert loop.settle(keep=1) == [Commit.COMMITTED]
+    assert producer.offsets == [4], "the first transaction commits past its own records, not the position"
+    assert [orjson.loads(value)["id"] for _, value in producer.committed] == [f"e{i}" for i in range(4)]
+    assert loop.settle(keep=0) == [Commit.COMMITTED]
+    assert producer.offsets == [4, 8]
+    assert state.offsets() == {("in", 0): 8}
+
+
+def test_an_aborted_transaction_drops_the_batches_read_after_it(step, metrics):
+    producer = FakeTransactions(failures=1)
+    consumer = FakeConsumer(committed=0, position=8)
+    loop = TransactionalLoop(step, producer, consumer, metrics, ConsumerState(), max_event_bytes=1 << 20)
+
+    loop.submit([FakeMessage(offset) for offset in range(4)])
+    loop.submit([FakeMessage(offset) for offset in range(4, 8)])
+    assert loop.settle(keep=0) == [Commit.ABORTED], "the second batch is not committed past the first's abort"
+    assert producer.committed == []
+    assert [tp.offset for tp in consumer.seeks] == [0], "both are read again from the committed offset"
+    assert loop.settle(keep=0) == []
+    assert counted(metrics) == (0, 0)
+
+
 def test_a_transaction_that_fails_for_good_stops_the_loop(step, metrics):
     class Fenced(FakeTransactions):
         def commit_transaction(self, timeout) -> None:

@@ -81,7 +81,7 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
     }
     classifier = next(iter(engines.values()))  # the worker's configuration
     config = orjson.loads((bundle.path / "config.json").read_bytes())
-    texts = load_texts(options.mix, options.events, options.mix_file)
+    texts = load_texts(options.mix, options.events, options.mix_file, bundle=bundle)
     plans = classifier.plan(texts)
     tokens = [text_plan.tokens for text_plan in plans]
     report: dict[str, Any] = {

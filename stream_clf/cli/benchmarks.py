@@ -40,8 +40,8 @@ def _mix_option(parser: Parser, default: str) -> None:
         nargs="+",
         default=[default],
         metavar="MIX",
-        help=f"real texts: imdb (held-out reviews), tweets, ag-news FILE (an AG News CSV), or a file of texts"
-        f" (default: {default})",
+        help=f"real texts: imdb (held-out reviews), tweets, ag-news FILE (an AG News CSV), lengths (every"
+        f" length from 1 token to the model's max_length), or a file of texts (default: {default})",
     )
 
 

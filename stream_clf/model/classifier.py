@@ -325,6 +325,9 @@ def _open_session(bundle: ModelBundle, threads: int, provider: str, *, spinning:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # A memory pattern is planned and kept per input shape; with a new shape in nearly every call
+    # (rows x length), they only pile up. The arena still reuses its blocks.
+    options.enable_mem_pattern = False
     # ONNX Runtime's own logger writes coloured multi-line errors to stderr; ours reports them.
     options.log_severity_level = 4
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")

@@ -10,16 +10,25 @@ exactly one result per event, across crashes. The transactional id is stable per
 ``--instance``, so a restarted worker fences its dead predecessor and aborts its open transaction at
 once instead of waiting for the transaction timeout.
 
-The loop is synchronous: a batch is tokenized, classified, published and committed before the next
-is read, so a rebalance never finds work in flight. It trades the pipeline's overlap for that. The
-loop measures lag and publishes its state; the web server reads that state from its own thread.
+The stages overlap as far as a transaction allows: while batch N's transaction commits on the main
+thread (round trips to the transaction coordinator), batch N+1 is tokenized and classified in a
+thread, and at most :data:`INFERENCES_IN_FLIGHT` batches are read but not committed. Each batch
+commits the offsets just past its own records (not the consumer's position, which is already past
+the next batch). When a transaction aborts, the batches read after it are dropped with it and the
+consumer rewinds to the committed offsets. Before the consumer gives partitions up in a rebalance,
+every batch in flight is committed (from the revoke callback), so a rebalance never finds work in
+flight; partitions *lost* (the session expired) drop it instead: their transaction could only fail.
+The loop measures lag and publishes its state; the web server reads that state from its own thread.
 """
 
 import enum
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -28,8 +37,9 @@ from stream_clf.kafka import clients
 from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.settings import WorkerSettings
-from stream_clf.worker.core import BatchStep, InFlight, OutRecord
+from stream_clf.worker.core import BatchStep, InFlight, OutRecord, ProcessedBatch
 from stream_clf.worker.events import Source
+from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT
 from stream_clf.worker.publisher import PRODUCER_SETTINGS
 
 __all__ = ["Commit", "TransactionalLoop", "commit_batch", "run_exactly_once"]
@@ -80,25 +90,38 @@ def run_exactly_once(
     )
     producer.init_transactions(30)
     log.info("event=transactions_ready transactional_id=%s-%s", settings.group, settings.instance)
-    consumer.subscribe(list(settings.input))
     loop = TransactionalLoop(step, producer, consumer, metrics, state, max_event_bytes=settings.max_event_bytes)
+    consumer.subscribe(list(settings.input), on_revoke=lambda *_: loop.settle(keep=0), on_lost=lambda *_: loop.drop())
     lag = _Lag(consumer)
     measured = 0.0
     try:
         while not stop.is_set():
             state.polled()
-            messages = consumer.consume(settings.max_batch, settings.max_wait_ms / 1000 or 0.01)
+            messages = loop.consume(settings.max_batch, settings.max_wait_ms / 1000 or 0.01)
             state.assigned = len(consumer.assignment())
             if time.monotonic() - measured >= LAG_INTERVAL_SECONDS:
                 metrics.partitions(lag.measure())
                 measured = time.monotonic()
-            loop.process(messages)
+            # With a batch just handed to the classifier, the one before it commits meanwhile.
+            loop.settle(keep=1 if loop.submit(messages) else 0)
+        loop.settle(keep=0)
     finally:
+        loop.drop()  # empty unless the loop failed: then what is in flight is read again
         consumer.close()
 
 
+@dataclass(frozen=True)
+class _Read:
+    """A batch read but not committed: its events, their classification under way, and the offsets
+    just past its records."""
+
+    batch: list[InFlight]
+    classified: Future[ProcessedBatch]
+    offsets: list[TopicPartition]
+
+
 class TransactionalLoop:
-    """One micro-batch at a time: the batch step, then its records and offsets in one transaction."""
+    """Batches classified in a thread, each committed in a transaction with its offsets, in read order."""
 
     def __init__(
         self,
@@ -109,6 +132,7 @@ class TransactionalLoop:
         state: ConsumerState,
         *,
         max_event_bytes: int,
+        classifying: Executor | None = None,
     ) -> None:
         self._step = step
         self._producer = producer
@@ -116,21 +140,73 @@ class TransactionalLoop:
         self._metrics = metrics
         self._state = state
         self._max_event_bytes = max_event_bytes
+        self._classifying = classifying or ThreadPoolExecutor(INFERENCES_IN_FLIGHT, thread_name_prefix="classify")
+        self._read: deque[_Read] = deque()
+        self._clocks = {stage: metrics.stage(stage) for stage in ("consume", "classify", "commit")}
 
-    def process(self, messages: Sequence[Message]) -> Commit | None:
-        """Classify and commit the consumed ``messages``; None when none held an event."""
+    def consume(self, most: int, timeout: float) -> list[Message]:
+        """Up to ``most`` records, waiting up to ``timeout`` seconds for the first."""
+        started = time.perf_counter()
+        messages = self._consumer.consume(most, timeout)
+        self._clocks["consume"].add("starved", time.perf_counter() - started)
+        return messages
+
+    def submit(self, messages: Sequence[Message]) -> bool:
+        """Start classifying the consumed ``messages``; False when none held an event."""
+        started = time.perf_counter()
         batch = [_in_flight(message, self._max_event_bytes) for message in messages if _usable(message)]
-        if not batch:
-            return None
         for record in batch:
             self._metrics.consumed(record.source.topic)
+        if batch:
+            self._read.append(_Read(batch, self._classifying.submit(self._classify, batch), _next_offsets(batch)))
+        self._clocks["consume"].add("busy", time.perf_counter() - started)
+        return bool(batch)
+
+    def _classify(self, batch: list[InFlight]) -> ProcessedBatch:
+        started = time.perf_counter()
         processed = self._step(batch)
-        outcome = commit_batch(self._producer, self._consumer, processed.records)
-        if outcome is Commit.COMMITTED:  # an aborted batch is read and counted again
+        self._clocks["classify"].add("busy", time.perf_counter() - started)
+        return processed
+
+    def settle(self, keep: int) -> list[Commit]:
+        """Commit the oldest batches, in read order, until at most ``keep`` are in flight."""
+        outcomes = []
+        while len(self._read) > keep:
+            read = self._read.popleft()
+            started = time.perf_counter()
+            processed = read.classified.result()
+            classified = time.perf_counter()
+            outcome = commit_batch(self._producer, self._consumer, processed.records, read.offsets)
+            self._clocks["commit"].add("starved", classified - started)  # waiting for the classifier
+            self._clocks["commit"].add("busy", time.perf_counter() - classified)
+            outcomes.append(outcome)
+            if outcome is Commit.ABORTED:  # read again from the committed offsets, with what followed
+                self.drop()
+                break
             processed.count(self._metrics)
-            for record in batch:
+            for record in read.batch:
                 self._state.processed(record.source.topic, record.source.partition, record.source.offset)
-        return outcome
+        return outcomes
+
+    def drop(self) -> None:
+        """Forget every batch in flight (once its classification ends): it will be read again."""
+        while self._read:
+            self._read.popleft().classified.exception()
+
+    def process(self, messages: Sequence[Message]) -> Commit | None:
+        """Classify and commit the consumed ``messages`` at once; None when none held an event."""
+        if not self.submit(messages):
+            return None
+        return self.settle(keep=0)[-1]
+
+
+def _next_offsets(batch: Sequence[InFlight]) -> list[TopicPartition]:
+    """Per partition, the offset just past the batch's last record: what its transaction commits."""
+    last: dict[tuple[str, int], int] = {}
+    for record in batch:
+        key = (record.source.topic, record.source.partition)
+        last[key] = max(last.get(key, -1), record.source.offset)
+    return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in last.items()]
 
 
 class _Lag:
@@ -186,8 +262,10 @@ async def _no_ack() -> None:
     """Offsets commit inside the transaction, not through acks."""
 
 
-def commit_batch(producer: Producer, consumer: Consumer, records: Sequence[OutRecord]) -> Commit:
-    """Publish ``records`` and the consumer's positions in one transaction; on an abort, rewind.
+def commit_batch(
+    producer: Producer, consumer: Consumer, records: Sequence[OutRecord], offsets: Sequence[TopicPartition]
+) -> Commit:
+    """Publish ``records`` and ``offsets`` (the group's next offsets) in one transaction; on an abort, rewind.
 
     Raises :class:`BrokerError` when the transaction failed for good (the producer was fenced by a
     newer instance, say): the worker must stop.
@@ -196,8 +274,7 @@ def commit_batch(producer: Producer, consumer: Consumer, records: Sequence[OutRe
         producer.begin_transaction()
         for record in records:
             _produce(producer, record)
-        positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
-        producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
+        producer.send_offsets_to_transaction(list(offsets), consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(TRANSACTION_TIMEOUT_SECONDS)
     except KafkaException as failure:
         error = failure.args[0]
