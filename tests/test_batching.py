@@ -27,6 +27,23 @@ def test_a_full_batch_is_handed_out_without_waiting():
     assert elapsed < 1.0
 
 
+def test_a_batch_asked_for_late_takes_what_queued_and_does_not_wait_again():
+    async def scenario():
+        arrivals: dict[int, float] = {}
+        batcher = MicroBatcher(max_items=100, max_wait=0.3, capacity=16, arrived=arrivals.__getitem__)
+        for i in range(3):
+            arrivals[i] = time.monotonic()
+            await batcher.put(i)
+        await asyncio.sleep(0.4)  # the consumer was busy: the first item has waited past max_wait
+        started = time.monotonic()
+        batch = await batcher.next_batch()
+        return batch, time.monotonic() - started
+
+    batch, elapsed = run(scenario())
+    assert batch == [0, 1, 2]
+    assert elapsed < 0.1
+
+
 def test_a_partial_batch_closes_after_max_wait_from_its_first_item():
     async def scenario():
         batcher = MicroBatcher(max_items=100, max_wait=0.2, capacity=16)

@@ -3,7 +3,10 @@
 A batch closes when it holds ``max_items``, when adding the next item would take its total cost
 past ``max_cost`` (the token budget, as text-embeddings-inference's ``max-batch-tokens``), or when
 ``max_wait`` seconds have passed since its first item arrived, whichever comes first. It never
-waits for a first item to start a clock. An item too costly on its own makes a batch by itself.
+waits for a first item to start a clock, and the clock runs from the item's own arrival (``arrived``,
+when given) rather than from when the batch was asked for: a consumer that asks for a batch only
+when it can start one (the pipeline does, when an inference slot is free) takes everything that
+queued meanwhile at once, without waiting again. An item too costly on its own makes a batch by itself.
 The queue in front is bounded, so a slow consumer of batches pushes back on the producer of items
 instead of buffering without limit.
 """
@@ -28,6 +31,7 @@ class MicroBatcher(Generic[T]):
         *,
         max_cost: int | None = None,
         cost: Callable[[T], int] = lambda _: 0,
+        arrived: Callable[[T], float] | None = None,
     ) -> None:
         if max_items < 1 or capacity < 1 or max_wait < 0 or (max_cost is not None and max_cost < 1):
             raise ValueError("max_items, capacity and max_cost must be >= 1 and max_wait >= 0")
@@ -35,6 +39,7 @@ class MicroBatcher(Generic[T]):
         self.max_wait = max_wait
         self.max_cost = max_cost
         self._cost = cost
+        self._arrived = arrived  # an item's arrival, on the event loop's clock (time.monotonic)
         self._queue: asyncio.Queue[T] = asyncio.Queue(capacity)
         self._carried: list[T] = []  # an item that did not fit the last batch: the next one starts with it
 
@@ -49,7 +54,8 @@ class MicroBatcher(Generic[T]):
         """Wait for the next batch: at least one item, at most ``max_items`` and ``max_cost``."""
         first = self._carried.pop() if self._carried else await self._queue.get()
         batch, total = [first], self._cost(first)
-        deadline = asyncio.get_running_loop().time() + self.max_wait
+        started = self._arrived(first) if self._arrived else asyncio.get_running_loop().time()
+        deadline = started + self.max_wait
         while len(batch) < self.max_items:
             if self._queue.empty():
                 try:

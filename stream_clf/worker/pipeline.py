@@ -8,10 +8,11 @@
                                    tokens)    in the lanes)
 
 Each stage is a task, so the stages overlap: while the lanes run batch N, the event loop decodes,
-the tokenizer thread plans what will become batch N+2, batch N+1 waits for a free lane (so no
-lane idles while batch N's last bucket runs), and batch N-1's records are delivered. A batch
-closes as soon as the batcher's rules say, not when the previous one is done: one that can start
-never waits for one that cannot fill.
+the tokenizer thread plans what will become batch N+2, batch N+1 queues its buckets behind N's (so
+no lane idles while batch N's last bucket runs), and batch N-1's records are delivered. A batch is
+formed when an inference slot is free, from everything queued by then: under load batches grow by
+themselves (small ones cost more per text), and a batch whose first event has already waited
+``max_wait`` starts at once instead of waiting for one that cannot fill.
 
 The order of the last steps is the delivery guarantee: batches are published in the order they
 were formed, every record of a batch is handed to the producer in read order (so per-key order
@@ -79,7 +80,12 @@ class Pipeline:
         self._max_batch = max_batch
         self._intake: asyncio.Queue[InFlight] = asyncio.Queue(max_batch)
         self._batcher: MicroBatcher[InFlight] = MicroBatcher(
-            max_batch, max_wait, capacity=max_batch, max_cost=max_tokens, cost=lambda record: record.tokens
+            max_batch,
+            max_wait,
+            capacity=max_batch,
+            max_cost=max_tokens,
+            cost=lambda record: record.tokens,
+            arrived=lambda record: record.received,
         )
         self._inferring = asyncio.Semaphore(INFERENCES_IN_FLIGHT)
         self._classified: asyncio.Queue[asyncio.Future[ProcessedBatch]] = asyncio.Queue()
@@ -114,10 +120,12 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         clock = self._metrics.stage("batch")
         while True:
-            clock.enter("starved")
-            batch = await self._batcher.next_batch()
+            # A batch is formed only once it can start: while the lanes are full, events queue, and
+            # the next batch takes all of them at once instead of closing small and waiting.
             clock.enter("blocked")
             await self._inferring.acquire()
+            clock.enter("starved")
+            batch = await self._batcher.next_batch()
             clock.enter("busy")
             self._classified.put_nowait(loop.run_in_executor(self._inference, self._step.classify, batch))
 

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -48,11 +49,16 @@ log = logging.getLogger(__name__)
 BROKER_WAIT_SECONDS = 30.0
 # Within Kubernetes' default termination grace (30 s) and far above a clean stop (a batch or two).
 STOP_DEADLINE_SECONDS = 25.0
+# How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). A lane
+# returning from ONNX Runtime, or the tokenizer, waited behind the event loop for that long; at
+# 200 paced short texts/s p99 latency fell from 0.8-1.0 s to 0.2-0.6 s with 0.5 ms.
+GIL_SWITCH_SECONDS = 0.0005
 # Room for a record's key, headers, batch framing and a result's own fields on top of an input value.
 _RECORD_OVERHEAD = 64 * 1024
 
 
 def run_worker(settings: WorkerSettings) -> int:
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     """Run the worker until SIGTERM or SIGINT, or until its loop fails for good; return the exit code."""
     configure_logging(settings.log_level, settings.log_format)
     bundle = load_bundle(resolve_model(settings.model))
