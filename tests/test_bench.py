@@ -10,6 +10,8 @@ import orjson
 import pytest
 
 from stream_clf.bench.mixes import MIXES, load_texts
+from stream_clf.model.bundle import load_bundle
+from stream_clf.model.classifier import Classifier
 from stream_clf.model.corpora import load_corpus, split
 
 
@@ -65,6 +67,17 @@ def test_bench_compares_engine_stream_and_baseline_in_one_report(news_model, kaf
     }
     for row in ("raw engine", "stream-clf end to end", "naive baseline", "targets:"):
         assert row in finished.stdout
+    # The engine in the worker's lanes and as one call; the ceiling is the faster of the two.
+    configurations = report["engine"]["configurations"]
+    assert set(configurations) == {"2 lanes", "1 lane"} or set(configurations) == {"1 lane"}
+    assert report["engine"]["texts_per_second"] == max(configurations.values())
+    # Where the worker's time went: every stage of the at-least-once pipeline, shares of the run.
+    stages = report["stream_clf"]["stages"]
+    assert set(stages) == {"consume", "tokenize", "batch", "lanes", "publish", "confirm"}
+    assert 0 < stages["lanes"]["busy"] <= 1.05
+    assert all(0 <= share <= 2.5 for shares in stages.values() for share in shares.values())
+    assert report["stream_clf"]["memory_bytes"]["peak"] >= report["stream_clf"]["memory_bytes"]["rss"] > 0
+    assert "share of the end-to-end run per stage" in finished.stdout
 
 
 def test_bench_reads_a_file_of_texts_skips_the_baseline_and_adds_exactly_once_on_request(
@@ -105,10 +118,21 @@ def test_bench_measures_the_ag_news_mix_from_the_file_it_is_given(tiny_bundle, k
     assert report["stream_clf"]["events_per_second"] > 0
 
 
+def test_the_lengths_mix_holds_every_length_up_to_max_length(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    classifier = Classifier(bundle)
+    texts = load_texts("lengths", 2000, bundle=bundle)
+    lengths = {plan.tokens for plan in classifier.plan(texts)}
+    assert min(lengths) <= 3
+    assert max(lengths) == bundle.max_length
+    assert len(lengths) >= 0.9 * bundle.max_length, "nearly every length, not a few"
+    assert texts[:50] != sorted(texts[:50], key=len), "in random order"
+
+
 def test_bench_names_a_mix_it_cannot_find_in_one_line(tiny_bundle, tmp_path):
     finished = _bench("--mix", str(tmp_path / "missing.txt"), "--no-baseline", "--model", str(tiny_bundle))
     assert finished.returncode == 2
     assert finished.stderr.strip().splitlines() == [
         f"stream-clf bench: error: --mix '{tmp_path / 'missing.txt'}':"
-        " neither imdb, tweets, ag-news nor a file of texts"
+        " neither imdb, tweets, ag-news, lengths nor a file of texts"
     ]

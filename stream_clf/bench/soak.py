@@ -37,7 +37,7 @@ class SoakOptions:
     model: Path = Path("news-int8")
     mix: str = "imdb"
     mix_file: Path | None = None
-    seconds: float = 1800.0
+    seconds: float = 1200.0
     rate: float = 20.0
     interval: float = 30.0
     threads: int = len(os.sched_getaffinity(0))

@@ -29,7 +29,7 @@ def register(commands: argparse._SubParsersAction) -> None:
             help="run the pipeline under steady load for a long time; watch throughput and memory",
             description="Send events at a fixed rate through a real broker to a worker for --minutes; sample"
             " throughput and the worker's resident memory. Fails (exit 1) if any event is lost or memory grows"
-            " more than 10%% after the warm-up (the first third).",
+            " more than 5%% after the warm-up (five minutes, or the first third of a shorter run).",
         )
     )
 
