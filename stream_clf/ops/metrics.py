@@ -152,7 +152,13 @@ class WorkerMetrics:
         self._confidence.observe(score)
         if latency is not None:
             self.latency_seconds.observe(latency)
-            self._recent_latency.append((time.monotonic(), latency))
+            now = time.monotonic()
+            recent = self._recent_latency
+            recent.append((now, latency))
+            # Only the last RECENT_SECONDS are read: older ones go, so the window's memory follows
+            # the rate instead of growing to maxlen over a slow first quarter of an hour.
+            while recent[0][0] < now - RECENT_SECONDS:
+                recent.popleft()
 
     def dead_letter(self, reason: str) -> None:
         self.dead_letters.labels(reason=reason).inc()
