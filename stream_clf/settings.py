@@ -19,6 +19,7 @@ from stream_clf.kafka.clients import COMPRESSION_CODECS
 from stream_clf.kafka.security import MECHANISMS, PROTOCOLS, KafkaSecurity
 from stream_clf.model.windows import Truncation, Windowing
 from stream_clf.ops.logs import LOG_FORMATS
+from stream_clf.worker.abstain import MinConfidence, parse_min_confidence
 
 __all__ = ["BROKERS_OPTION", "SECURITY_OPTIONS", "WORKER_OPTIONS", "Option", "WorkerSettings", "usable_cores"]
 
@@ -109,6 +110,31 @@ def _thresholds(text: str) -> dict[str, float]:
             raise ValueError("expected label=probability[,label=probability...] with probabilities in [0, 1]")
         thresholds[label.strip()] = probability
     return thresholds
+
+
+def _routes(text: str) -> dict[str, str]:
+    routes = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        topic, sep, model = part.partition("=")
+        if not sep or not model.strip():
+            raise ValueError("expected TOPIC=MODEL[,TOPIC=MODEL...]")
+        name = _topic(topic)
+        if name in routes:
+            raise ValueError(f"topic {name!r} is routed twice")
+        routes[name] = model.strip()
+    if not routes:
+        raise ValueError("expected TOPIC=MODEL[,TOPIC=MODEL...]")
+    return routes
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise ValueError("expected a share of keys above 0 and at most 1, e.g. 0.1")
+    return value
 
 
 def _switch(text: str) -> bool:
@@ -309,6 +335,48 @@ WORKER_OPTIONS: tuple[Option, ...] = (
         "LABEL=P[,...]",
         "0.5 each",
     ),
+    Option(
+        "route",
+        _routes,
+        {},
+        "serve each of these topics with its own model (the topics are consumed too); other topics get --model",
+        "TOPIC=MODEL[,...]",
+        "none",
+    ),
+    Option(
+        "canary_model",
+        _text,
+        None,
+        "a model that serves --canary-share of the keys (by key hash) of the topics --model serves",
+        "DIR",
+        "none",
+    ),
+    Option("canary_share", _share, 0.1, "share of keys the canary model serves", "SHARE"),
+    Option(
+        "shadow_model",
+        _text,
+        None,
+        "a model that also classifies every event; its answers go to --shadow-topic, never to --output",
+        "DIR",
+        "none",
+    ),
+    Option("shadow_topic", _topic, None, "topic for the shadow model's answers", "TOPIC", "OUTPUT.shadow"),
+    Option(
+        "min_confidence",
+        parse_min_confidence,
+        None,
+        "results scoring below it are marked abstained and copied, with their text, to --review-topic",
+        "P|LABEL=P[,...]",
+        "none",
+    ),
+    Option("review_topic", _topic, None, "topic for results below --min-confidence", "TOPIC", "OUTPUT.review"),
+    Option(
+        "control_topic",
+        _topic,
+        "stream-clf.control",
+        "compacted topic the worker follows for model swaps (`stream-clf swap`) and reports its state on",
+        "TOPIC",
+    ),
     Option("session_timeout_ms", _whole(1000), 30_000, "consumer group session timeout, in ms", "MS"),
     Option("web_host", _text, "127.0.0.1", "address the worker's web server binds to", "ADDRESS"),
     Option("web_port", _port, 6066, "port of the worker's web server", "PORT"),
@@ -350,6 +418,14 @@ class WorkerSettings:
     max_windows: int
     top_k: int
     thresholds: dict[str, float]
+    route: dict[str, str]
+    canary_model: str | None
+    canary_share: float
+    shadow_model: str | None
+    shadow_topic: str | None
+    min_confidence: MinConfidence | None
+    review_topic: str | None
+    control_topic: str
     session_timeout_ms: int
     web_host: str
     web_port: int
@@ -373,6 +449,8 @@ class WorkerSettings:
         if missing:
             opt = missing[0]
             raise ConfigError(f"{opt.flag} is required: pass {opt.flag} {opt.metavar} or set {opt.env}")
+        if values["route"]:  # a routed topic is consumed, whether or not --input names it
+            values["input"] = tuple(dict.fromkeys((*values["input"], *values["route"])))
         settings = cls(**values)
         settings._check_topics()
         if settings.lanes is not None and settings.lanes > settings.threads:
@@ -383,13 +461,39 @@ class WorkerSettings:
         return settings
 
     def _check_topics(self) -> None:
-        for name in (self.output, self.dlq):
+        outputs = {"--output": self.output, "--dlq": self.dlq, "--control-topic": self.control_topic}
+        if self.shadow_model is not None:
+            outputs["--shadow-topic"] = self.shadow_output
+        if self.min_confidence is not None:
+            outputs["--review-topic"] = self.review_output
+        for flag, name in outputs.items():
             if name in self.input:
-                raise ConfigError(
-                    f"topic {name!r} is both an input and an output: the worker would read its own records"
-                )
-        if self.output == self.dlq:
-            raise ConfigError(f"--output and --dlq are both {self.output!r}: give dead letters their own topic")
+                raise ConfigError(f"topic {name!r} ({flag}) is also an input: the worker would read its own records")
+        seen: dict[str, str] = {}
+        for flag, name in outputs.items():
+            if name in seen:
+                raise ConfigError(f"{seen[name]} and {flag} are both {name!r}: give each its own topic")
+            seen[name] = flag
+
+    @property
+    def shadow_output(self) -> str:
+        """Where the shadow model's answers go."""
+        return self.shadow_topic or f"{self.output}.shadow"
+
+    @property
+    def review_output(self) -> str:
+        """Where results below --min-confidence are copied."""
+        return self.review_topic or f"{self.output}.review"
+
+    @property
+    def published_topics(self) -> list[str]:
+        """Every topic the worker publishes records to."""
+        topics = [self.output, self.dlq]
+        if self.shadow_model is not None:
+            topics.append(self.shadow_output)
+        if self.min_confidence is not None:
+            topics.append(self.review_output)
+        return topics
 
     @property
     def security(self) -> KafkaSecurity:
@@ -403,3 +507,16 @@ class WorkerSettings:
     @property
     def windowing(self) -> Windowing:
         return Windowing(self.truncation, self.stride, self.max_windows)
+
+    def classifier_options(self) -> dict[str, Any]:
+        """How the worker runs each model: the keyword arguments of a ``Classifier``."""
+        return {
+            "threads": self.threads,
+            "lanes": self.inference_lanes,
+            "windowing": self.windowing,
+            "thresholds": self.thresholds,
+            "bucket_size": self.bucket_size,
+            "bucket_tokens": self.bucket_tokens,
+            "provider": self.provider,
+            "spinning": self.spinning,
+        }

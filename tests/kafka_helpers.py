@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +29,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: dict[str, bytes]
+    timestamp: int | None = None  # ms since the epoch (the producer's CreateTime)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,9 @@ def produce(
             if error is not None:
                 failures.append(error.str())
                 return
-            landed[index] = Record(topic, message.partition(), message.offset(), message.key(), message.value(), {})
+            landed[index] = Record(
+                topic, message.partition(), message.offset(), message.key(), message.value(), {}, message.timestamp()[1]
+            )
 
         return callback
 
@@ -125,6 +129,25 @@ def produce(
     assert producer.flush(30) == 0, "events left unacknowledged"
     assert not failures, failures
     return [landed[index] for index in range(count)]
+
+
+def produce_steadily(
+    bootstrap: str, topic: str, events: list, seconds: float, landed: list[Record] | None = None
+) -> threading.Thread:
+    """Produce ``events`` in 50 slices spread over ``seconds``, from a thread; ``landed`` (if given)
+    receives where each event landed, in order."""
+    step = max(1, len(events) // 50)
+
+    def run() -> None:
+        for start in range(0, len(events), step):
+            records = produce(bootstrap, topic, events[start : start + step])
+            if landed is not None:
+                landed.extend(records)
+            time.sleep(seconds / 50)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
 
 
 def collect(
@@ -176,6 +199,7 @@ def collect(
                     message.key(),
                     message.value(),
                     dict(message.headers() or []),
+                    message.timestamp()[1],
                 )
             )
     finally:
@@ -195,13 +219,13 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
 KEYS = 50
 
 
-def keyed_events(count: int, start: int = 0) -> list[tuple[bytes, bytes]]:
-    """``count`` events over ``KEYS`` keys; each carries its per-key sequence number in meta."""
+def keyed_events(count: int, start: int = 0, keys: int = KEYS) -> list[tuple[bytes, bytes]]:
+    """``count`` events over ``keys`` keys; each carries its per-key sequence number in meta."""
     events = []
     for i in range(start, start + count):
-        key = f"user-{i % KEYS}"
+        key = f"user-{i % keys}"
         text = SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]
-        events.append((key.encode(), orjson.dumps({"id": f"e{i}", "text": text, "meta": {"seq": i // KEYS}})))
+        events.append((key.encode(), orjson.dumps({"id": f"e{i}", "text": text, "meta": {"seq": i // keys}})))
     return events
 
 

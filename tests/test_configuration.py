@@ -11,6 +11,7 @@ import pytest
 from stream_clf.errors import ConfigError
 from stream_clf.model.windows import Truncation
 from stream_clf.settings import WORKER_OPTIONS, WorkerSettings, resolve_security
+from stream_clf.worker.abstain import MinConfidence
 
 
 def test_defaults_run_on_one_machine(tmp_path):
@@ -51,6 +52,14 @@ def test_every_setting_reads_its_environment_variable(tmp_path):
         "STREAM_CLF_MAX_WINDOWS": "4",
         "STREAM_CLF_TOP_K": "2",
         "STREAM_CLF_THRESHOLDS": "toxic=0.7, spam=0.25",
+        "STREAM_CLF_ROUTE": "reviews=/models/imdb",
+        "STREAM_CLF_CANARY_MODEL": "/models/y",
+        "STREAM_CLF_CANARY_SHARE": "0.25",
+        "STREAM_CLF_SHADOW_MODEL": "/models/z",
+        "STREAM_CLF_SHADOW_TOPIC": "out.z",
+        "STREAM_CLF_MIN_CONFIDENCE": "0.6,spam=0.9",
+        "STREAM_CLF_REVIEW_TOPIC": "review",
+        "STREAM_CLF_CONTROL_TOPIC": "ctl",
         "STREAM_CLF_SESSION_TIMEOUT_MS": "10000",
         "STREAM_CLF_WEB_HOST": "0.0.0.0",
         "STREAM_CLF_WEB_PORT": "7000",
@@ -69,7 +78,7 @@ def test_every_setting_reads_its_environment_variable(tmp_path):
     settings = WorkerSettings.resolve({}, environ=environ)
     assert settings == WorkerSettings(
         brokers=("k1:9092", "k2:9093"),
-        input=("a", "b"),
+        input=("a", "b", "reviews"),
         output="out",
         dlq="dead",
         model=Path("/models/x"),
@@ -94,6 +103,14 @@ def test_every_setting_reads_its_environment_variable(tmp_path):
         max_windows=4,
         top_k=2,
         thresholds={"toxic": 0.7, "spam": 0.25},
+        route={"reviews": "/models/imdb"},
+        canary_model="/models/y",
+        canary_share=0.25,
+        shadow_model="/models/z",
+        shadow_topic="out.z",
+        min_confidence=MinConfidence(0.6, {"spam": 0.9}),
+        review_topic="review",
+        control_topic="ctl",
         session_timeout_ms=10000,
         web_host="0.0.0.0",
         web_port=7000,
@@ -128,7 +145,7 @@ def test_a_flag_wins_over_the_environment():
         ({"brokers": "localhost"}, {}, "--brokers='localhost': expected host:port"),
         ({"input": "bad topic"}, {}, "--input='bad topic': a topic name is"),
         ({"input": "a,a"}, {}, "a topic is named twice"),
-        ({"output": "texts"}, {}, "'texts' is both an input and an output"),
+        ({"output": "texts"}, {}, "'texts' (--output) is also an input"),
         ({"dlq": "texts.labeled"}, {}, "--output and --dlq are both"),
         ({"log_level": "loud"}, {}, "expected one of debug, info, warning, error"),
         ({"session_timeout_ms": "10"}, {}, "expected a whole number >= 1000"),

@@ -22,6 +22,7 @@ from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import WorkerMetrics
 from stream_clf.worker.core import BatchStep, InFlight, OutRecord, Routing
 from stream_clf.worker.events import Source
+from stream_clf.worker.models import ModelHolder, ModelSet, ServedModel
 from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT, PUBLISHES_IN_FLIGHT, Pipeline
 from stream_clf.worker.transactional import Commit, TransactionalLoop
 
@@ -36,6 +37,7 @@ class Poisonable:
 
     def __init__(self, classifier: Classifier) -> None:
         self._classifier = classifier
+        self.bundle = classifier.bundle
         # Held, not just their ids: a freed plan's id can be reused by a clean plan of a later test.
         self._poisoned: dict[int, object] = {}
         self._slow: dict[int, object] = {}
@@ -68,12 +70,12 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Poisonable:
 
 @pytest.fixture
 def metrics() -> WorkerMetrics:
-    return WorkerMetrics(model="tiny", version="v1", precision="fp32", max_batch=4)
+    return WorkerMetrics(max_batch=4)
 
 
 @pytest.fixture
 def step(classifier: Poisonable, metrics: WorkerMetrics) -> BatchStep:
-    return BatchStep(classifier, Routing("out", "dlq", "tiny", "v1"), metrics)
+    return BatchStep(ModelHolder(ModelSet(ServedModel(classifier, "tiny"))), Routing("out", "dlq"), metrics)
 
 
 def event(offset: int, text: str | None = None, acks: list[int] | None = None, partition: int = 0) -> InFlight:

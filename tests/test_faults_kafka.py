@@ -6,7 +6,6 @@ import math
 import os
 import random
 import signal
-import threading
 import time
 from collections import Counter, defaultdict
 
@@ -18,30 +17,26 @@ from stream_clf.kafka.broker import LocalKafka, free_port
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
 from stream_clf.worker.startup import STOP_DEADLINE_SECONDS
-from tests.kafka_helpers import KEYS, Topics, WorkerProcess, collect, ids_seen, keyed_events, produce, results_of
+from tests.kafka_helpers import (
+    KEYS,
+    Topics,
+    WorkerProcess,
+    collect,
+    ids_seen,
+    keyed_events,
+    produce,
+    produce_steadily,
+    results_of,
+)
 from tests.web_helpers import get, scrape, wait_for_status
 
 pytestmark = pytest.mark.broker
 
 
-def _produce_steadily(bootstrap: str, topic: str, events: list, seconds: float) -> threading.Thread:
-    """Produce ``events`` in 50 slices spread over ``seconds``, from a thread."""
-    step = max(1, len(events) // 50)
-
-    def run() -> None:
-        for start in range(0, len(events), step):
-            produce(bootstrap, topic, events[start : start + step])
-            time.sleep(seconds / 50)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
-
-
 def test_a_worker_killed_five_times_loses_nothing(kafka_bootstrap, topics, tiny_bundle, start_worker):
     total = 5000
     rng = random.Random(5)
-    feeder = _produce_steadily(kafka_bootstrap, topics.input, keyed_events(total), seconds=40)
+    feeder = produce_steadily(kafka_bootstrap, topics.input, keyed_events(total), seconds=40)
     worker = start_worker(topics, tiny_bundle, "--max-batch", "16")
     kills = 0
     while kills < 5:
@@ -120,7 +115,7 @@ def test_sigterm_ends_the_worker_within_its_deadline_even_with_the_broker_frozen
 
 def test_workers_joining_and_leaving_keep_every_event_and_key_order(kafka_bootstrap, topics, tiny_bundle, start_worker):
     total = 4000
-    feeder = _produce_steadily(kafka_bootstrap, topics.input, keyed_events(total), seconds=30)
+    feeder = produce_steadily(kafka_bootstrap, topics.input, keyed_events(total), seconds=30)
     first = start_worker(topics, tiny_bundle, "--max-batch", "16")
     collect(kafka_bootstrap, [topics.output], until=ids_seen(topics, 500), timeout=120, watch=[first])
     second = start_worker(topics, tiny_bundle, "--max-batch", "16")  # joins: partitions are split
@@ -195,7 +190,7 @@ def test_exactly_once_keeps_one_committed_result_per_event_through_a_crash_loop(
     worker = start_worker(topics, tiny_bundle, *eos)
     assert wait_for_status(port, "/readyz", 200) == {"status": "ready"}, worker.log_tail()
     assert get(port, "/healthz")[0] == 200
-    feeder = _produce_steadily(kafka_bootstrap, topics.input, keyed_events(total), seconds=25)
+    feeder = produce_steadily(kafka_bootstrap, topics.input, keyed_events(total), seconds=25)
     for kill in range(5):
         progress = ids_seen(topics, 300 * (kill + 1))
         collect(kafka_bootstrap, [topics.output], until=progress, timeout=120, watch=[worker])

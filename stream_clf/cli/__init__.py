@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from stream_clf import __version__
-from stream_clf.cli import benchmarks, modelling, streaming
+from stream_clf.cli import benchmarks, control, modelling, streaming
 from stream_clf.cli.common import Parser
 from stream_clf.errors import ConfigError, ModelError, StreamClfError
 from stream_clf.kafka.clients import client_logger
@@ -24,6 +24,7 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"stream-clf {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     streaming.register(commands)
+    control.register(commands)
     modelling.register(commands)
     benchmarks.register(commands)
     return parser

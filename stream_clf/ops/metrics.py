@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from stream_clf.errors import Reason
 
-__all__ = ["CONTENT_TYPE", "LAG_INTERVAL_SECONDS", "STAGE_STATES", "StageClock", "WorkerMetrics"]
+__all__ = ["CONTENT_TYPE", "LAG_INTERVAL_SECONDS", "STAGE_STATES", "SWAP_OUTCOMES", "StageClock", "WorkerMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -26,6 +26,7 @@ _CONFIDENCE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 RECENT_SECONDS = 30.0
 # How often consumer lag per partition is measured.
 LAG_INTERVAL_SECONDS = 2.0
+SWAP_OUTCOMES = ("applied", "refused")
 # Where a stage's time goes: working, waiting for input, or waiting for room (or an answer) downstream.
 STAGE_STATES = ("busy", "starved", "blocked")
 # The *_created series (a timestamp per counter) only double what /metrics prints.
@@ -35,9 +36,8 @@ disable_created_metrics()
 class WorkerMetrics:
     """Every metric the worker exports, with one method per thing that happens to it."""
 
-    def __init__(self, *, model: str, version: str, precision: str, max_batch: int) -> None:
+    def __init__(self, *, max_batch: int) -> None:
         self.registry = CollectorRegistry()
-        self.model_version = version
         self.max_batch = max_batch
         r = self.registry
         self.events_in = Counter(
@@ -91,11 +91,43 @@ class WorkerMetrics:
             buckets=_CONFIDENCE,
             registry=r,
         )
-        info = Gauge(
-            "stream_clf_model_info", "The model in service (always 1)", ["model", "version", "precision"], registry=r
+        self.model_info = Gauge(
+            "stream_clf_model_info",
+            "The models in service (always 1): role default, route (of a topic), canary or shadow",
+            ["model", "version", "precision", "role", "topic"],
+            registry=r,
         )
-        info.labels(model=model, version=version, precision=precision).set(1)
-        self.model = {"name": model, "version": version, "precision": precision}
+        self.models: list[dict[str, str]] = []
+        self.swaps = Counter(
+            "stream_clf_model_swaps", "Model swaps asked for, by outcome: applied or refused", ["outcome"], registry=r
+        )
+        for outcome in SWAP_OUTCOMES:
+            self.swaps.labels(outcome=outcome)
+        self.swap_seconds = Histogram(
+            "stream_clf_model_swap_seconds",
+            "Time from a swap's request to its model serving: load, check and warm-up beside the old one",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.shadow_comparisons = Counter(
+            "stream_clf_shadow_comparisons",
+            "Events answered by the live and the shadow model, by both labels",
+            ["live_label", "shadow_label", "agree"],
+            registry=r,
+        )
+        self.shadow_seconds = Counter(
+            "stream_clf_shadow_seconds", "Time spent tokenizing and classifying for the shadow model", registry=r
+        )
+        self.abstentions = Counter(
+            "stream_clf_abstentions",
+            "Results below --min-confidence (published, marked, and copied for review)",
+            ["model_version", "label"],
+            registry=r,
+        )
+        self.assignments = Counter(
+            "stream_clf_partition_assignments", "Partition assignments received (each rebalance adds one)", registry=r
+        )
+        self._last_swap: dict[str, object] | None = None
         self.up = Gauge("stream_clf_up", "1 while the worker runs", registry=r)
         self.up.set(1)
         self.assigned = Gauge("stream_clf_assigned_partitions", "Input partitions assigned to this worker", registry=r)
@@ -111,8 +143,9 @@ class WorkerMetrics:
         # Each event touches a few labelled series: their children are looked up once (labels() per
         # event cost the event loop more than the rest of the metrics together).
         self._consumed: dict[str, Counter] = {}
-        self._predicted: dict[str, Counter] = {}
-        self._confidence = self.confidence.labels(model_version=version)
+        self._predicted: dict[tuple[str, str], Counter] = {}
+        self._confidences: dict[str, Histogram] = {}
+        self._compared: dict[tuple[str, str], Counter] = {}
         self._lag_partitions: set[tuple[str, str]] = set()
         self._recent_latency: deque[tuple[float, float]] = deque(maxlen=20_000)
         self._recent_batches: deque[int] = deque(maxlen=50)
@@ -142,14 +175,32 @@ class WorkerMetrics:
             self.queue_seconds.observe(wait)
         self._recent_batches.append(events)
 
-    def result(self, label: str, score: float, latency: float | None) -> None:
-        """One result delivered; ``latency`` from the event's Kafka timestamp, when it had one."""
+    def in_service(self, models: Iterable[tuple[str, str, str, str, str]]) -> None:
+        """The models now in service, as (role, topic, name, version, precision); the others are dropped."""
+        self.model_info.clear()
+        self.models = []
+        for role, topic, name, version, precision in models:
+            self.model_info.labels(model=name, version=version, precision=precision, role=role, topic=topic).set(1)
+            self.models.append({"role": role, "topic": topic, "name": name, "version": version, "precision": precision})
+
+    def swapped(self, outcome: str, seconds: float, **details: object) -> None:
+        """A swap was applied or refused, ``seconds`` after it was asked for."""
+        self.swaps.labels(outcome=outcome).inc()
+        if outcome == "applied":
+            self.swap_seconds.observe(seconds)
+        self._last_swap = {"outcome": outcome, "seconds": seconds, "time": time.time(), **details}
+
+    def result(self, version: str, label: str, score: float, latency: float | None) -> None:
+        """One result of model ``version`` delivered; ``latency`` from the event's Kafka timestamp."""
         self.results_out.inc()
-        predicted = self._predicted.get(label)
+        predicted = self._predicted.get((version, label))
         if predicted is None:
-            predicted = self._predicted[label] = self.predictions.labels(model_version=self.model_version, label=label)
+            predicted = self._predicted[version, label] = self.predictions.labels(model_version=version, label=label)
         predicted.inc()
-        self._confidence.observe(score)
+        confidence = self._confidences.get(version)
+        if confidence is None:
+            confidence = self._confidences[version] = self.confidence.labels(model_version=version)
+        confidence.observe(score)
         if latency is not None:
             self.latency_seconds.observe(latency)
             now = time.monotonic()
@@ -162,6 +213,18 @@ class WorkerMetrics:
 
     def dead_letter(self, reason: str) -> None:
         self.dead_letters.labels(reason=reason).inc()
+
+    def abstained(self, version: str, label: str) -> None:
+        self.abstentions.labels(model_version=version, label=label).inc()
+
+    def shadow_compared(self, live: str, shadow: str) -> None:
+        """The live model answered ``live`` and the shadow model ``shadow`` for one delivered result."""
+        compared = self._compared.get((live, shadow))
+        if compared is None:
+            compared = self._compared[live, shadow] = self.shadow_comparisons.labels(
+                live_label=live, shadow_label=shadow, agree=str(live == shadow).lower()
+            )
+        compared.inc()
 
     def partitions(self, lag: Mapping[tuple[str, int], int]) -> None:
         """The assigned partitions and the lag of each; partitions no longer assigned are dropped."""
@@ -191,13 +254,19 @@ class WorkerMetrics:
             else {"p50": None, "p95": None, "p99": None}
         )
         fill = sum(batches) / (len(batches) * self.max_batch) if batches else None
+        models = list(self.models)
         return {
             "time": time.time(),
-            "model": self.model,
+            "model": next((model for model in models if model["role"] == "default"), None),
+            "models": models,
             "events_in": _total(self.events_in),
             "results_out": _total(self.results_out),
             "dead_letters": _by_label(self.dead_letters, "reason"),
             "labels": _by_label(self.predictions, "label"),
+            "versions": _by_label(self.predictions, "model_version"),
+            "swaps": {**_by_label(self.swaps, "outcome"), "last": self._last_swap},
+            "shadow": self._shadow_snapshot(),
+            "abstentions": _by_label(self.abstentions, "label"),
             "latency": percentiles,
             "batch_fill": fill,
             "padding": _padding(self.tokens, self.padded_tokens),
@@ -206,6 +275,24 @@ class WorkerMetrics:
                 for topic, partition in sorted(self._lag_partitions)
             },
             "assigned_partitions": len(self._lag_partitions),
+        }
+
+    def _shadow_snapshot(self) -> dict[str, object] | None:
+        """Agreement of the live and shadow models, label by label, and the shadow's share of inference."""
+        table: dict[str, dict[str, float]] = {}
+        for sample in _samples(self.shadow_comparisons):
+            table.setdefault(sample.labels["live_label"], {})[sample.labels["shadow_label"]] = sample.value
+        compared = sum(sum(row.values()) for row in table.values())
+        if not compared:
+            return None
+        agreed = sum(row.get(label, 0.0) for label, row in table.items())
+        inference = _histogram_sum(self.inference_seconds)
+        shadow = _total(self.shadow_seconds)
+        return {
+            "compared": compared,
+            "agreement": agreed / compared,
+            "table": table,
+            "cost": shadow / inference if inference else None,
         }
 
 
@@ -248,6 +335,10 @@ def _gauge_value(gauge: Gauge, topic: str, partition: str) -> float:
         (s.value for s in _samples(gauge) if s.labels == {"topic": topic, "partition": partition}),
         0.0,
     )
+
+
+def _histogram_sum(histogram: Histogram) -> float:
+    return sum(sample.value for sample in _samples(histogram) if sample.name.endswith("_sum"))
 
 
 def _padding(tokens: Counter, padded: Counter) -> float | None:

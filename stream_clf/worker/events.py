@@ -7,15 +7,31 @@ rejected with one of the :class:`~stream_clf.errors.Reason` codes, which travel 
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from stream_clf.errors import EventError, Reason
 
-__all__ = ["Source", "TextEvent", "dead_letter_headers", "decode_event", "encode_result"]
+__all__ = [
+    "Answered",
+    "Source",
+    "TextEvent",
+    "dead_letter_headers",
+    "decode_event",
+    "encode_result",
+    "encode_review",
+    "encode_shadow",
+]
 
 _UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class Answered(Protocol):
+    """A model's answer, as the records carry it (a classifier's Prediction)."""
+
+    label: str
+    scores: Mapping[str, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +103,13 @@ def encode_result(
     chunks: int = 1,
     top_k: int = 0,
     labels: Sequence[str] | None = None,
+    abstained: bool | None = None,
 ) -> bytes:
     """Serialize one result record's value.
 
     ``top_k`` > 0 adds ``top_k``: the k most probable labels, best first; ``labels`` (multi-label
-    models) adds every label at or above its threshold.
+    models) adds every label at or above its threshold; ``abstained`` (with ``--min-confidence``)
+    whether the score fell below its label's bound.
     """
     result: dict[str, Any] = {
         "id": event_id,
@@ -110,7 +128,40 @@ def encode_result(
         result["top_k"] = [{"label": name, "score": score} for name, score in ranked]
     if labels is not None:
         result["labels"] = list(labels)
+    if abstained is not None:
+        result["abstained"] = abstained
     return orjson.dumps(result)
+
+
+def encode_review(result: bytes, text: str, min_confidence: float | None) -> bytes:
+    """The review copy of an abstained result: the result, the event's text, and the bound it missed."""
+    return orjson.dumps({**orjson.loads(result), "text": text, "min_confidence": min_confidence})
+
+
+def encode_shadow(
+    *, event_id: str, source: Source, live: tuple[str, str, "Answered"], shadow: tuple[str, str, "Answered"]
+) -> bytes:
+    """Serialize a shadow record: the live and the shadow model's answers for one event, side by side.
+
+    ``live`` and ``shadow`` are each (model name, model version, answer).
+    """
+    sides = {}
+    for side, (model, version, answer) in (("live", live), ("shadow", shadow)):
+        sides[side] = {
+            "model": model,
+            "model_version": version,
+            "label": answer.label,
+            "score": answer.scores[answer.label],
+            "scores": answer.scores,
+        }
+    return orjson.dumps(
+        {
+            "id": event_id,
+            "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+            **sides,
+            "agree": live[2].label == shadow[2].label,
+        }
+    )
 
 
 def dead_letter_headers(error: EventError, source: Source) -> list[tuple[str, bytes]]:

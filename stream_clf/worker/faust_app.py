@@ -101,12 +101,14 @@ def create_app(
     *,
     publish: Sender,
     datadir: Path,
+    client_id: str,
 ) -> faust.App:
     """Build the worker's Faust app.
 
     ``fail`` ends the worker with a reason; ``publish`` hands a batch's records to the producer
     (:class:`~stream_clf.worker.publisher.BatchPublisher`); ``datadir`` is Faust's scratch
-    directory (the worker keeps no tables, so nothing there outlives the process).
+    directory (the worker keeps no tables, so nothing there outlives the process); ``client_id``
+    names the consumer in its group (so ``stream-clf swap`` knows the running workers).
     """
     session_timeout = settings.session_timeout_ms / 1000
     app = _App(
@@ -122,6 +124,7 @@ def create_app(
         topic_partitions=settings.partitions,
         web_enabled=False,  # the endpoints are served by stream_clf.ops.web.server, in every mode
         broker_credentials=settings.security.faust_credentials(),
+        broker_client_id=client_id,
     )
     app.isolation = settings.isolation
     app.consumer_state = state
@@ -173,6 +176,7 @@ def create_app(
     @app.on_partitions_assigned.connect
     async def now_assigned(sender: faust.App, assigned: set[TP], **_: Any) -> None:
         state.assigned = sum(1 for tp in assigned if tp.topic in settings.input)
+        metrics.assignments.inc()
 
     @app.timer(LAG_INTERVAL_SECONDS)
     async def measure_lag() -> None:

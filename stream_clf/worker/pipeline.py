@@ -127,7 +127,9 @@ class Pipeline:
             clock.enter("starved")
             batch = await self._batcher.next_batch()
             clock.enter("busy")
-            self._classified.put_nowait(loop.run_in_executor(self._inference, self._step.classify, batch))
+            # The models are taken here, in batch order: a swap falls between two batches.
+            models = self._step.models.current
+            self._classified.put_nowait(loop.run_in_executor(self._inference, self._step.classify, batch, models))
 
     async def _publish_stage(self, group: asyncio.TaskGroup) -> None:
         clock = self._metrics.stage("publish")

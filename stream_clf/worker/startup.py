@@ -27,9 +27,9 @@ import faust
 
 from stream_clf.errors import ConfigError
 from stream_clf.kafka import clients
+from stream_clf.kafka.control import CLIENT_ID_PREFIX, ensure_control_topic, new_worker_id
 from stream_clf.kafka.topics import ensure_topics, largest_record_limit, publish_compression, wait_for_broker
-from stream_clf.model.bundle import load_bundle
-from stream_clf.model.catalog import resolve_model
+from stream_clf.model.bundle import ModelBundle
 from stream_clf.model.classifier import Classifier
 from stream_clf.ops.health import ConsumerState, Readiness
 from stream_clf.ops.logs import configure_logging, logging_config
@@ -39,7 +39,9 @@ from stream_clf.ops.web.server import serve_in_thread
 from stream_clf.settings import WorkerSettings
 from stream_clf.worker.core import BatchStep, Routing
 from stream_clf.worker.faust_app import create_app
+from stream_clf.worker.models import ModelHolder, ModelLoader, ModelSet
 from stream_clf.worker.publisher import PRODUCER_SETTINGS, BatchPublisher
+from stream_clf.worker.swaps import SwapFollower
 from stream_clf.worker.transactional import run_exactly_once
 
 __all__ = ["BROKER_WAIT_SECONDS", "STOP_DEADLINE_SECONDS", "run_worker"]
@@ -58,44 +60,68 @@ _RECORD_OVERHEAD = 64 * 1024
 
 
 def run_worker(settings: WorkerSettings) -> int:
-    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     """Run the worker until SIGTERM or SIGINT, or until its loop fails for good; return the exit code."""
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     configure_logging(settings.log_level, settings.log_format)
-    bundle = load_bundle(resolve_model(settings.model))
-    classifier = Classifier(
-        bundle,
-        threads=settings.threads,
-        lanes=settings.inference_lanes,
-        windowing=settings.windowing,
-        thresholds=settings.thresholds,
-        bucket_size=settings.bucket_size,
-        bucket_tokens=settings.bucket_tokens,
-        provider=settings.provider,
-        spinning=settings.spinning,
+    options = settings.classifier_options()
+
+    def build(bundle: ModelBundle) -> Classifier:
+        return Classifier(bundle, **options)
+
+    load = ModelLoader(build, _label_check(settings))
+    # The shadow model only answers beside the others: the bounds of --min-confidence are not its.
+    load_shadow = ModelLoader(build)
+    models = ModelSet(
+        default=load(str(settings.model)),
+        routes={topic: load(source) for topic, source in settings.route.items()},
+        canary=load(settings.canary_model) if settings.canary_model else None,
+        canary_share=settings.canary_share if settings.canary_model else 0.0,
+        shadow=load_shadow(settings.shadow_model) if settings.shadow_model else None,
     )
     security = settings.security
     wait_for_broker(settings.brokers, BROKER_WAIT_SECONDS, security)
     ensure_topics(settings.brokers, settings.input, settings.partitions, security=security)
     record_limit = largest_record_limit(settings.brokers, settings.input, security)
-    # Dead letters carry the original value and results echo its meta, so both topics must take
-    # records as large as the inputs do, plus room for headers and the result's own fields.
+    # Dead letters carry the original value and results echo its meta (review copies also the
+    # text), so every topic published to must take records as large as the inputs do, plus room
+    # for headers and the result's own fields.
     output_limit = record_limit + _RECORD_OVERHEAD
     ensure_topics(
         settings.brokers,
-        [settings.output, settings.dlq],
+        settings.published_topics,
         settings.partitions,
         {"max.message.bytes": str(output_limit)},
         security=security,
     )
+    ensure_control_topic(settings.brokers, settings.control_topic, security)
     compression = settings.compression
     if compression == "auto":
         compression = publish_compression(settings.brokers, settings.output, security)
-    metrics = WorkerMetrics(
-        model=bundle.name, version=bundle.version, precision=bundle.precision, max_batch=settings.max_batch
+    metrics = WorkerMetrics(max_batch=settings.max_batch)
+    holder = ModelHolder(models, on_change=lambda current: metrics.in_service(_in_service(current)))
+    metrics.lanes.set(models.default.classifier.lanes)
+    worker_id = new_worker_id(settings.instance)
+    swaps = SwapFollower(
+        brokers=settings.brokers,
+        security=security,
+        topic=settings.control_topic,
+        group=settings.group,
+        worker=worker_id,
+        inputs=settings.input,
+        holder=holder,
+        load=load,
+        metrics=metrics,
     )
-    metrics.lanes.set(classifier.lanes)
-    routing = Routing(settings.output, settings.dlq, bundle.name, bundle.version, settings.top_k)
-    step = BatchStep(classifier, routing, metrics)
+    swaps.catch_up()
+    routing = Routing(
+        settings.output,
+        settings.dlq,
+        settings.top_k,
+        review=settings.review_output if settings.min_confidence else None,
+        shadow=settings.shadow_output if settings.shadow_model else None,
+        min_confidence=settings.min_confidence,
+    )
+    step = BatchStep(holder, routing, metrics)
     state = ConsumerState()
     readiness = Readiness(settings.brokers, state, security=security)
     try:
@@ -104,14 +130,17 @@ def run_worker(settings: WorkerSettings) -> int:
         raise ConfigError(
             f"--web-port {settings.web_port}: cannot listen on {settings.web_host}: {error.strerror}"
         ) from None
+    default = holder.current.default
     log.info(
-        "event=worker_start model=%s model_version=%s precision=%s provider=%s labels=%s input=%s output=%s"
-        " dlq=%s group=%s guarantee=%s isolation=%s compression=%s security=%s",
-        bundle.name,
-        bundle.version,
-        bundle.precision,
-        classifier.provider,
-        ",".join(bundle.labels),
+        "event=worker_start worker=%s model=%s model_version=%s precision=%s provider=%s labels=%s models=%s"
+        " input=%s output=%s dlq=%s group=%s guarantee=%s isolation=%s compression=%s security=%s",
+        worker_id,
+        default.name,
+        default.version,
+        default.bundle.precision,
+        default.classifier.provider,
+        ",".join(default.bundle.labels),
+        ",".join(f"{role}:{topic}:{model.version}" for role, topic, model in holder.current.in_service()),
         ",".join(settings.input),
         settings.output,
         settings.dlq,
@@ -121,17 +150,33 @@ def run_worker(settings: WorkerSettings) -> int:
         compression,
         security.protocol + (f"/{security.mechanism}" if security.sasl else ""),
     )
-    parts = _Parts(step, metrics, state, compression, output_limit)
+    parts = _Parts(step, metrics, state, compression, output_limit, CLIENT_ID_PREFIX + worker_id)
     stop = _Stop()
+    swaps.start()
     try:
         if settings.guarantee == "exactly-once":
             _run_transactional(settings, parts, stop)
         else:
             _run_faust(settings, parts, stop)
     finally:
+        swaps.close()
         server.shutdown()
     log.info("event=worker_stop guarantee=%s exit_code=%d", settings.guarantee, stop.exit_code)
     return stop.exit_code
+
+
+def _label_check(settings: WorkerSettings) -> Callable[[ModelBundle], None]:
+    """What a served model's labels must fit: the bounds of --min-confidence."""
+
+    def check(bundle: ModelBundle) -> None:
+        if settings.min_confidence is not None:
+            settings.min_confidence.check(bundle.labels, bundle.name)
+
+    return check
+
+
+def _in_service(models: ModelSet) -> list[tuple[str, str, str, str, str]]:
+    return [(role, topic, m.name, m.version, m.bundle.precision) for role, topic, m in models.in_service()]
 
 
 @dataclass(frozen=True)
@@ -143,6 +188,7 @@ class _Parts:
     state: ConsumerState
     compression: str  # of published records, resolved
     max_record_bytes: int  # the largest record the loop may publish
+    client_id: str  # the consumer's name in its group
 
 
 class _Stop:
@@ -195,6 +241,7 @@ def _run_transactional(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> 
             parts.state,
             compression=parts.compression,
             max_record_bytes=parts.max_record_bytes,
+            client_id=parts.client_id,
             stop=stopping,
         )
     except Exception as error:
@@ -239,7 +286,14 @@ def _run_faust(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> None:
     publisher = BatchPublisher(producer)
     with tempfile.TemporaryDirectory(prefix="stream-clf-faust-") as scratch:
         app = create_app(
-            settings, parts.step, parts.metrics, parts.state, stop.fail, publish=publisher, datadir=Path(scratch)
+            settings,
+            parts.step,
+            parts.metrics,
+            parts.state,
+            stop.fail,
+            publish=publisher,
+            datadir=Path(scratch),
+            client_id=parts.client_id,
         )
         worker = _FaustWorker(
             app,

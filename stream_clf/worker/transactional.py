@@ -39,6 +39,7 @@ from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.settings import WorkerSettings
 from stream_clf.worker.core import BatchStep, InFlight, OutRecord, ProcessedBatch
 from stream_clf.worker.events import Source
+from stream_clf.worker.models import ModelSet
 from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT
 from stream_clf.worker.publisher import PRODUCER_SETTINGS
 
@@ -63,9 +64,13 @@ def run_exactly_once(
     *,
     compression: str,
     max_record_bytes: int,
+    client_id: str,
     stop: threading.Event,
 ) -> None:
-    """Process until ``stop`` is set; the batch in flight is finished and committed first."""
+    """Process until ``stop`` is set; the batch in flight is finished and committed first.
+
+    ``client_id`` names the consumer in its group (so ``stream-clf swap`` knows the running workers).
+    """
     consumer = clients.consumer(
         settings.brokers,
         settings.security,
@@ -75,6 +80,7 @@ def run_exactly_once(
             "isolation.level": settings.isolation,
             "auto.offset.reset": "earliest",
             "session.timeout.ms": settings.session_timeout_ms,
+            "client.id": client_id,
         },
     )
     producer = clients.producer(
@@ -91,7 +97,12 @@ def run_exactly_once(
     producer.init_transactions(30)
     log.info("event=transactions_ready transactional_id=%s-%s", settings.group, settings.instance)
     loop = TransactionalLoop(step, producer, consumer, metrics, state, max_event_bytes=settings.max_event_bytes)
-    consumer.subscribe(list(settings.input), on_revoke=lambda *_: loop.settle(keep=0), on_lost=lambda *_: loop.drop())
+    consumer.subscribe(
+        list(settings.input),
+        on_assign=lambda *_: metrics.assignments.inc(),
+        on_revoke=lambda *_: loop.settle(keep=0),
+        on_lost=lambda *_: loop.drop(),
+    )
     lag = _Lag(consumer)
     measured = 0.0
     try:
@@ -158,13 +169,15 @@ class TransactionalLoop:
         for record in batch:
             self._metrics.consumed(record.source.topic)
         if batch:
-            self._read.append(_Read(batch, self._classifying.submit(self._classify, batch), _next_offsets(batch)))
+            # The models are taken here, in read order: a swap falls between two batches.
+            classified = self._classifying.submit(self._classify, batch, self._step.models.current)
+            self._read.append(_Read(batch, classified, _next_offsets(batch)))
         self._clocks["consume"].add("busy", time.perf_counter() - started)
         return bool(batch)
 
-    def _classify(self, batch: list[InFlight]) -> ProcessedBatch:
+    def _classify(self, batch: list[InFlight], models: ModelSet) -> ProcessedBatch:
         started = time.perf_counter()
-        processed = self._step(batch)
+        processed = self._step(batch, models)
         self._clocks["classify"].add("busy", time.perf_counter() - started)
         return processed
 

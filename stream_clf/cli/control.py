@@ -1,0 +1,172 @@
+"""Subcommands that change what a running group serves, or relabel history: swap, replay."""
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stream_clf.cli.common import Parser, add_option, positive_int, progress_bars, whole_number
+from stream_clf.errors import ConfigError
+from stream_clf.settings import (
+    BROKERS_OPTION,
+    SECURITY_OPTIONS,
+    WORKER_OPTIONS,
+    Option,
+    resolve_security,
+    usable_cores,
+)
+
+if TYPE_CHECKING:
+    from stream_clf.kafka.control import WorkerStatus
+
+__all__ = ["register"]
+
+_OPTIONS = {option.field: option for option in WORKER_OPTIONS}
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands."""
+    _swap(
+        commands.add_parser(
+            "swap",
+            help="switch a running group of workers to another model, without a restart",
+            description="Ask every worker of a consumer group, over the control topic, to serve another model"
+            " bundle from its next micro-batch on; wait for each worker's answer (applied, or refused with the"
+            " reason: the old model keeps serving). Exit 0 when every running worker applied it, 1 otherwise.",
+        )
+    )
+    _replay(
+        commands.add_parser(
+            "replay",
+            help="relabel a range of a topic's history with a model, apart from the live group",
+            description="Classify the records of --input in [--from, --to) with --model and publish the results"
+            " to --output (dead letters to --dlq), in a consumer of its own: the live group is untouched. Exits 0"
+            " once every partition reached its bound.",
+        )
+    )
+
+
+def _resolve(args: argparse.Namespace, name: str) -> object:
+    option: Option = _OPTIONS[name]
+    return option.resolve(getattr(args, name), os.environ)
+
+
+def _kafka_options(parser: Parser) -> None:
+    add_option(parser, BROKERS_OPTION)
+    for option in SECURITY_OPTIONS:
+        add_option(parser, option)
+
+
+def _swap(parser: Parser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="the bundle to serve (a path the workers can read, or a built model's name)")
+    which.add_argument("--rollback", action="store_true", help="swap back to the model the last swap replaced")
+    parser.add_argument("--topic", help="swap the model of this routed topic (default: the default model)")
+    add_option(parser, _OPTIONS["group"])
+    add_option(parser, _OPTIONS["control_topic"])
+    parser.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for the workers' answers; 0: do not (default: 60)"
+    )
+    _kafka_options(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        from stream_clf.kafka.control import ask_swap
+
+        if args.wait < 0:
+            raise ConfigError(f"--wait {args.wait:g}: expected seconds >= 0")
+        model = args.model
+        if model is not None and Path(model).expanduser().exists():
+            model = str(Path(model).expanduser().resolve())  # the workers may run elsewhere: no relative path
+        group = _resolve(args, "group")
+        topic = _resolve(args, "control_topic")
+        swap = ask_swap(
+            BROKERS_OPTION.resolve(args.brokers, os.environ),
+            topic,
+            group,
+            target=args.topic or "*",
+            model=model,
+            security=resolve_security(vars(args), os.environ),
+            wait=args.wait,
+        )
+        target = f"topic {args.topic}" if args.topic else "the default model"
+        print(f"swap {swap.request.request[:8]}: group {group}, {target} -> {swap.request.model}")
+        if not swap.answers:
+            print(f"no worker of group {group} is running; workers apply the swap when they start")
+            return 0
+        for worker, status in sorted(swap.answers.items()):
+            print(f"  worker {worker}: {_answer(status, args.topic or '*', args.wait)}")
+        applied = all(status is not None and status.outcome == "applied" for status in swap.answers.values())
+        return 0 if applied else 1
+
+    parser.set_defaults(run=run, parser=parser)
+
+
+def _answer(status: "WorkerStatus | None", target: str, wait: float) -> str:
+    if status is None:
+        return f"no answer within {wait:g}s"
+    seconds = f" ({status.seconds:.2f} s)" if status.seconds is not None else ""
+    if status.outcome == "applied":
+        return f"applied, now serving {status.serving.get(target, {}).get('version', '?')}{seconds}"
+    return f"{status.outcome}: {status.reason}{seconds}"
+
+
+def _replay(parser: Parser) -> None:
+    def bound(text: str) -> object:
+        from stream_clf.worker.replay import parse_bound
+
+        try:
+            return parse_bound(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parser.add_argument("--input", required=True, help="topic to relabel")
+    parser.add_argument("--output", required=True, help="topic for the results")
+    parser.add_argument("--dlq", help="topic for dead letters (default: OUTPUT.dlq)")
+    parser.add_argument("--model", required=True, type=Path, help="bundle or built model to label with")
+    parser.add_argument(
+        "--from", dest="start", required=True, type=bound, help="first record: OFFSET, TIME (ISO 8601) or earliest"
+    )
+    parser.add_argument(
+        "--to", dest="end", type=bound, help="first record not read: OFFSET, TIME or latest (default: the end now)"
+    )
+    parser.add_argument("--max-batch", type=positive_int, default=64, help="events per micro-batch (default: 64)")
+    parser.add_argument("--threads", type=positive_int, default=usable_cores(), help="(default: usable cores)")
+    parser.add_argument("--top-k", type=whole_number(0), default=0, help="add the k most probable labels (default: 0)")
+    add_option(parser, _OPTIONS["truncation"])
+    _kafka_options(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        from stream_clf.model.classifier import Classifier
+        from stream_clf.model.windows import Windowing
+        from stream_clf.worker.models import ModelLoader
+        from stream_clf.worker.replay import ReplayOptions, run_replay
+
+        if args.output == args.input:
+            raise ConfigError(f"--output {args.output!r} is the --input: a replay would read its own results")
+        truncation = _resolve(args, "truncation")
+        model = ModelLoader(
+            lambda bundle: Classifier(bundle, threads=args.threads, lanes=args.threads, windowing=Windowing(truncation))
+        )(str(args.model))
+        options = ReplayOptions(
+            brokers=BROKERS_OPTION.resolve(args.brokers, os.environ),
+            input=args.input,
+            output=args.output,
+            dlq=args.dlq or f"{args.output}.dlq",
+            start=args.start,
+            end=args.end,
+            max_batch=args.max_batch,
+            top_k=args.top_k,
+            security=resolve_security(vars(args), os.environ),
+        )
+        with progress_bars() as progress:
+            task = progress.add_task(f"replaying {args.input} with {model.name}", total=None)
+            report = run_replay(options, model, lambda done, total: progress.update(task, completed=done, total=total))
+        ranges = ", ".join(f"{p}: {first}-{end}" for p, (first, end) in sorted(report.ranges.items()))
+        print(
+            f"replayed {report.events} events of {args.input} [{args.start}, {args.end or 'end'}) with {model.name}"
+            f" ({model.version}) in {report.seconds:.1f}s: {report.results} results to {args.output},"
+            f" {report.dead_letters} dead letters to {options.dlq}; offsets {ranges or 'none'}"
+        )
+        return 0
+
+    parser.set_defaults(run=run, parser=parser)
