@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -9,8 +11,9 @@ import orjson
 import pytest
 
 from stream_clf.kafka.broker import free_port
+from stream_clf.model.tiny_model import build_tiny_bundle
 from tests.kafka_helpers import produce
-from tests.web_helpers import wait_for_status
+from tests.web_helpers import get, wait_for_status
 
 pytestmark = pytest.mark.broker
 
@@ -27,7 +30,7 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1900"):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -42,8 +45,14 @@ def _number(driver, element_id: str) -> int:
 def test_the_dashboard_loads_cleanly_and_follows_the_stream(
     kafka_bootstrap, topics, tiny_bundle, start_worker, browser, tmp_path
 ):
-    port = free_port()
-    start_worker(topics, tiny_bundle, "--web-port", str(port))
+    port, control = free_port(), f"control-{topics.group}"
+    canary = build_tiny_bundle(tmp_path / "canary", seed=7)
+    shadow = build_tiny_bundle(tmp_path / "shadow", seed=8, lowercase=True, labels=("neg", "neu", "pos"))
+    start_worker(
+        topics, tiny_bundle, "--web-port", str(port), "--control-topic", control,
+        "--canary-model", str(canary), "--canary-share", "0.5", "--shadow-model", str(shadow),
+        "--min-confidence", "0.55",
+    )  # fmt: skip
     wait_for_status(port, "/readyz", 200)
     browser.get(f"http://127.0.0.1:{port}/dashboard")
     deadline = time.monotonic() + 20
@@ -52,7 +61,7 @@ def test_the_dashboard_loads_cleanly_and_follows_the_stream(
     assert "tiny-random" in browser.find_element("id", "model").text
     before = _number(browser, "results-out")
 
-    events = [(None, orjson.dumps({"id": f"d{i}", "text": f"dashboard event {i}"})) for i in range(60)]
+    events = [(f"k{i % 20}".encode(), orjson.dumps({"id": f"d{i}", "text": f"dashboard event {i}"})) for i in range(60)]
     produce(kafka_bootstrap, topics.input, [*events, (None, b"not json")])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (_number(browser, "results-out"), _number(browser, "dead-letters")) != (
@@ -63,6 +72,22 @@ def test_the_dashboard_loads_cleanly_and_follows_the_stream(
     assert _number(browser, "events-in") == 61
     assert _number(browser, "results-out") == before + 60
     assert _number(browser, "dead-letters") == 1
+
+    swap = [sys.executable, "-m", "stream_clf", "swap", "--brokers", kafka_bootstrap, "--group", topics.group,
+            "--control-topic", control, "--model", str(canary)]  # fmt: skip
+    assert subprocess.run(swap, capture_output=True, timeout=120).returncode == 0
+    produce(kafka_bootstrap, topics.input, events)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _number(browser, "results-out") != before + 120:
+        time.sleep(0.5)
+    stats = orjson.loads(get(port, "/dashboard/stats.json")[1])
+    assert browser.find_element("id", "swaps").text == "1 / 0"
+    assert _number(browser, "abstained") == sum(stats["abstentions"].values()) > 0
+    assert browser.find_element("id", "agreement").text == f"{stats['shadow']['agreement'] * 100:.1f}%"
+    roles = [row.text.split()[0] for row in browser.find_elements("css selector", "#models tr")[1:]]
+    assert roles == ["default", "canary", "shadow"]
+    rows = len(browser.find_elements("css selector", "#shadow tr"))
+    assert rows == 1 + len(stats["shadow"]["table"]), "a header and a row per live label"
     time.sleep(2)  # a few more polls, so the charts have points to draw
     screenshot = Path(os.environ.get("STREAM_CLF_SCREENSHOT", tmp_path / "dashboard.png"))
     assert browser.save_screenshot(str(screenshot))

@@ -9,7 +9,7 @@ import pytest
 
 from stream_clf.kafka.broker import LocalKafka, free_port
 from tests.kafka_helpers import Topics, WorkerProcess, collect, produce
-from tests.web_helpers import get, scrape, wait_for_status
+from tests.web_helpers import exported_names, get, scrape, wait_for_status
 
 pytestmark = pytest.mark.broker
 
@@ -66,7 +66,7 @@ def test_metrics_count_every_event_and_dead_letter(guarantee, kafka_bootstrap, t
     assert settled[key("stream_clf_assigned_partitions")] == 4
     lag = {dict(labels)["partition"]: v for (n, labels), v in settled.items() if n == "stream_clf_consumer_lag_events"}
     assert lag == {"0": 0, "1": 0, "2": 0, "3": 0}
-    exported = {name for name, _ in settled}
+    exported = exported_names(port)
     queried = set(re.findall(r"\bstream_clf_\w+", GRAFANA_DASHBOARD.read_text()))
     assert queried, "the Grafana dashboard queries no stream-clf metric"
     assert queried <= exported, f"the Grafana dashboard queries unexported metrics: {queried - exported}"

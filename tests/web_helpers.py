@@ -7,7 +7,7 @@ import urllib.request
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["get", "scrape", "wait_for_status"]
+__all__ = ["exported_names", "get", "scrape", "wait_for_status"]
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -41,4 +41,19 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(body.decode())
         for sample in family.samples
+    }
+
+
+# The sample names each kind of metric family writes.
+_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
+def exported_names(port: int) -> set[str]:
+    """Every sample name ``/metrics`` declares, including those of labelled metrics with no series yet."""
+    status, body = get(port, "/metrics")
+    assert status == 200, status
+    return {
+        family.name + suffix
+        for family in text_string_to_metric_families(body.decode())
+        for suffix in _SUFFIXES.get(family.type, ("",))
     }

@@ -29,8 +29,9 @@ from rich.table import Table
 
 from stream_clf.bench.engine import measure_engine, measure_full_batch, measure_peak
 from stream_clf.bench.mixes import describe_mix, load_texts
-from stream_clf.bench.streaming import measure_latency, measure_throughput, percentile, start_service
+from stream_clf.bench.streaming import measure_latency, measure_swap, measure_throughput, percentile, start_service
 from stream_clf.kafka.broker import LocalKafka, free_port
+from stream_clf.kafka.control import ask_swap
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.catalog import resolve_model
 from stream_clf.model.classifier import Classifier
@@ -62,6 +63,8 @@ class BenchOptions:
     spinning: bool = _WORKER_DEFAULTS["spinning"]
     baseline: bool = True
     exactly_once: bool = False
+    shadow_model: Path | None = None  # also measure the worker with this shadow model
+    swap_model: Path | None = None  # also measure latency while the worker swaps to this model
     brokers: str | None = None
     timeout: float = 600.0
 
@@ -143,6 +146,12 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
             report["stream_clf"] = _measure_worker(run, bundle.path, texts)
             if options.exactly_once:
                 report["exactly_once"] = _measure_worker(run, bundle.path, texts, "exactly-once")
+            if options.shadow_model is not None:
+                shadow = str(resolve_model(options.shadow_model))
+                report["with_shadow"] = _measure_worker(run, bundle.path, texts, extra=["--shadow-model", shadow])
+            if options.swap_model is not None:
+                pace = options.load * report["stream_clf"]["events_per_second"]
+                report["swap"] = _measure_swap(run, bundle.path, texts, pace, resolve_model(options.swap_model))
             if options.baseline:
                 report["baseline"] = _measure_baseline(run, classifier, texts)
         finally:
@@ -162,8 +171,7 @@ class _Run:
     others: dict[str, int]  # processes sharing the cores, name to pid
 
 
-def _measure_worker(run: _Run, bundle: Path, texts: list[str], guarantee: str = "at-least-once") -> dict[str, Any]:
-    options = run.options
+def _worker_command(options: BenchOptions, bundle: Path, guarantee: str = "at-least-once") -> list[str]:
     command = ["stream_clf", "worker", "--model", str(bundle), "--threads", str(options.threads)]
     command += ["--lanes", str(options.lanes)]
     command += ["--guarantee", guarantee, "--instance", f"bench-{guarantee}"]
@@ -171,6 +179,14 @@ def _measure_worker(run: _Run, bundle: Path, texts: list[str], guarantee: str = 
     command += ["--max-tokens", str(options.max_tokens), "--bucket-size", str(options.bucket_size)]
     command += ["--bucket-tokens", str(options.bucket_tokens), "--spinning", "on" if options.spinning else "off"]
     command += ["--session-timeout-ms", "10000", "--log-level", "warning"]
+    return command
+
+
+def _measure_worker(
+    run: _Run, bundle: Path, texts: list[str], guarantee: str = "at-least-once", extra: list[str] | None = None
+) -> dict[str, Any]:
+    options = run.options
+    command = [*_worker_command(options, bundle, guarantee), *(extra or [])]
     worker = start_service(command, run.bootstrap, partitions=4, log=run.root / "worker.log")
     try:
         throughput = measure_throughput(
@@ -202,6 +218,33 @@ def _measure_worker(run: _Run, bundle: Path, texts: list[str], guarantee: str = 
         "latency": {"load_events_per_second": pace, "p50": percentile(latency, 50), "p99": percentile(latency, 99)},
         "exit_code": code,
     }
+
+
+def _measure_swap(run: _Run, bundle: Path, texts: list[str], pace: float, new: Path) -> dict[str, Any]:
+    """A worker under a paced load (``pace`` events/s) asked half-way to swap to ``new``."""
+    options = run.options
+    worker = start_service(_worker_command(options, bundle), run.bootstrap, partitions=4, log=run.root / "swap.log")
+
+    def swap() -> float | None:
+        answers = ask_swap([run.bootstrap], "stream-clf.control", worker.group, target="*", model=str(new), wait=120)
+        applied = [status for status in answers.answers.values() if status and status.outcome == "applied"]
+        return applied[0].seconds if applied else None
+
+    try:
+        worker.wait_ready(timeout=180)
+        count = max(20, round(pace * options.latency_seconds))
+        result = measure_swap(
+            run.bootstrap,
+            worker,
+            [texts[i % len(texts)] for i in range(count)],
+            pace=pace,
+            swap=swap,
+            timeout=options.timeout,
+            advance=run.track(f"swap to {new.name} at {options.load:.0%} load ({pace:.0f} events/s)", count),
+        )
+    finally:
+        worker.stop()
+    return {"to": str(new), "load_events_per_second": pace, **result}
 
 
 def _measure_baseline(run: _Run, classifier: Classifier, texts: list[str]) -> dict[str, Any]:
@@ -272,6 +315,8 @@ def _judge(report: dict[str, Any], options: BenchOptions, bundle: Any, engine: A
         "end_to_end_at_least_90pct_of_engine": ratios["stream_clf_vs_engine"] >= 0.9,
         "p99_within_bound": report["stream_clf"]["latency"]["p99"] <= bound,
     }
+    if "with_shadow" in report:
+        ratios["with_shadow_vs_without"] = report["with_shadow"]["events_per_second"] / stream_rate
     if "stream_clf_vs_baseline" in ratios:
         report["targets"]["at_least_6x_baseline"] = ratios["stream_clf_vs_baseline"] >= 6
     return report
@@ -322,6 +367,33 @@ def _stage_tables(report: dict[str, Any]) -> list[Table]:
             )
         tables.append(table)
     return tables
+
+
+def _model_change_lines(report: dict[str, Any]) -> list[str]:
+    """What a shadow model and a swap cost, when they were measured."""
+    lines = []
+    shadow = report.get("with_shadow")
+    if shadow:
+        lines.append(
+            f"with a shadow model: {shadow['events_per_second']:.1f} events/s,"
+            f" {report['ratios']['with_shadow_vs_without']:.0%} of the worker alone; latency p50"
+            f" {shadow['latency']['p50'] * 1000:.0f} ms, p99 {shadow['latency']['p99'] * 1000:.0f} ms"
+            " at 70% of its own rate"
+        )
+    swap = report.get("swap")
+    if swap:
+
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value * 1000:.0f} ms"
+
+        lines.append(
+            f"swap at {swap['load_events_per_second']:.0f} events/s: the worker loaded, checked and warmed the new"
+            f" model in {ms(swap['load_seconds'])}, first new result"
+            f" {ms(swap['request_to_first_new_result_seconds'])} after the request; p99 latency"
+            f" {ms(swap['p99_before'])} in the 5 s before, {ms(swap['p99_during'])} during"
+            f" ({swap['events_during']} events)"
+        )
+    return lines
 
 
 def render(report: dict[str, Any]) -> Group:
@@ -380,6 +452,7 @@ def render(report: dict[str, Any]) -> Group:
             if exactly_once
             else []
         ),
+        *_model_change_lines(report),
         "raw engine by configuration: "
         + ", ".join(f"{name} {rate:.1f} texts/s" for name, rate in engine["configurations"].items()),
         "cores used during the end-to-end run: "

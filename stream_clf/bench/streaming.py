@@ -34,6 +34,7 @@ __all__ = [
     "StageSample",
     "StreamResult",
     "measure_latency",
+    "measure_swap",
     "measure_throughput",
     "start_service",
 ]
@@ -143,6 +144,7 @@ class RunningService:
     output: str
     log: Path
     web_port: int
+    group: str
 
     def wait_ready(self, timeout: float) -> None:
         """Wait until the worker's ``/readyz`` answers 200 (stream-clf's worker only)."""
@@ -186,7 +188,7 @@ def start_service(module_args: Sequence[str], bootstrap: str, partitions: int, l
     ]  # fmt: skip
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return RunningService(process, topics[0], topics[1], log, web_port)
+    return RunningService(process, topics[0], topics[1], log, web_port, f"bench-{tag}")
 
 
 def _produce(
@@ -223,8 +225,10 @@ def _collect(
     advance: Advance,
     *,
     on_first: Callable[[], None] = lambda: None,
+    versions: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """Arrival time of each id's result; ``on_first`` is called when the first one arrives."""
+    """Arrival time of each id's result; ``on_first`` is called when the first one arrives, and
+    ``versions`` (if given) receives the model version of each result."""
     arrived: dict[str, float] = {}
     deadline = time.monotonic() + timeout
     while len(arrived) < len(ids):
@@ -234,11 +238,14 @@ def _collect(
         for message in _arrived(consumer):
             if message.error():
                 continue
-            event_id = orjson.loads(message.value()).get("id")
+            result = orjson.loads(message.value())
+            event_id = result.get("id")
             if event_id in ids and event_id not in arrived:
                 if not arrived:
                     on_first()
                 arrived[event_id] = time.monotonic()
+                if versions is not None:
+                    versions[event_id] = result.get("model_version")
                 advance(1)
     return arrived
 
@@ -315,6 +322,59 @@ def measure_latency(
         sender.join()
         consumer.close()
     return sorted(arrived[event_id] - sent[event_id] for event_id in arrived)
+
+
+def measure_swap(
+    bootstrap: str,
+    service: RunningService,
+    texts: Sequence[str],
+    *,
+    pace: float,
+    swap: Callable[[], float | None],
+    timeout: float,
+    advance: Advance,
+) -> dict[str, float | int | None]:
+    """Latency around a model swap asked for half-way through a paced load.
+
+    ``swap`` asks for it and returns the seconds the worker took to load, check and warm the new
+    model (None if it did not apply it). Compared: produce-to-result latency of the events sent in
+    the 5 s before the request, and of those sent from the request until a second after the first
+    result of the new model arrived.
+    """
+    tag = uuid.uuid4().hex[:8]
+    events = [(f"s{tag}-{i}", text) for i, text in enumerate(texts)]
+    consumer = _consumer(bootstrap, service.output)
+    sent: dict[str, float] = {}
+    versions: dict[str, str] = {}
+    asked: list[float] = []
+    loaded: list[float | None] = []
+
+    def ask() -> None:
+        time.sleep(len(events) / pace / 2)
+        asked.append(time.monotonic())
+        loaded.append(swap())
+
+    sender = threading.Thread(target=lambda: sent.update(_produce(bootstrap, service.input, events, pace)))
+    swapper = threading.Thread(target=ask)
+    sender.start()
+    swapper.start()
+    try:
+        arrived = _collect(consumer, {event_id for event_id, _ in events}, service, timeout, advance, versions=versions)
+    finally:
+        sender.join()
+        swapper.join()
+        consumer.close()
+    first_version = versions[events[0][0]]
+    switched = min((arrived[i] for i, v in versions.items() if v != first_version), default=None)
+    before = [arrived[i] - at for i, at in sent.items() if asked[0] - 5 <= at < asked[0]]
+    during = [arrived[i] - at for i, at in sent.items() if switched and asked[0] <= at <= switched + 1]
+    return {
+        "load_seconds": loaded[0],
+        "request_to_first_new_result_seconds": switched - asked[0] if switched else None,
+        "p99_before": percentile(before, 99) if before else None,
+        "p99_during": percentile(during, 99) if during else None,
+        "events_during": len(during),
+    }
 
 
 def percentile(values: Sequence[float], q: float) -> float:

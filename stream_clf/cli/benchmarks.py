@@ -61,6 +61,10 @@ def _bench(parser: Parser) -> None:
     parser.add_argument("--baseline-events", type=positive_int, default=defaults.baseline_events, help="(%(default)s)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the naive baseline (needs no torch)")
     parser.add_argument("--exactly-once", action="store_true", help="also measure --guarantee exactly-once")
+    parser.add_argument("--shadow-model", type=Path, help="also measure the worker with this shadow model beside")
+    parser.add_argument(
+        "--swap-model", type=Path, help="also measure latency while the worker swaps to this model under load"
+    )
     parser.add_argument("--latency-seconds", type=float, default=defaults.latency_seconds, help="(%(default)s)")
     parser.add_argument("--threads", type=positive_int, default=defaults.threads, help="(default: usable cores)")
     parser.add_argument("--lanes", type=positive_int, help="ONNX Runtime calls at once (default: --threads)")
@@ -101,6 +105,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         spinning=args.spinning == "on",
         baseline=not args.no_baseline,
         exactly_once=args.exactly_once,
+        shadow_model=args.shadow_model,
+        swap_model=args.swap_model,
         brokers=args.brokers,
     )
     if options.baseline:
