@@ -105,7 +105,11 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
             "median_tokens": sorted(tokens)[len(tokens) // 2],
             "truncated": sum(p.truncated for p in plans) / len(plans),
         },
-        "settings": {k: v for k, v in asdict(options).items() if k not in ("model", "brokers", "mix_file")},
+        "settings": {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in asdict(options).items()
+            if k not in ("model", "brokers", "mix_file")
+        },
     }
     precisions = sorted({bundle.precision, "fp32"})  # the baseline runs in fp32
     advance = track("measuring the matrix-product peak", len(precisions))

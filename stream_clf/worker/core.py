@@ -246,7 +246,7 @@ class BatchStep:
             answer, model = answers.get(id(record), (None, None))
             abstained = isinstance(answer, Prediction) and self.routing.abstains(answer)
             shadow = shadows.get(id(record))
-            outcomes.append(Outcome(answer, model, shadow, models.shadow if shadow else None, abstained))
+            outcomes.append(Outcome(answer, model, shadow, models.shadow if shadow is not None else None, abstained))
         records = [
             out
             for record, outcome in zip(batch, outcomes, strict=True)
