@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from stream_clf.kafka.broker import free_port
-from stream_clf.model.tiny_model import build_tiny_bundle
+from stream_clf.model.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
 from tests.kafka_helpers import produce
 from tests.web_helpers import get, wait_for_status
 
@@ -47,11 +47,11 @@ def test_the_dashboard_loads_cleanly_and_follows_the_stream(
 ):
     port, control = free_port(), f"control-{topics.group}"
     canary = build_tiny_bundle(tmp_path / "canary", seed=7)
-    shadow = build_tiny_bundle(tmp_path / "shadow", seed=8, lowercase=True, labels=("neg", "neu", "pos"))
+    shadow = build_tiny_bundle(tmp_path / "shadow", seed=8, lowercase=True)
     start_worker(
         topics, tiny_bundle, "--web-port", str(port), "--control-topic", control,
-        "--canary-model", str(canary), "--canary-share", "0.5", "--shadow-model", str(shadow),
-        "--min-confidence", "0.55",
+        "--canary-model", str(canary), "--canary-share", "0.3", "--shadow-model", str(shadow),
+        "--min-confidence", "0.6",
     )  # fmt: skip
     wait_for_status(port, "/readyz", 200)
     browser.get(f"http://127.0.0.1:{port}/dashboard")
@@ -61,7 +61,8 @@ def test_the_dashboard_loads_cleanly_and_follows_the_stream(
     assert "tiny-random" in browser.find_element("id", "model").text
     before = _number(browser, "results-out")
 
-    events = [(f"k{i % 20}".encode(), orjson.dumps({"id": f"d{i}", "text": f"dashboard event {i}"})) for i in range(60)]
+    texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(60)]
+    events = [(f"k{i % 20}".encode(), orjson.dumps({"id": f"d{i}", "text": text})) for i, text in enumerate(texts)]
     produce(kafka_bootstrap, topics.input, [*events, (None, b"not json")])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (_number(browser, "results-out"), _number(browser, "dead-letters")) != (
