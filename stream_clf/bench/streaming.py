@@ -211,7 +211,7 @@ def _produce(
 
 
 def _consumer(bootstrap: str, topic: str) -> Consumer:
-    consumer = clients.consumer([bootstrap], overrides={"group.id": f"bench-reader-{uuid.uuid4().hex[:8]}"})
+    consumer = clients.reader([bootstrap], "bench")
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     return consumer

@@ -7,6 +7,7 @@ on first use.
 """
 
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 
 from confluent_kafka import Consumer, KafkaError, Producer
@@ -14,7 +15,7 @@ from confluent_kafka.admin import AdminClient
 
 from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
 
-__all__ = ["COMPRESSION_CODECS", "admin_client", "client_config", "client_logger", "consumer", "producer"]
+__all__ = ["COMPRESSION_CODECS", "admin_client", "client_config", "client_logger", "consumer", "producer", "reader"]
 
 client_logger = logging.getLogger("stream_clf.librdkafka")
 # The codecs Kafka defines; a record batch in any of them is read by every stream-clf client.
@@ -46,6 +47,18 @@ def consumer(
 ) -> Consumer:
     """A consumer with the shared settings and ``overrides`` (which name at least ``group.id``)."""
     return Consumer(client_config(brokers, security, overrides))
+
+
+def reader(
+    brokers: Sequence[str],
+    purpose: str,
+    security: KafkaSecurity = PLAINTEXT,
+    overrides: Mapping[str, object] | None = None,
+) -> Consumer:
+    """A consumer that only reads: a consumer group of its own (``stream-clf-PURPOSE-xxxxxxxx``), so it
+    never shares work with another, and nothing committed."""
+    group = f"stream-clf-{purpose}-{uuid.uuid4().hex[:8]}"
+    return consumer(brokers, security, {"group.id": group, "enable.auto.commit": False, **(overrides or {})})
 
 
 def admin_client(brokers: Sequence[str], security: KafkaSecurity = PLAINTEXT) -> AdminClient:

@@ -172,11 +172,7 @@ def read_control(
     brokers: Sequence[str], topic: str, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
 ) -> ControlState:
     """Read the control topic from its start to its end as of now."""
-    consumer = clients.consumer(
-        brokers,
-        security,
-        {"group.id": f"stream-clf-control-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False},
-    )
+    consumer = clients.reader(brokers, "control", security)
     state = ControlState()
     deadline = time.monotonic() + timeout
     try:
@@ -290,9 +286,7 @@ def _await_answers(
     offset: int,
     wait: float,
 ) -> None:
-    consumer = clients.consumer(
-        brokers, security, {"group.id": f"stream-clf-control-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
-    )
+    consumer = clients.reader(brokers, "control", security)
     consumer.assign([TopicPartition(topic, 0, offset)])
     state = ControlState()
     deadline = time.monotonic() + wait

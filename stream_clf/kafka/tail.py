@@ -7,7 +7,6 @@ and its value as text when it is UTF-8, else base64).
 
 import base64
 import time
-import uuid
 from collections.abc import Callable, Sequence
 
 import orjson
@@ -31,14 +30,8 @@ def tail(
     security: KafkaSecurity = PLAINTEXT,
 ) -> int:
     """Print records until ``max_records`` were printed or ``idle_timeout`` seconds pass without one."""
-    consumer = clients.consumer(
-        brokers,
-        security,
-        {
-            "group.id": f"stream-clf-tail-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest" if from_beginning else "latest",
-        },
+    consumer = clients.reader(
+        brokers, "tail", security, {"auto.offset.reset": "earliest" if from_beginning else "latest"}
     )
     consumer.subscribe([topic])
     printed = 0

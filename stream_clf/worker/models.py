@@ -27,10 +27,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from stream_clf.errors import ModelError
 from stream_clf.model.bundle import ModelBundle, load_bundle
 from stream_clf.model.catalog import resolve_model
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.tiny_model import SAMPLE_TEXTS
 from stream_clf.worker.events import Source
 
 __all__ = ["CANARY_BUCKETS", "DEFAULT_TARGET", "ModelHolder", "ModelLoader", "ModelSet", "ServedModel", "canary_bucket"]
@@ -133,8 +133,9 @@ class ModelLoader:
     """Loads, checks and warms up a bundle the way the worker serves it.
 
     ``check`` is told the loaded bundle and raises :class:`ConfigError` when the worker's settings
-    do not fit it (thresholds naming labels it lacks, say). Warming up runs the model once on a few
-    texts, so that its first micro-batch is not also the one that allocates its buffers.
+    do not fit it (thresholds naming labels it lacks, say). Warming up runs the model once on a full
+    bucket of short texts (short: a model may fail on long ones, which is an event's failure, not the
+    model's), so that its first micro-batch is not also the one that allocates its buffers.
     """
 
     def __init__(
@@ -150,7 +151,10 @@ class ModelLoader:
         bundle = load_bundle(resolve_model(Path(source)))
         self._check(bundle)
         classifier = self._build(bundle)
-        classifier.predict(list(SAMPLE_TEXTS[: classifier.bucket_size]))
+        try:
+            classifier.predict(["ok"] * classifier.bucket_size)
+        except Exception as error:  # ONNX Runtime raises its own exception types
+            raise ModelError(f"model bundle '{bundle.path}': fails on a full bucket of short texts ({error})") from None
         log.info(
             "event=model_loaded model=%s model_version=%s source=%s seconds=%.2f",
             bundle.name,

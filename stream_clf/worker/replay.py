@@ -16,7 +16,6 @@ every result was acknowledged; each event in the range gets exactly one result o
 
 import re
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -101,15 +100,8 @@ class ReplayReport:
 def run_replay(options: ReplayOptions, model: ServedModel, progress: Callable[[int, int], None]) -> ReplayReport:
     """Replay the range; ``progress(done, total)`` is told the offsets covered so far of all partitions."""
     started = time.monotonic()
-    consumer = clients.consumer(
-        options.brokers,
-        options.security,
-        {
-            "group.id": f"stream-clf-replay-{uuid.uuid4().hex[:8]}",  # never joined: partitions are assigned
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        },
+    consumer = clients.reader(
+        options.brokers, "replay", options.security, {"isolation.level": "read_committed", "enable.partition.eof": True}
     )
     try:
         ranges = _resolve_ranges(consumer, options)

@@ -17,7 +17,6 @@ serve.
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 
 from confluent_kafka import TopicPartition
@@ -103,11 +102,7 @@ class SwapFollower:
         self._producer.flush(5)
 
     def _follow(self) -> None:
-        consumer = clients.consumer(
-            self._brokers,
-            self._security,
-            {"group.id": f"stream-clf-swaps-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False},
-        )
+        consumer = clients.reader(self._brokers, "swaps", self._security)
         consumer.assign([TopicPartition(self._topic, 0, self._offset)])
         state = ControlState()
         try:
