@@ -154,7 +154,10 @@ class ModelLoader:
         try:
             classifier.predict(["ok"] * classifier.bucket_size)
         except Exception as error:  # ONNX Runtime raises its own exception types
-            raise ModelError(f"model bundle '{bundle.path}': fails on a full bucket of short texts ({error})") from None
+            detail = " ".join(str(error).split())[:300]
+            raise ModelError(
+                f"model bundle '{bundle.path}': fails on a full bucket of short texts ({detail})"
+            ) from None
         log.info(
             "event=model_loaded model=%s model_version=%s source=%s seconds=%.2f",
             bundle.name,
