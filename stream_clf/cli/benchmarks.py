@@ -19,7 +19,7 @@ def register(commands: argparse._SubParsersAction) -> None:
             "bench",
             help="measure stream-clf against the raw engine, a naive baseline and the machine's peak",
             description="Measure, in one run: the bundle's ONNX session alone on sorted batches, stream-clf end"
-            " to end through a real broker (and its latency at 70%% load), a naive Faust + transformers pipeline"
+            " to end through a real broker (and its latency at 70% load), a naive Faust + transformers pipeline"
             " agent, and the fraction of the machine's matrix-product peak. Prints a table, writes JSON.",
         )
     )
@@ -29,7 +29,7 @@ def register(commands: argparse._SubParsersAction) -> None:
             help="run the pipeline under steady load for a long time; watch throughput and memory",
             description="Send events at a fixed rate through a real broker to a worker for --minutes; sample"
             " throughput and the worker's resident memory. Fails (exit 1) if any event is lost or memory grows"
-            " more than 5%% after the warm-up (five minutes, or the first third of a shorter run).",
+            " more than 5% after the warm-up (five minutes, or the first third of a shorter run).",
         )
     )
 
