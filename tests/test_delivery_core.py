@@ -305,7 +305,7 @@ class FakeTransactions:
     def begin_transaction(self) -> None:
         self.open = []
 
-    def produce(self, topic, key=None, value=None, headers=None) -> None:
+    def produce(self, topic, key=None, value=None, headers=None, on_delivery=None) -> None:
         self.open.append((topic, value))
 
     def poll(self, timeout: float) -> int:

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from stream_clf.errors import EventError, Reason
 from stream_clf.model.classifier import Prediction
@@ -82,6 +82,20 @@ class InFlight:
         except EventError as error:
             outcome = error
         return cls(source=source, key=key, value=value, outcome=outcome, ack=ack, timestamp=timestamp)
+
+    @classmethod
+    def unacked(cls, message: "KafkaMessage", max_bytes: int) -> "InFlight":
+        """A record librdkafka read, whose offset is not acked (a transaction commits it, or nothing does)."""
+        _, timestamp = message.timestamp()
+        source = Source(message.topic(), message.partition(), message.offset())
+        return cls.decode(
+            source,
+            message.key(),
+            message.value(),
+            _no_ack,
+            max_bytes,
+            timestamp=timestamp / 1000 if timestamp else None,
+        )
 
     @property
     def tokens(self) -> int:
@@ -307,6 +321,21 @@ def _grouped(
         if model is not None:
             groups.setdefault(id(model), (model, []))[1].append(record)
     return list(groups.values())
+
+
+class KafkaMessage(Protocol):
+    """What :meth:`InFlight.unacked` reads of a confluent-kafka ``Message``."""
+
+    def topic(self) -> str: ...
+    def partition(self) -> int: ...
+    def offset(self) -> int: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
+
+
+async def _no_ack() -> None:
+    """Nothing to do: the offset is committed elsewhere, or not at all."""
 
 
 def _rejection(record: InFlight, answer: Answer | None) -> EventError:

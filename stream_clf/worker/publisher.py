@@ -14,20 +14,36 @@ Keys are partitioned with ``murmur2``, as Java clients and Faust's own producer 
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from confluent_kafka import KafkaError, Message, Producer
 
 from stream_clf.errors import BrokerError
 from stream_clf.worker.core import OutRecord
 
-__all__ = ["PRODUCER_SETTINGS", "BatchPublisher"]
+__all__ = ["PRODUCER_SETTINGS", "BatchPublisher", "produce"]
 
 # What every result producer of the worker sets, whatever the guarantee.
 # linger: 20 ms rather than 5 took the paced load's produce requests, and the broker's share of the
 # cores, down; a batch waits longer than that for its delivery report anyway.
 PRODUCER_SETTINGS: dict[str, object] = {"partitioner": "murmur2_random", "linger.ms": 20}
 _POLL_SECONDS = 0.1
+
+
+def produce(producer: Producer, record: OutRecord, on_delivery: Callable[..., None] | None = None) -> None:
+    """Hand one record to librdkafka, waiting while its local queue is full (deliveries drain it)."""
+    while True:
+        try:
+            producer.produce(
+                record.topic,
+                value=record.value,
+                key=record.key,
+                headers=record.headers or None,
+                on_delivery=on_delivery,
+            )
+            return
+        except BufferError:
+            producer.poll(_POLL_SECONDS)
 
 
 class _Batch:
@@ -82,7 +98,7 @@ class BatchPublisher:
             return future
         batch = _Batch(loop, future, len(records))
         for record in records:
-            self._produce(record, batch)
+            produce(self._producer, record, batch.delivered)
         return future
 
     def close(self, timeout: float) -> int:
@@ -91,20 +107,6 @@ class BatchPublisher:
         self._closing.set()
         self._deliveries.join()
         return left
-
-    def _produce(self, record: OutRecord, batch: _Batch) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    record.topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=record.headers or None,
-                    on_delivery=batch.delivered,
-                )
-                return
-            except BufferError:  # librdkafka's queue is full: wait for deliveries to drain it
-                self._producer.poll(_POLL_SECONDS)
 
     def _serve_deliveries(self) -> None:
         while not self._closing.is_set():

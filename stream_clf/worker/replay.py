@@ -28,9 +28,9 @@ from stream_clf.kafka import clients
 from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.ops.metrics import WorkerMetrics
-from stream_clf.worker.core import BatchStep, InFlight, OutRecord, Routing
-from stream_clf.worker.events import Source
+from stream_clf.worker.core import BatchStep, InFlight, Routing
 from stream_clf.worker.models import ModelHolder, ModelSet, ServedModel
+from stream_clf.worker.publisher import produce
 
 __all__ = ["Bound", "ReplayOptions", "ReplayReport", "parse_bound", "run_replay"]
 
@@ -178,43 +178,20 @@ def _replay(
                 continue
             first, end = ranges[partition]
             if message.offset() < end:
-                batch.append(_in_flight(message, options.max_event_bytes))
+                batch.append(InFlight.unacked(message, options.max_event_bytes))
                 covered[partition] = message.offset() + 1 - first
             if message.offset() + 1 >= end:
                 finished(partition)
         if batch:
             processed = step(batch)
             for record in processed.records:
-                _produce(producer, record, delivered)
+                produce(producer, record, delivered)
+            producer.poll(0)
             report.results += sum(1 for record in processed.records if record.topic == options.output)
             report.dead_letters += sum(1 for record in processed.records if record.topic == options.dlq)
         progress(sum(covered.values()))
     if producer.flush(60) or failures:
         raise BrokerError(f"replay results not all delivered to {options.output!r}: {failures[:1] or 'timed out'}")
-
-
-def _produce(producer: Any, record: OutRecord, on_delivery: Callable) -> None:
-    while True:
-        try:
-            producer.produce(
-                record.topic, key=record.key, value=record.value, headers=record.headers, on_delivery=on_delivery
-            )
-            producer.poll(0)
-            return
-        except BufferError:  # the local queue is full: let deliveries drain
-            producer.poll(0.1)
-
-
-def _in_flight(message: Any, max_bytes: int) -> InFlight:
-    _, timestamp = message.timestamp()
-    source = Source(message.topic(), message.partition(), message.offset())
-    return InFlight.decode(
-        source, message.key(), message.value(), _no_ack, max_bytes, timestamp=timestamp / 1000 if timestamp else None
-    )
-
-
-async def _no_ack() -> None:
-    """A replay commits nothing."""
 
 
 def _resolve_ranges(consumer: Any, options: ReplayOptions) -> dict[int, tuple[int, int]]:

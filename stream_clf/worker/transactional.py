@@ -38,10 +38,9 @@ from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.settings import WorkerSettings
 from stream_clf.worker.core import BatchStep, InFlight, OutRecord, ProcessedBatch
-from stream_clf.worker.events import Source
 from stream_clf.worker.models import ModelSet
 from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT
-from stream_clf.worker.publisher import PRODUCER_SETTINGS
+from stream_clf.worker.publisher import PRODUCER_SETTINGS, produce
 
 __all__ = ["Commit", "TransactionalLoop", "commit_batch", "run_exactly_once"]
 
@@ -165,7 +164,7 @@ class TransactionalLoop:
     def submit(self, messages: Sequence[Message]) -> bool:
         """Start classifying the consumed ``messages``; False when none held an event."""
         started = time.perf_counter()
-        batch = [_in_flight(message, self._max_event_bytes) for message in messages if _usable(message)]
+        batch = [InFlight.unacked(message, self._max_event_bytes) for message in messages if _usable(message)]
         for record in batch:
             self._metrics.consumed(record.source.topic)
         if batch:
@@ -263,18 +262,6 @@ def _usable(message: Message) -> bool:
     return False
 
 
-def _in_flight(message: Message, max_bytes: int) -> InFlight:
-    _, timestamp = message.timestamp()
-    source = Source(message.topic(), message.partition(), message.offset())
-    return InFlight.decode(
-        source, message.key(), message.value(), _no_ack, max_bytes, timestamp=timestamp / 1000 if timestamp else None
-    )
-
-
-async def _no_ack() -> None:
-    """Offsets commit inside the transaction, not through acks."""
-
-
 def commit_batch(
     producer: Producer, consumer: Consumer, records: Sequence[OutRecord], offsets: Sequence[TopicPartition]
 ) -> Commit:
@@ -286,7 +273,7 @@ def commit_batch(
     try:
         producer.begin_transaction()
         for record in records:
-            _produce(producer, record)
+            produce(producer, record)
         producer.send_offsets_to_transaction(list(offsets), consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(TRANSACTION_TIMEOUT_SECONDS)
     except KafkaException as failure:
@@ -298,15 +285,6 @@ def commit_batch(
         _rewind(consumer)
         return Commit.ABORTED
     return Commit.COMMITTED
-
-
-def _produce(producer: Producer, record: OutRecord) -> None:
-    while True:
-        try:
-            producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers)
-            return
-        except BufferError:  # the local queue is full: let deliveries drain
-            producer.poll(0.1)
 
 
 def _rewind(consumer: Consumer) -> None:
