@@ -8,7 +8,6 @@ to use instead. The data directory survives restarts unless it is wiped.
 
 import base64
 import ctypes
-import hashlib
 import os
 import shutil
 import signal
@@ -16,24 +15,20 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
 from stream_clf.cache import cache_root
 from stream_clf.errors import BrokerError
 from stream_clf.kafka.topics import wait_for_broker
+from stream_clf.maven import fetch_pinned, read_lock
 
 __all__ = ["KAFKA_VERSION", "LocalKafka", "free_port", "resolve_jars"]
 
 KAFKA_VERSION = "3.9.2"
-MAVEN_REPOSITORY = os.environ.get("STREAM_CLF_MAVEN_REPOSITORY", "https://repo1.maven.org/maven2")
 _LOG4J = """\
 log4j.rootLogger=INFO, file
 log4j.appender.file=org.apache.log4j.FileAppender
@@ -68,59 +63,19 @@ def resolve_jars(version: str = KAFKA_VERSION, *, quiet: bool = False) -> Path:
         if not any(libs.glob("kafka_2.*.jar")):
             raise BrokerError(f"KAFKA_HOME={os.environ['KAFKA_HOME']!r} has no libs/kafka_2.*.jar; unset it or fix it")
         return libs
-    libs = cache_root() / f"kafka-{version}" / "libs"
-    pins = _read_lock(version)
-    missing = [(coordinate, digest) for coordinate, digest in pins if not (libs / _jar_name(coordinate)).is_file()]
-    if missing:
-        libs.mkdir(parents=True, exist_ok=True)
-        _download(missing, libs, quiet=quiet)
-    return libs
-
-
-def _read_lock(version: str) -> list[tuple[str, str]]:
     lock = resources.files(__package__) / f"kafka-{version}.lock"
     if not lock.is_file():
         raise BrokerError(f"no pinned jar list for Kafka {version}; use {KAFKA_VERSION} or set KAFKA_HOME")
-    pins = []
-    for line in lock.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            coordinate, digest = line.split()
-            pins.append((coordinate, digest))
-    return pins
-
-
-def _jar_name(coordinate: str) -> str:
-    _, artifact, version = coordinate.split(":")
-    return f"{artifact}-{version}.jar"
-
-
-def _jar_url(coordinate: str) -> str:
-    group, artifact, version = coordinate.split(":")
-    return f"{MAVEN_REPOSITORY}/{group.replace('.', '/')}/{artifact}/{version}/{artifact}-{version}.jar"
-
-
-def _download(pins: list[tuple[str, str]], libs: Path, *, quiet: bool) -> None:
-    columns = (TextColumn("fetching Kafka broker jars"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, disable=quiet, transient=True) as progress:
-        task = progress.add_task("jars", total=len(pins))
-
-        def fetch(pin: tuple[str, str]) -> None:
-            coordinate, digest = pin
-            url = _jar_url(coordinate)
-            try:
-                with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (https, fixed host)
-                    data = response.read()
-            except OSError as error:
-                raise BrokerError(f"cannot download {url} ({error}); set KAFKA_HOME to a Kafka install") from None
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise BrokerError(f"{url} does not match its pinned SHA-256; refusing to use it")
-            partial = libs / (_jar_name(coordinate) + ".part")
-            partial.write_bytes(data)
-            partial.rename(libs / _jar_name(coordinate))
-            progress.advance(task)
-
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(fetch, pins))
+    libs = cache_root() / f"kafka-{version}" / "libs"
+    fetch_pinned(
+        read_lock(lock),
+        libs,
+        what="Kafka broker jars",
+        quiet=quiet,
+        error=BrokerError,
+        hint="; set KAFKA_HOME to a Kafka install",
+    )
+    return libs
 
 
 def _cluster_id() -> str:
