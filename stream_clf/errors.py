@@ -6,7 +6,16 @@ Every message names the thing, the value and what to do about it, on one line: t
 
 from enum import StrEnum
 
-__all__ = ["BrokerError", "ConfigError", "EventError", "ExportError", "ModelError", "Reason", "StreamClfError"]
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "EventError",
+    "ExportError",
+    "ModelError",
+    "PeerError",
+    "Reason",
+    "StreamClfError",
+]
 
 
 class StreamClfError(Exception):
@@ -27,6 +36,10 @@ class ExportError(StreamClfError):
 
 class BrokerError(StreamClfError):
     """The Kafka broker could not be reached, started or stopped."""
+
+
+class PeerError(StreamClfError):
+    """A peer stream-clf is compared with (Spark NLP) could not be set up, or one of its jobs failed."""
 
 
 class Reason(StrEnum):
