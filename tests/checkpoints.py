@@ -66,11 +66,9 @@ def _byte_level_bpe() -> Tokenizer:
     return tokenizer
 
 
-def _unigram(lowercase: bool, special: list[str], template: tuple[str, str]) -> Tokenizer:
+def _unigram(lowercase: bool, special: list[str], template: tuple[str, str], unk: str) -> Tokenizer:
     trainer_side = SentencePieceUnigramTokenizer()
-    trainer_side.train_from_iterator(
-        CORPUS, vocab_size=300, special_tokens=special, unk_token=special[1], show_progress=False
-    )
+    trainer_side.train_from_iterator(CORPUS, vocab_size=300, special_tokens=special, unk_token=unk, show_progress=False)
     tokenizer = trainer_side._tokenizer
     steps = [normalizers.Replace("``", '"'), normalizers.Replace("''", '"'), normalizers.NFKC()]
     if lowercase:
@@ -101,17 +99,18 @@ def _bert_tokenizer(lowercase: bool) -> Callable[[], transformers.PreTrainedToke
 
 
 def _albert_tokenizer() -> transformers.PreTrainedTokenizerFast:
-    core = _unigram(True, ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"], ("[CLS]", "[SEP]"))
+    core = _unigram(True, ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"], ("[CLS]", "[SEP]"), "<unk>")
     return transformers.AlbertTokenizerFast(tokenizer_object=core, do_lower_case=True)
 
 
 def _xlmr_tokenizer() -> transformers.PreTrainedTokenizerFast:
-    core = _unigram(False, ["<s>", "<unk>", "<pad>", "</s>", "<mask>"], ("<s>", "</s>"))
+    # fairseq's layout, as the real XLM-R has it: <s>, <pad>, </s>, <unk>, then SentencePiece's pieces.
+    core = _unigram(False, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], ("<s>", "</s>"), "<unk>")
     return transformers.XLMRobertaTokenizerFast(tokenizer_object=core)
 
 
 def _deberta_tokenizer() -> transformers.PreTrainedTokenizerFast:
-    core = _unigram(False, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], ("[CLS]", "[SEP]"))
+    core = _unigram(False, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], ("[CLS]", "[SEP]"), "[UNK]")
     return transformers.DebertaV2TokenizerFast(tokenizer_object=core)
 
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from stream_clf import __version__
-from stream_clf.cli import benchmarks, control, modelling, streaming
+from stream_clf.cli import benchmarks, control, modelling, peers, streaming
 from stream_clf.cli.common import Parser
 from stream_clf.errors import ConfigError, ModelError, StreamClfError
 from stream_clf.kafka.clients import client_logger
@@ -27,6 +27,7 @@ def build_parser() -> Parser:
     control.register(commands)
     modelling.register(commands)
     benchmarks.register(commands)
+    peers.register(commands)
     return parser
 
 

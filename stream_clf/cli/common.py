@@ -12,6 +12,8 @@ from stream_clf.settings import Option
 
 __all__ = [
     "Parser",
+    "add_data_columns",
+    "add_labelled_data",
     "add_option",
     "needs_extra",
     "positive_int",
@@ -97,3 +99,31 @@ def read_texts(path: Path) -> list[str]:
     if not texts:
         raise ConfigError(f"{path}: no texts in it")
     return texts
+
+
+def add_data_columns(parser: argparse.ArgumentParser) -> None:
+    """``--text-column`` and ``--label-column``: where a labelled file's texts and labels are."""
+    parser.add_argument(
+        "--text-column",
+        action="append",
+        metavar="COLUMN",
+        help="the text's column; repeat to join several with a space, e.g. title and description (default: text)",
+    )
+    parser.add_argument("--label-column", default="label", help="(default: label)")
+
+
+def add_labelled_data(parser: argparse.ArgumentParser) -> None:
+    """``--data`` (required), its columns and ``--label-map``: a labelled file to score a model on."""
+    parser.add_argument("--data", type=Path, required=True, help="CSV, TSV or JSONL file with text and label")
+    add_data_columns(parser)
+    parser.add_argument("--label-map", type=_label_map, help="rename the file's labels to the model's: FROM=TO[,...]")
+
+
+def _label_map(text: str) -> dict[str, str]:
+    mapping = {}
+    for part in (p for p in text.split(",") if p.strip()):
+        source, sep, target = part.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected FROM=TO[,FROM=TO...], got {text!r}")
+        mapping[source.strip()] = target.strip()
+    return mapping

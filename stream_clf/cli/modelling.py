@@ -9,6 +9,8 @@ import orjson
 
 from stream_clf.cli.common import (
     Parser,
+    add_data_columns,
+    add_labelled_data,
     add_option,
     needs_extra,
     positive_int,
@@ -130,7 +132,7 @@ def _models_build(parser: Parser) -> None:
     own = parser.add_argument_group("a model from your own labelled file (instead of NAME)")
     own.add_argument("--data", type=Path, help="CSV, TSV or JSONL file with a text and a label per row")
     own.add_argument("--name", dest="model_name", help="the model's name in the cache and in results")
-    _data_columns(own)
+    add_data_columns(own)
     own.add_argument("--fine-tune", action="store_true", help="train every encoder layer (default: a frozen head)")
     own.add_argument("--max-length", type=positive_int, default=128, help="tokens per text (default: 128)")
     own.add_argument("--epochs", type=positive_int, default=2, help="passes when fine-tuning (default: 2)")
@@ -223,16 +225,6 @@ def _models_list(parser: Parser) -> None:
     parser.set_defaults(run=run, parser=parser)
 
 
-def _label_map(text: str) -> dict[str, str]:
-    mapping = {}
-    for part in (p for p in text.split(",") if p.strip()):
-        source, sep, target = part.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected FROM=TO[,FROM=TO...], got {text!r}")
-        mapping[source.strip()] = target.strip()
-    return mapping
-
-
 ALL_STRATEGIES = "all"
 
 
@@ -245,21 +237,9 @@ def _truncation_choice(text: str) -> Truncation | str:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join([*Truncation, ALL_STRATEGIES])}") from None
 
 
-def _data_columns(parser: Parser) -> None:
-    parser.add_argument(
-        "--text-column",
-        action="append",
-        metavar="COLUMN",
-        help="the text's column; repeat to join several with a space, e.g. title and description (default: text)",
-    )
-    parser.add_argument("--label-column", default="label", help="(default: label)")
-
-
 def _eval(parser: Parser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="bundle directory, or a built model's name")
-    parser.add_argument("--data", type=Path, required=True, help="CSV, TSV or JSONL file with text and label")
-    _data_columns(parser)
-    parser.add_argument("--label-map", type=_label_map, help="rename the file's labels to the model's: FROM=TO[,...]")
+    add_labelled_data(parser)
     parser.add_argument("--batch-size", type=positive_int, default=32, help="(default: 32)")
     parser.add_argument(
         "--truncation",

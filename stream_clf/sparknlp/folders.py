@@ -46,6 +46,8 @@ class Annotator:
     feeds_types: bool
     saved_prefix: str  # the model file of a folder Spark NLP saved: PREFIX_onnx
     spm_file: str | None = None  # the SentencePiece model's name in assets/
+    spp_prefix: str | None = None  # ... and in a folder Spark NLP saved: PREFIX_spp
+    fairseq_ids: bool = False  # ids are SentencePiece's plus one, after fixed <s>, <pad>, </s>, <unk>
 
 
 _SENTENCEPIECE = "sentencepiece"
@@ -59,12 +61,14 @@ ANNOTATORS = {
         False,
         "xlm_roberta_classification",
         "sentencepiece.bpe.model",
+        "xlmroberta",
+        fairseq_ids=True,
     ),
     "albert": Annotator(
-        "AlbertForSequenceClassification", _SENTENCEPIECE, True, "albert_classification", "spiece.model"
+        "AlbertForSequenceClassification", _SENTENCEPIECE, True, "albert_classification", "spiece.model", "albert"
     ),
     "deberta-v2": Annotator(
-        "DeBertaForSequenceClassification", _SENTENCEPIECE, False, "deberta_classification", "spm.model"
+        "DeBertaForSequenceClassification", _SENTENCEPIECE, False, "deberta_classification", "spm.model", "deberta"
     ),
 }
 
@@ -144,7 +148,7 @@ def _write_vocabulary(annotator: Annotator, tokenizer: dict[str, Any], bundle: P
         (assets / "merges.txt").write_text("".join(f"{merge}\n" for merge in merges))
     if annotator.vocabulary == "sentencepiece" and annotator.spm_file:
         shipped = next((bundle / name for name in _SPM_NAMES if (bundle / name).is_file()), None)
-        data = shipped.read_bytes() if shipped else _sentencepiece_model(tokenizer)
+        data = shipped.read_bytes() if shipped else _sentencepiece_model(tokenizer, annotator, bundle)
         (assets / annotator.spm_file).write_bytes(data)
 
 
@@ -158,25 +162,41 @@ def _in_id_order(vocabulary: dict[str, int], bundle: Path) -> list[str]:
     return ordered
 
 
-def _sentencepiece_model(tokenizer: dict[str, Any]) -> bytes:
-    """A SentencePiece model (protobuf) with the Unigram tokenizer's pieces, scores and normalizer."""
+_FAIRSEQ = ["<s>", "<pad>", "</s>", "<unk>"]
+
+
+def _sentencepiece_model(tokenizer: dict[str, Any], annotator: Annotator, bundle: Path) -> bytes:
+    """A SentencePiece model (protobuf) with the Unigram tokenizer's pieces, scores and normalizer.
+
+    For fairseq's layout (XLM-R) the model holds ``<unk>, <s>, </s>`` and then the pieces from id 4
+    on, so that its ids plus one are the tokenizer's, as the annotator computes them.
+    """
     from sentencepiece import sentencepiece_model_pb2 as spm
 
     model = tokenizer["model"]
+    vocabulary = model["vocab"]
+    unk_id = model.get("unk_id")
+    if annotator.fairseq_ids:
+        if [piece for piece, _ in vocabulary[:4]] != _FAIRSEQ:
+            raise ModelError(
+                f"model bundle '{bundle}': {annotator.name} feeds <s>=0, <pad>=1, </s>=2, <unk>=3; the"
+                f" tokenizer's first ids are {[piece for piece, _ in vocabulary[:4]]}"
+            )
+        vocabulary, unk_id = [["<unk>", 0.0], ["<s>", 0.0], ["</s>", 0.0], *vocabulary[4:]], 0
     specials = {token["content"] for token in tokenizer.get("added_tokens", []) if token.get("special")}
     proto = spm.ModelProto()
     piece_type = spm.ModelProto.SentencePiece
-    for index, (piece, score) in enumerate(model["vocab"]):
+    for index, (piece, score) in enumerate(vocabulary):
         entry = proto.pieces.add()
         entry.piece, entry.score = piece, score
-        if index == model.get("unk_id"):
+        if index == unk_id:
             entry.type = piece_type.UNKNOWN
         elif piece in specials:
             entry.type = piece_type.CONTROL
         else:
             entry.type = piece_type.NORMAL
     proto.trainer_spec.model_type = spm.TrainerSpec.UNIGRAM
-    proto.trainer_spec.unk_id = model.get("unk_id") or 0
+    proto.trainer_spec.unk_id = unk_id or 0
     charsmap = _precompiled_charsmap(tokenizer.get("normalizer"))
     proto.normalizer_spec.name = "nmt_nfkc" if charsmap else "identity"
     if charsmap:
