@@ -3,6 +3,7 @@
 The benchmark proper (thousands of events, a few minutes) is run by hand; the README records it.
 """
 
+import shutil
 import subprocess
 import sys
 
@@ -118,6 +119,25 @@ def test_bench_measures_the_ag_news_mix_from_the_file_it_is_given(tiny_bundle, k
         "truncated": 0,
     }
     assert report["stream_clf"]["events_per_second"] > 0
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java")
+def test_bench_measures_spark_nlp_beside_stream_clf_on_the_same_texts(news_model, kafka_bootstrap, tmp_path):
+    report_file = tmp_path / "bench.json"
+    model = str(news_model.bundles["fp32"])
+    finished = _bench("--model", model, "--mix", "tweets", "--events", "60", "--no-baseline", "--peer", "spark-nlp",
+                      "--brokers", kafka_bootstrap, "--json", str(report_file))  # fmt: skip
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    report = orjson.loads(report_file.read_bytes())
+    spark = report["spark_nlp"]
+    assert spark["events_per_second"] > 0
+    assert spark["cores"]["spark JVM"] > 0
+    # The same fp32 model, and a tokenizer that reproduces its pre-tokenizer: the same label for every event.
+    assert spark["label_agreement"] == 1.0
+    assert spark["latency"]["p50"] <= spark["latency"]["p99"]
+    assert spark["stream_clf_at_same_pace"]["p99"] > 0
+    assert {"at_least_3x_spark_nlp", "p99_at_most_a_tenth_of_spark_nlp"} <= set(report["targets"])
+    assert "Spark NLP Structured Streaming" in finished.stdout
 
 
 def test_the_lengths_mix_holds_every_length_up_to_max_length(tiny_bundle):

@@ -15,7 +15,8 @@ from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
 from stream_clf.sparknlp.parity import PARITY_TEXTS, Agreement
 
-pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java")
+# The first session on a machine installs Spark NLP's environment (a few minutes); later ones find it cached.
+pytestmark = [pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java"), pytest.mark.timeout(1200)]
 
 # Every architecture Spark NLP has a sequence classifier for, as stream-clf exports them.
 ARCHITECTURES = ("bert", "bert-uncased", "minilm", "distilbert", "roberta", "xlm-roberta", "albert", "deberta-v2")

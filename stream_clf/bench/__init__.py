@@ -11,7 +11,10 @@ machines are noisy):
   throughput (and the same for the exactly-once loop, on request);
 - the naive baseline: a Faust agent calling transformers' ``pipeline`` in PyTorch, one event at a
   time, on the same encoder;
-- the fraction of the machine's peak: counted FLOPs per text over a measured matrix-product peak.
+- the fraction of the machine's peak: counted FLOPs per text over a measured matrix-product peak;
+- on request, a peer: Spark NLP's Structured Streaming on the same broker, bundle and texts (see
+  :mod:`stream_clf.bench.peer`), its labels compared with stream-clf's, its latency measured at a
+  pace it sustains and stream-clf's again at that same pace.
 """
 
 import os
@@ -66,6 +69,7 @@ class BenchOptions:
     shadow_model: Path | None = None  # also measure the worker with this shadow model
     swap_model: Path | None = None  # also measure latency while the worker swaps to this model
     brokers: str | None = None
+    peer: str | None = None  # "spark-nlp": also measure Spark NLP beside stream-clf
     timeout: float = 600.0
 
 
@@ -147,7 +151,8 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
             bootstrap = broker.bootstrap
         run = _Run(options, bootstrap, root, track, {"broker": broker.pid} if broker and broker.pid else {})
         try:
-            report["stream_clf"] = _measure_worker(run, bundle.path, texts)
+            labels: dict[str, str] = {}
+            report["stream_clf"] = _measure_worker(run, bundle.path, texts, labels=labels)
             if options.exactly_once:
                 report["exactly_once"] = _measure_worker(run, bundle.path, texts, "exactly-once")
             if options.shadow_model is not None:
@@ -156,6 +161,8 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
             if options.swap_model is not None:
                 pace = options.load * report["stream_clf"]["events_per_second"]
                 report["swap"] = _measure_swap(run, bundle.path, texts, pace, resolve_model(options.swap_model))
+            if options.peer == "spark-nlp":
+                report["spark_nlp"] = _measure_spark_nlp(run, bundle.path, texts, labels)
             if options.baseline:
                 report["baseline"] = _measure_baseline(run, classifier, texts)
         finally:
@@ -187,8 +194,15 @@ def _worker_command(options: BenchOptions, bundle: Path, guarantee: str = "at-le
 
 
 def _measure_worker(
-    run: _Run, bundle: Path, texts: list[str], guarantee: str = "at-least-once", extra: list[str] | None = None
+    run: _Run,
+    bundle: Path,
+    texts: list[str],
+    guarantee: str = "at-least-once",
+    extra: list[str] | None = None,
+    *,
+    labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """Throughput, cores and stages, then latency at 70% of that rate; ``labels`` receives each event's label."""
     options = run.options
     command = [*_worker_command(options, bundle, guarantee), *(extra or [])]
     worker = start_service(command, run.bootstrap, partitions=4, log=run.root / "worker.log")
@@ -202,6 +216,8 @@ def _measure_worker(
             others=run.others,
             stages=True,
         )
+        if labels is not None:
+            labels.update(throughput.labels)
         pace = options.load * throughput.events_per_second
         count = max(20, round(pace * options.latency_seconds))
         latency = measure_latency(
@@ -222,6 +238,44 @@ def _measure_worker(
         "latency": {"load_events_per_second": pace, "p50": percentile(latency, 50), "p99": percentile(latency, 99)},
         "exit_code": code,
     }
+
+
+def _measure_spark_nlp(run: _Run, bundle: Path, texts: list[str], labels: dict[str, str]) -> dict[str, Any]:
+    """Spark NLP on the same texts, then stream-clf's latency again at the pace Spark NLP was measured at."""
+    from stream_clf.bench.peer import measure_spark_nlp
+
+    options = run.options
+    spark = measure_spark_nlp(
+        run.bootstrap,
+        bundle,
+        texts,
+        threads=options.threads,
+        pace=None,
+        latency_seconds=options.latency_seconds,
+        root=run.root,
+        track=run.track,
+        others=run.others,
+        timeout=options.timeout,
+    )
+    theirs = spark.pop("labels")
+    spark["label_agreement"] = sum(theirs.get(event_id) == label for event_id, label in labels.items()) / len(labels)
+    pace = spark["latency"]["load_events_per_second"]
+    worker = start_service(_worker_command(options, bundle), run.bootstrap, partitions=4, log=run.root / "pace.log")
+    try:
+        worker.wait_ready(timeout=180)
+        count = max(20, round(pace * options.latency_seconds))
+        latency = measure_latency(
+            run.bootstrap,
+            worker,
+            [texts[i % len(texts)] for i in range(count)],
+            pace=pace,
+            timeout=options.timeout,
+            advance=run.track(f"stream-clf latency at Spark NLP's pace ({pace:.0f} events/s)", count),
+        )
+    finally:
+        worker.stop()
+    spark["stream_clf_at_same_pace"] = {"p50": percentile(latency, 50), "p99": percentile(latency, 99)}
+    return spark
 
 
 def _measure_swap(run: _Run, bundle: Path, texts: list[str], pace: float, new: Path) -> dict[str, Any]:
@@ -323,6 +377,12 @@ def _judge(report: dict[str, Any], options: BenchOptions, bundle: Any, engine: A
         ratios["with_shadow_vs_without"] = report["with_shadow"]["events_per_second"] / stream_rate
     if "stream_clf_vs_baseline" in ratios:
         report["targets"]["at_least_6x_baseline"] = ratios["stream_clf_vs_baseline"] >= 6
+    spark = report.get("spark_nlp")
+    if spark:
+        ratios["stream_clf_vs_spark_nlp"] = stream_rate / spark["events_per_second"]
+        ratios["spark_nlp_p99_vs_stream_clf_p99"] = spark["latency"]["p99"] / spark["stream_clf_at_same_pace"]["p99"]
+        report["targets"]["at_least_3x_spark_nlp"] = ratios["stream_clf_vs_spark_nlp"] >= 3
+        report["targets"]["p99_at_most_a_tenth_of_spark_nlp"] = ratios["spark_nlp_p99_vs_stream_clf_p99"] >= 10
     return report
 
 
@@ -400,6 +460,26 @@ def _model_change_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _spark_nlp_lines(report: dict[str, Any]) -> list[str]:
+    spark = report.get("spark_nlp")
+    if not spark:
+        return []
+    latency, ours, tuning = spark["latency"], spark["stream_clf_at_same_pace"], spark["tuning"]
+    return [
+        f"Spark NLP ({spark['annotator']}, same bundle; batchSize {tuning['batch_size']}, maxOffsetsPerTrigger"
+        f" {tuning['max_offsets_per_trigger']}, micro-batches back to back, {spark['micro_batches']['count']} of"
+        f" {spark['micro_batches']['mean_rows']:.0f} events on average): stream-clf"
+        f" {report['ratios']['stream_clf_vs_spark_nlp']:.1f}x its throughput; labels agree on"
+        f" {spark['label_agreement']:.1%} of events",
+        f"at {latency['load_events_per_second']:.0f} events/s (70% of Spark NLP's rate): p50/p99 Spark NLP"
+        f" {latency['p50'] * 1000:.0f}/{latency['p99'] * 1000:.0f} ms, stream-clf {ours['p50'] * 1000:.0f}/"
+        f"{ours['p99'] * 1000:.0f} ms ({report['ratios']['spark_nlp_p99_vs_stream_clf_p99']:.0f}x lower p99)",
+        "cores used during Spark NLP's run: "
+        + ", ".join(f"{name} {used:.2f}" for name, used in spark["cores"].items())
+        + _memory_line(spark.get("memory_bytes")).replace("worker", "Spark JVM"),
+    ]
+
+
 def render(report: dict[str, Any]) -> Group:
     """The results as a table and a few lines, for the terminal."""
     machine, model, mix = report["machine"], report["model"], report["mix"]
@@ -428,6 +508,9 @@ def render(report: dict[str, Any]) -> Group:
     exactly_once = report.get("exactly_once")
     if exactly_once:
         rows.append(("stream-clf end to end, --guarantee exactly-once", exactly_once["events_per_second"], None))
+    spark = report.get("spark_nlp")
+    if spark:
+        rows.append((f"Spark NLP Structured Streaming, {spark['tuning']['master']}", spark["events_per_second"], None))
     if baseline:
         rows.append(
             ("naive baseline: Faust + transformers pipeline, one at a time", base, baseline.get("fraction_of_peak"))
@@ -457,6 +540,7 @@ def render(report: dict[str, Any]) -> Group:
             else []
         ),
         *_model_change_lines(report),
+        *_spark_nlp_lines(report),
         "raw engine by configuration: "
         + ", ".join(f"{name} {rate:.1f} texts/s" for name, rate in engine["configurations"].items()),
         "cores used during the end-to-end run: "

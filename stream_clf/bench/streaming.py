@@ -36,6 +36,8 @@ __all__ = [
     "measure_latency",
     "measure_swap",
     "measure_throughput",
+    "percentile",
+    "resident_bytes",
     "start_service",
 ]
 
@@ -75,7 +77,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _resident_bytes(pid: int) -> dict[str, int]:
+def resident_bytes(pid: int) -> dict[str, int]:
     """Resident memory now (``rss``) and at its peak (``peak``), from /proc; empty where it cannot tell."""
     names = {"VmRSS": "rss", "VmHWM": "peak"}
     try:
@@ -124,15 +126,19 @@ class StageSample:
 
 @dataclass(frozen=True)
 class StreamResult:
+    """A throughput run: ``counted`` events in ``seconds`` (see :func:`measure_throughput`)."""
+
     events: int
+    counted: int
     seconds: float
     cores: dict[str, float]
+    labels: dict[str, str]
     stages: dict[str, dict[str, float]] | None = None
     memory: dict[str, int] | None = None
 
     @property
     def events_per_second(self) -> float:
-        return (self.events - 1) / self.seconds
+        return self.counted / self.seconds
 
 
 @dataclass
@@ -225,10 +231,10 @@ def _collect(
     advance: Advance,
     *,
     on_first: Callable[[], None] = lambda: None,
-    versions: dict[str, str] | None = None,
+    results: dict[str, dict] | None = None,
 ) -> dict[str, float]:
     """Arrival time of each id's result; ``on_first`` is called when the first one arrives, and
-    ``versions`` (if given) receives the model version of each result."""
+    ``results`` (if given) receives each result."""
     arrived: dict[str, float] = {}
     deadline = time.monotonic() + timeout
     while len(arrived) < len(ids):
@@ -244,8 +250,8 @@ def _collect(
                 if not arrived:
                     on_first()
                 arrived[event_id] = time.monotonic()
-                if versions is not None:
-                    versions[event_id] = result.get("model_version")
+                if results is not None:
+                    results[event_id] = result
                 advance(1)
     return arrived
 
@@ -269,26 +275,36 @@ def measure_throughput(
     *,
     others: dict[str, int] | None = None,
     stages: bool = False,
+    from_filled: bool = False,
 ) -> StreamResult:
     """Events per second from a pre-filled input topic, first result to last.
 
+    With ``from_filled``, from the moment the topic is filled to the last result instead: for a
+    service that answers a micro-batch at a time, first-to-last would count a whole batch for free.
     Also the cores used meanwhile by the service, this process (the benchmark's clients) and
-    ``others`` (name to pid: the broker); the service's resident memory at the end; and with
-    ``stages``, the share of the time each of its stages spent busy, starved and blocked.
+    ``others`` (name to pid: the broker); the service's resident memory at the end; each event's
+    label; and with ``stages``, the share of the time each of its stages spent busy, starved and
+    blocked.
     """
     events = [(f"t{i}", text) for i, text in enumerate(texts)]
     _produce(bootstrap, service.input, events)
+    filled = time.monotonic()
     meter = CpuMeter({"service": service.process.pid, "bench clients": os.getpid(), **(others or {})})
+    if from_filled:
+        meter.mark()
     consumer = _consumer(bootstrap, service.output)
     first: list[tuple[float, StageSample]] = []
 
     def on_first() -> None:
-        meter.mark()
+        if not from_filled:
+            meter.mark()
         if stages:
             first.append((time.monotonic(), StageSample.scrape(service.web_port)))
 
+    results: dict[str, dict] = {}
     try:
-        arrived = _collect(consumer, {event_id for event_id, _ in events}, service, timeout, advance, on_first=on_first)
+        ids = {event_id for event_id, _ in events}
+        arrived = _collect(consumer, ids, service, timeout, advance, on_first=on_first, results=results)
         cores = meter.read()
         shares = None
         if first:
@@ -297,12 +313,15 @@ def measure_throughput(
     finally:
         consumer.close()
     times = sorted(arrived.values())
+    start = filled if from_filled else times[0]
     return StreamResult(
         events=len(times),
-        seconds=times[-1] - times[0],
+        counted=len(times) if from_filled else len(times) - 1,
+        seconds=times[-1] - start,
         cores=cores,
+        labels={event_id: result.get("label") for event_id, result in results.items()},
         stages=shares,
-        memory=_resident_bytes(service.process.pid),
+        memory=resident_bytes(service.process.pid),
     )
 
 
@@ -345,7 +364,7 @@ def measure_swap(
     events = [(f"s{tag}-{i}", text) for i, text in enumerate(texts)]
     consumer = _consumer(bootstrap, service.output)
     sent: dict[str, float] = {}
-    versions: dict[str, str] = {}
+    results: dict[str, dict] = {}
     asked: list[float] = []
     loaded: list[float | None] = []
 
@@ -359,11 +378,12 @@ def measure_swap(
     sender.start()
     swapper.start()
     try:
-        arrived = _collect(consumer, {event_id for event_id, _ in events}, service, timeout, advance, versions=versions)
+        arrived = _collect(consumer, {event_id for event_id, _ in events}, service, timeout, advance, results=results)
     finally:
         sender.join()
         swapper.join()
         consumer.close()
+    versions = {event_id: result.get("model_version") for event_id, result in results.items()}
     first_version = versions[events[0][0]]
     switched = min((arrived[i] for i, v in versions.items() if v != first_version), default=None)
     before = [arrived[i] - at for i, at in sent.items() if asked[0] - 5 <= at < asked[0]]

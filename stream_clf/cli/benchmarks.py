@@ -61,6 +61,12 @@ def _bench(parser: Parser) -> None:
     parser.add_argument("--baseline-events", type=positive_int, default=defaults.baseline_events, help="(%(default)s)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the naive baseline (needs no torch)")
     parser.add_argument("--exactly-once", action="store_true", help="also measure --guarantee exactly-once")
+    parser.add_argument(
+        "--peer",
+        choices=["spark-nlp"],
+        help="also measure Spark NLP's Structured Streaming on the same broker, bundle and texts"
+        " (sets up its environment in the cache on first use)",
+    )
     parser.add_argument("--shadow-model", type=Path, help="also measure the worker with this shadow model beside")
     parser.add_argument(
         "--swap-model", type=Path, help="also measure latency while the worker swaps to this model under load"
@@ -108,6 +114,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         shadow_model=args.shadow_model,
         swap_model=args.swap_model,
         brokers=args.brokers,
+        peer=args.peer,
     )
     if options.baseline:
         try:

@@ -96,7 +96,8 @@ def compare_with_spark_nlp(
             head = Classifier(bundle, windowing=Windowing(Truncation.HEAD)).predict(texts)
             served = Classifier(bundle).predict(texts) if gold is not None else head
             ours[name] = (annotator.name, head, served)
-        answer = run_job(environment, "classify", {"models": models, "texts": list(texts), "tokenizers": tokenizers})
+        spec = {"models": models, "texts": list(texts), "tokenizers": tokenizers}
+        answer = run_job(environment, "classify", spec, Path(scratch) / "job")
     rows = []
     for name, (annotator, predictions, served) in ours.items():
         for tokenizer in tokenizers:
