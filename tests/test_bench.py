@@ -125,15 +125,17 @@ def test_bench_measures_the_ag_news_mix_from_the_file_it_is_given(tiny_bundle, k
 def test_bench_measures_spark_nlp_beside_stream_clf_on_the_same_texts(news_model, kafka_bootstrap, tmp_path):
     report_file = tmp_path / "bench.json"
     model = str(news_model.bundles["fp32"])
-    finished = _bench("--model", model, "--mix", "tweets", "--events", "60", "--no-baseline", "--peer", "spark-nlp",
+    # IMDB reviews: a few batches' work even for 60 events (60 tweets end in one batch, too short to time).
+    finished = _bench("--model", model, "--events", "60", "--no-baseline", "--peer", "spark-nlp",
                       "--brokers", kafka_bootstrap, "--json", str(report_file))  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-3000:]
     report = orjson.loads(report_file.read_bytes())
     spark = report["spark_nlp"]
     assert spark["events_per_second"] > 0
     assert spark["cores"]["spark JVM"] > 0
-    # The same fp32 model, and a tokenizer that reproduces its pre-tokenizer: the same label for every event.
-    assert spark["label_agreement"] == 1.0
+    # The same fp32 model, the first 256 tokens, a tokenizer that reproduces its pre-tokenizer: the same labels
+    # (a review with accented words can get other pieces from Spark NLP's WordPiece, rarely another label).
+    assert spark["label_agreement"] >= 0.95
     assert spark["latency"]["p50"] <= spark["latency"]["p99"]
     assert spark["stream_clf_at_same_pace"]["p99"] > 0
     assert {"at_least_3x_spark_nlp", "p99_at_most_a_tenth_of_spark_nlp"} <= set(report["targets"])

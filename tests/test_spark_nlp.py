@@ -5,6 +5,7 @@ sessions find it there), one Spark session for every architecture.
 """
 
 import shutil
+import unicodedata
 from pathlib import Path
 
 import orjson
@@ -21,8 +22,10 @@ pytestmark = [pytest.mark.skipif(shutil.which("java") is None, reason="Spark nee
 # Every architecture Spark NLP has a sequence classifier for, as stream-clf exports them.
 ARCHITECTURES = ("bert", "bert-uncased", "minilm", "distilbert", "roberta", "xlm-roberta", "albert", "deberta-v2")
 # BERT's own pre-tokenizer splits on whitespace and punctuation, which the RegexTokenizer reproduces: the same
-# pieces, so the same scores up to float noise of padding in Spark NLP's batches.
+# pieces, so the same scores up to float noise, on every text but those with accented letters (Spark NLP's
+# WordPiece handles them its own way, cased or not).
 SAME_PIECES = ("bert", "bert-uncased", "minilm")
+ACCENTED = {i for i, text in enumerate(PARITY_TEXTS) if any(unicodedata.decomposition(c) for c in text if c.isalpha())}
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +39,8 @@ def spark_nlp(exported: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     rows = compare_with_spark_nlp(spark_nlp_environment(quiet=True), bundles, PARITY_TEXTS, save_to=saved)
     for row in rows:
         print(
-            f"{row.model:13} {row.tokenizer:8} labels {row.same_labels}/{row.texts}"
-            f" max |score diff| {row.max_score_diff:.4f}"
+            f"{row.model:13} {row.tokenizer:8} labels {row.same_labels}/{row.texts}, scores (1e-4)"
+            f" {row.same_scores}/{row.texts}, max |score diff| {row.max_score_diff:.4f}"
         )
     return rows, saved
 
@@ -50,8 +53,10 @@ def test_spark_nlp_gives_every_architecture_the_same_labels_with_the_models_pre_
     assert {model for model, _ in by_model} == set(ARCHITECTURES)
     for name in ARCHITECTURES:
         assert by_model[name, "model"].same_labels == len(PARITY_TEXTS), name
+    assert ACCENTED, "the texts hold accented words"
     for name in SAME_PIECES:
-        assert by_model[name, "model"].max_score_diff < 2e-3, name
+        diffs = by_model[name, "model"].score_diffs
+        assert max(diff for i, diff in enumerate(diffs) if i not in ACCENTED) < 1e-4, name
         # Spark NLP's default Tokenizer keeps "can't", "U.S.-based" whole: other pieces, other scores.
         assert by_model[name, "default"].max_score_diff > by_model[name, "model"].max_score_diff, name
 

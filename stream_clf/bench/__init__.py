@@ -70,6 +70,7 @@ class BenchOptions:
     swap_model: Path | None = None  # also measure latency while the worker swaps to this model
     brokers: str | None = None
     peer: str | None = None  # "spark-nlp": also measure Spark NLP beside stream-clf
+    peer_batch_size: int = 32  # Spark NLP's batchSize
     timeout: float = 600.0
 
 
@@ -242,7 +243,7 @@ def _measure_worker(
 
 def _measure_spark_nlp(run: _Run, bundle: Path, texts: list[str], labels: dict[str, str]) -> dict[str, Any]:
     """Spark NLP on the same texts, then stream-clf's latency again at the pace Spark NLP was measured at."""
-    from stream_clf.bench.peer import measure_spark_nlp
+    from stream_clf.bench.peer import SparkTuning, measure_spark_nlp
 
     options = run.options
     spark = measure_spark_nlp(
@@ -256,6 +257,7 @@ def _measure_spark_nlp(run: _Run, bundle: Path, texts: list[str], labels: dict[s
         track=run.track,
         others=run.others,
         timeout=options.timeout,
+        tuning=SparkTuning(batch_size=options.peer_batch_size),
     )
     theirs = spark.pop("labels")
     spark["label_agreement"] = sum(theirs.get(event_id) == label for event_id, label in labels.items()) / len(labels)

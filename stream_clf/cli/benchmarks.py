@@ -20,7 +20,8 @@ def register(commands: argparse._SubParsersAction) -> None:
             help="measure stream-clf against the raw engine, a naive baseline and the machine's peak",
             description="Measure, in one run: the bundle's ONNX session alone on sorted batches, stream-clf end"
             " to end through a real broker (and its latency at 70% load), a naive Faust + transformers pipeline"
-            " agent, and the fraction of the machine's matrix-product peak. Prints a table, writes JSON.",
+            " agent, the fraction of the machine's matrix-product peak, and on request (--peer spark-nlp) Spark NLP's"
+            " Structured Streaming on the same broker, bundle and texts. Prints a table, writes JSON.",
         )
     )
     _soak(
@@ -66,6 +67,12 @@ def _bench(parser: Parser) -> None:
         choices=["spark-nlp"],
         help="also measure Spark NLP's Structured Streaming on the same broker, bundle and texts"
         " (sets up its environment in the cache on first use)",
+    )
+    parser.add_argument(
+        "--peer-batch-size",
+        type=positive_int,
+        default=defaults.peer_batch_size,
+        help="Spark NLP's batchSize (%(default)s)",
     )
     parser.add_argument("--shadow-model", type=Path, help="also measure the worker with this shadow model beside")
     parser.add_argument(
@@ -115,6 +122,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         swap_model=args.swap_model,
         brokers=args.brokers,
         peer=args.peer,
+        peer_batch_size=args.peer_batch_size,
     )
     if options.baseline:
         try:

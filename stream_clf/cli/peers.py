@@ -117,7 +117,7 @@ def _compare(parser: Parser) -> None:
         with console.status(f"classifying {len(texts)} texts with stream-clf and with Spark NLP"):
             rows = compare_with_spark_nlp(environment, bundles, texts, gold, batch_size=args.batch_size)
         table = Table(title=f"stream-clf and Spark NLP {_source(args)}")
-        for column in ("model", "annotator", "Spark NLP tokenizer", "same labels", "max |score diff|"):
+        for column in ("model", "annotator", "Spark NLP tokenizer", "same labels", "same scores", "max |score diff|"):
             table.add_column(column)
         if gold is not None:
             table.add_column("accuracy Spark NLP")
@@ -129,6 +129,7 @@ def _compare(parser: Parser) -> None:
                 row.annotator,
                 row.tokenizer,
                 f"{row.same_labels}/{row.texts} ({row.label_agreement:.1%})",
+                f"{row.same_scores}/{row.texts}",
                 f"{row.max_score_diff:.4f}",
             ]
             if gold is not None:

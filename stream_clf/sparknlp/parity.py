@@ -47,11 +47,20 @@ class Agreement:
     tokenizer: str
     texts: int
     same_labels: int
-    max_score_diff: float
+    score_diffs: tuple[float, ...]  # per text, the largest |score difference| over the labels
     spark_seconds: float
     spark_accuracy: float | None = None
     head_accuracy: float | None = None  # stream-clf keeping the head, as Spark NLP does
     served_accuracy: float | None = None  # stream-clf as the bundle serves (its truncation strategy)
+
+    @property
+    def same_scores(self) -> int:
+        """Texts whose scores agree to 1e-4: the same pieces went in."""
+        return sum(diff < 1e-4 for diff in self.score_diffs)
+
+    @property
+    def max_score_diff(self) -> float:
+        return max(self.score_diffs, default=0.0)
 
     @property
     def label_agreement(self) -> float:
@@ -110,10 +119,9 @@ def compare_with_spark_nlp(
                     tokenizer=tokenizer,
                     texts=len(texts),
                     same_labels=sum(r["label"] == p.label for r, p in zip(results, predictions, strict=True)),
-                    max_score_diff=max(
-                        abs(r["scores"].get(label, 0.0) - score)
+                    score_diffs=tuple(
+                        max(abs(r["scores"].get(label, 0.0) - score) for label, score in p.scores.items())
                         for r, p in zip(results, predictions, strict=True)
-                        for label, score in p.scores.items()
                     ),
                     spark_seconds=theirs["seconds"],
                     spark_accuracy=_accuracy([r["label"] for r in results], gold),
