@@ -16,6 +16,7 @@ __all__ = [
     "add_labelled_data",
     "add_option",
     "needs_extra",
+    "parse_label_map",
     "positive_int",
     "progress_bars",
     "raise_interrupt",
@@ -116,10 +117,13 @@ def add_labelled_data(parser: argparse.ArgumentParser) -> None:
     """``--data`` (required), its columns and ``--label-map``: a labelled file to score a model on."""
     parser.add_argument("--data", type=Path, required=True, help="CSV, TSV or JSONL file with text and label")
     add_data_columns(parser)
-    parser.add_argument("--label-map", type=_label_map, help="rename the file's labels to the model's: FROM=TO[,...]")
+    parser.add_argument(
+        "--label-map", type=parse_label_map, help="rename the file's labels to the model's: FROM=TO[,...]"
+    )
 
 
-def _label_map(text: str) -> dict[str, str]:
+def parse_label_map(text: str) -> dict[str, str]:
+    """An argparse type: ``FROM=TO[,FROM=TO...]``, the file's labels renamed to the model's."""
     mapping = {}
     for part in (p for p in text.split(",") if p.strip()):
         source, sep, target = part.partition("=")

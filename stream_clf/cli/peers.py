@@ -6,7 +6,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from stream_clf.cli.common import Parser, add_data_columns, needs_extra, positive_int, read_texts
+from stream_clf.cli.common import Parser, add_data_columns, needs_extra, parse_label_map, positive_int, read_texts
 from stream_clf.errors import ConfigError
 
 __all__ = ["register"]
@@ -91,18 +91,22 @@ def _compare(parser: Parser) -> None:
     texts.add_argument("--texts", type=Path, help="file of texts, one per line (default: a built-in set)")
     texts.add_argument("--data", type=Path, help="CSV, TSV or JSONL file with text and label: adds accuracy")
     add_data_columns(parser)
+    parser.add_argument(
+        "--label-map", type=parse_label_map, help="rename --data's labels to the model's: FROM=TO[,...]"
+    )
     parser.add_argument("--limit", type=positive_int, help="the first N rows of --data or --texts")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="Spark NLP's batch size (default: 8)")
 
     def run(args: argparse.Namespace) -> int:
-        from stream_clf.evaluation.evaluate import read_dataset
+        from stream_clf.evaluation.evaluate import check_labels, read_dataset
+        from stream_clf.model.bundle import load_bundle
         from stream_clf.model.catalog import resolve_model
         from stream_clf.sparknlp.environment import spark_nlp_environment
         from stream_clf.sparknlp.parity import PARITY_TEXTS, compare_with_spark_nlp
 
         gold = None
         if args.data:
-            dataset = read_dataset(args.data, args.text_column or ["text"], args.label_column)
+            dataset = read_dataset(args.data, args.text_column or ["text"], args.label_column, args.label_map)
             texts, gold = dataset.texts[: args.limit], dataset.labels[: args.limit]
         else:
             texts = (read_texts(args.texts) if args.texts else list(PARITY_TEXTS))[: args.limit]
@@ -112,6 +116,8 @@ def _compare(parser: Parser) -> None:
             if path.name in bundles:
                 raise ConfigError(f"--model {model}: two models named {path.name}")
             bundles[path.name] = path
+            if args.data:
+                check_labels(dataset, load_bundle(path).labels, args.data)
         environment = spark_nlp_environment()
         console = Console(stderr=True)
         with console.status(f"classifying {len(texts)} texts with stream-clf and with Spark NLP"):
