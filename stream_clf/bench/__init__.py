@@ -20,7 +20,6 @@ machines are noisy):
 import os
 import platform
 import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,15 @@ from rich.table import Table
 
 from stream_clf.bench.engine import measure_engine, measure_full_batch, measure_peak
 from stream_clf.bench.mixes import describe_mix, load_texts
-from stream_clf.bench.streaming import measure_latency, measure_swap, measure_throughput, percentile, start_service
+from stream_clf.bench.streaming import (
+    Track,
+    measure_latency,
+    measure_swap,
+    measure_throughput,
+    p50_p99,
+    paced_texts,
+    start_service,
+)
 from stream_clf.kafka.broker import LocalKafka, free_port
 from stream_clf.kafka.control import ask_swap
 from stream_clf.model.bundle import load_bundle
@@ -42,7 +49,6 @@ from stream_clf.settings import WORKER_OPTIONS
 
 __all__ = ["BenchOptions", "render", "run_bench"]
 
-Track = Callable[[str, int | None], Callable[[int], None]]
 # The worker's knobs start where the worker's own defaults are.
 _WORKER_DEFAULTS: dict[str, Any] = {option.field: option.default for option in WORKER_OPTIONS}
 
@@ -220,14 +226,14 @@ def _measure_worker(
         if labels is not None:
             labels.update(throughput.labels)
         pace = options.load * throughput.events_per_second
-        count = max(20, round(pace * options.latency_seconds))
+        paced = paced_texts(texts, pace, options.latency_seconds)
         latency = measure_latency(
             run.bootstrap,
             worker,
-            [texts[i % len(texts)] for i in range(count)],
+            paced,
             pace=pace,
             timeout=options.timeout,
-            advance=run.track(f"latency at {options.load:.0%} load ({pace:.0f} events/s)", count),
+            advance=run.track(f"latency at {options.load:.0%} load ({pace:.0f} events/s)", len(paced)),
         )
     finally:
         code = worker.stop()
@@ -236,7 +242,7 @@ def _measure_worker(
         "cores": {("worker" if name == "service" else name): used for name, used in throughput.cores.items()},
         "stages": throughput.stages,
         "memory_bytes": throughput.memory,
-        "latency": {"load_events_per_second": pace, "p50": percentile(latency, 50), "p99": percentile(latency, 99)},
+        "latency": {"load_events_per_second": pace, **p50_p99(latency)},
         "exit_code": code,
     }
 
@@ -265,18 +271,18 @@ def _measure_spark_nlp(run: _Run, bundle: Path, texts: list[str], labels: dict[s
     worker = start_service(_worker_command(options, bundle), run.bootstrap, partitions=4, log=run.root / "pace.log")
     try:
         worker.wait_ready(timeout=180)
-        count = max(20, round(pace * options.latency_seconds))
+        paced = paced_texts(texts, pace, options.latency_seconds)
         latency = measure_latency(
             run.bootstrap,
             worker,
-            [texts[i % len(texts)] for i in range(count)],
+            paced,
             pace=pace,
             timeout=options.timeout,
-            advance=run.track(f"stream-clf latency at Spark NLP's pace ({pace:.0f} events/s)", count),
+            advance=run.track(f"stream-clf latency at Spark NLP's pace ({pace:.0f} events/s)", len(paced)),
         )
     finally:
         worker.stop()
-    spark["stream_clf_at_same_pace"] = {"p50": percentile(latency, 50), "p99": percentile(latency, 99)}
+    spark["stream_clf_at_same_pace"] = p50_p99(latency)
     return spark
 
 
@@ -292,15 +298,15 @@ def _measure_swap(run: _Run, bundle: Path, texts: list[str], pace: float, new: P
 
     try:
         worker.wait_ready(timeout=180)
-        count = max(20, round(pace * options.latency_seconds))
+        paced = paced_texts(texts, pace, options.latency_seconds)
         result = measure_swap(
             run.bootstrap,
             worker,
-            [texts[i % len(texts)] for i in range(count)],
+            paced,
             pace=pace,
             swap=swap,
             timeout=options.timeout,
-            advance=run.track(f"swap to {new.name} at {options.load:.0%} load ({pace:.0f} events/s)", count),
+            advance=run.track(f"swap to {new.name} at {options.load:.0%} load ({pace:.0f} events/s)", len(paced)),
         )
     finally:
         worker.stop()

@@ -14,29 +14,28 @@ short of its experimental continuous mode, which does not run ML pipelines).
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from stream_clf.bench.streaming import (
     RunningService,
+    Track,
     measure_latency,
     measure_throughput,
-    percentile,
+    p50_p99,
+    paced_texts,
     resident_bytes,
 )
 from stream_clf.errors import PeerError, StreamClfError
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.model.bundle import load_bundle
 from stream_clf.sparknlp.environment import spark_nlp_environment
-from stream_clf.sparknlp.folders import export_for_spark_nlp
 from stream_clf.sparknlp.parity import TOKENIZERS
-from stream_clf.sparknlp.runner import SparkJob
+from stream_clf.sparknlp.runner import SparkJob, model_spec
 
 __all__ = ["SparkTuning", "measure_spark_nlp"]
-
-Track = Callable[[str, int | None], Callable[[int], None]]
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def measure_spark_nlp(
     bundle = load_bundle(bundle_path)
     advance = track("setting up Spark NLP (once: its packages and jars into the cache)", 1)
     environment = spark_nlp_environment(quiet=True)
-    annotator = export_for_spark_nlp(bundle.path, root / "spark-nlp-model")
+    model = model_spec(bundle, root / "spark-nlp-model", batch_size=tuning.batch_size)
     advance(1)
     tag = uuid.uuid4().hex[:8]
     topics = (f"bench-spark-in-{tag}", f"bench-spark-out-{tag}")
@@ -84,13 +83,7 @@ def measure_spark_nlp(
         "tokenizer": TOKENIZERS["model"],
         "max_offsets_per_trigger": tuning.max_offsets_per_trigger,
         "trigger_ms": tuning.trigger_ms,
-        "model": {
-            "folder": str(root / "spark-nlp-model"),
-            "annotator": annotator.name,
-            "case_sensitive": bundle.case_sensitive,
-            "max_length": min(bundle.max_length, 512),
-            "batch_size": tuning.batch_size,
-        },
+        "model": model,
     }
     job = SparkJob(environment, "stream", spec, root / "spark-job")
     service = RunningService(job.process, topics[0], topics[1], job.log, web_port=0, group="")
@@ -111,14 +104,14 @@ def measure_spark_nlp(
         )
         memory = resident_bytes(jvm)
         pace = pace or 0.7 * throughput.events_per_second
-        count = max(20, round(pace * latency_seconds))
+        paced = paced_texts(texts, pace, latency_seconds)
         latency = measure_latency(
             bootstrap,
             service,
-            [texts[i % len(texts)] for i in range(count)],
+            paced,
             pace=pace,
             timeout=timeout,
-            advance=track(f"Spark NLP latency at {pace:.0f} events/s", count),
+            advance=track(f"Spark NLP latency at {pace:.0f} events/s", len(paced)),
         )
         stop.touch()
         answer = job.wait(120)
@@ -137,13 +130,13 @@ def measure_spark_nlp(
         "labels": throughput.labels,
         "cores": cores,
         "memory_bytes": memory,
-        "latency": {"load_events_per_second": pace, "p50": percentile(latency, 50), "p99": percentile(latency, 99)},
+        "latency": {"load_events_per_second": pace, **p50_p99(latency)},
         "micro_batches": {
             "count": len(batches),
             "mean_rows": sum(batch["rows"] for batch in batches) / len(batches) if batches else 0,
         },
         "tuning": {**asdict(tuning), "master": f"local[{threads}]", "tokenizer": "model's pre-tokenizer (regex)"},
-        "annotator": annotator.name,
+        "annotator": model["annotator"],
     }
 
 

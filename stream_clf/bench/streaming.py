@@ -33,15 +33,20 @@ __all__ = [
     "RunningService",
     "StageSample",
     "StreamResult",
+    "Track",
     "measure_latency",
     "measure_swap",
     "measure_throughput",
+    "p50_p99",
+    "paced_texts",
     "percentile",
     "resident_bytes",
     "start_service",
 ]
 
 Advance = Callable[[int], None]
+# A progress bar's maker: ``track(description, total)`` returns its advance.
+Track = Callable[[str, int | None], Advance]
 
 
 class CpuMeter:
@@ -399,3 +404,14 @@ def measure_swap(
 
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(values, q))
+
+
+def p50_p99(latencies: Sequence[float]) -> dict[str, float]:
+    """The median and 99th percentile of latencies, as the reports record them."""
+    return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99)}
+
+
+def paced_texts(texts: Sequence[str], pace: float, seconds: float) -> list[str]:
+    """The texts of a paced load: ``seconds`` of events at ``pace`` events/s (20 at least), cycled."""
+    count = max(20, round(pace * seconds))
+    return [texts[i % len(texts)] for i in range(count)]

@@ -48,10 +48,11 @@ def _export(parser: Parser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder to write (replaced if it exists)")
 
     def run(args: argparse.Namespace) -> int:
+        from stream_clf.model.bundle import load_bundle
         from stream_clf.model.catalog import resolve_model
         from stream_clf.sparknlp.folders import export_for_spark_nlp
 
-        annotator = export_for_spark_nlp(resolve_model(args.model), args.out)
+        annotator = export_for_spark_nlp(load_bundle(resolve_model(args.model)), args.out)
         print(f"{args.out}: load it with {annotator.name}.loadSavedModel('{args.out}', spark)")
         return 0
 

@@ -30,9 +30,9 @@ import orjson
 from onnx import helper
 
 from stream_clf.errors import ModelError
-from stream_clf.model.bundle import load_bundle
+from stream_clf.model.bundle import ModelBundle
 
-__all__ = ["ANNOTATORS", "Annotator", "annotator_for", "export_for_spark_nlp"]
+__all__ = ["ANNOTATORS", "FAIRSEQ_SPECIALS", "Annotator", "annotator_for", "export_for_spark_nlp"]
 
 _TYPES = "token_type_ids"
 
@@ -86,9 +86,8 @@ def annotator_for(bundle: Path) -> Annotator:
     return ANNOTATORS[model_type]
 
 
-def export_for_spark_nlp(bundle_path: Path, out: Path) -> Annotator:
-    """Write the folder Spark NLP's ``loadSavedModel`` takes for ``bundle_path``; return its annotator."""
-    bundle = load_bundle(bundle_path)
+def export_for_spark_nlp(bundle: ModelBundle, out: Path) -> Annotator:
+    """Write the folder Spark NLP's ``loadSavedModel`` takes for ``bundle``; return its annotator."""
     annotator = annotator_for(bundle.path)
     tokenizer = orjson.loads(bundle.tokenizer_file.read_bytes())
     with tempfile.TemporaryDirectory(prefix="stream-clf-spark-nlp-", dir=_scratch_parent(out)) as scratch:
@@ -162,7 +161,8 @@ def _in_id_order(vocabulary: dict[str, int], bundle: Path) -> list[str]:
     return ordered
 
 
-_FAIRSEQ = ["<s>", "<pad>", "</s>", "<unk>"]
+# The ids fairseq's models (XLM-R) give their special tokens, before SentencePiece's pieces plus one.
+FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 
 
 def _sentencepiece_model(tokenizer: dict[str, Any], annotator: Annotator, bundle: Path) -> bytes:
@@ -177,7 +177,7 @@ def _sentencepiece_model(tokenizer: dict[str, Any], annotator: Annotator, bundle
     vocabulary = model["vocab"]
     unk_id = model.get("unk_id")
     if annotator.fairseq_ids:
-        if [piece for piece, _ in vocabulary[:4]] != _FAIRSEQ:
+        if tuple(piece for piece, _ in vocabulary[:4]) != FAIRSEQ_SPECIALS:
             raise ModelError(
                 f"model bundle '{bundle}': {annotator.name} feeds <s>=0, <pad>=1, </s>=2, <unk>=3; the"
                 f" tokenizer's first ids are {[piece for piece, _ in vocabulary[:4]]}"

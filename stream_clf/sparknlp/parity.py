@@ -19,8 +19,7 @@ from stream_clf.model.classifier import Classifier
 from stream_clf.model.tiny_model import SAMPLE_TEXTS
 from stream_clf.model.windows import Truncation, Windowing
 from stream_clf.sparknlp.environment import SparkNlpEnvironment
-from stream_clf.sparknlp.folders import export_for_spark_nlp
-from stream_clf.sparknlp.runner import run_job
+from stream_clf.sparknlp.runner import model_spec, run_job
 
 __all__ = ["PARITY_TEXTS", "TOKENIZERS", "Agreement", "compare_with_spark_nlp"]
 
@@ -90,21 +89,13 @@ def compare_with_spark_nlp(
         models, ours = [], {}
         for name, path in bundles.items():
             bundle = load_bundle(path)
-            annotator = export_for_spark_nlp(bundle.path, Path(scratch) / name)
-            models.append(
-                {
-                    "name": name,
-                    "folder": str(Path(scratch) / name),
-                    "annotator": annotator.name,
-                    "case_sensitive": bundle.case_sensitive,
-                    "max_length": min(bundle.max_length, 512),
-                    "batch_size": batch_size,
-                    **({"save": str(save_to / name)} if save_to else {}),
-                }
-            )
+            model = {"name": name, **model_spec(bundle, Path(scratch) / name, batch_size=batch_size)}
+            if save_to:
+                model["save"] = str(save_to / name)
+            models.append(model)
             head = Classifier(bundle, windowing=Windowing(Truncation.HEAD)).predict(texts)
             served = Classifier(bundle).predict(texts) if gold is not None else head
-            ours[name] = (annotator.name, head, served)
+            ours[name] = (model["annotator"], head, served)
         spec = {"models": models, "texts": list(texts), "tokenizers": tokenizers}
         answer = run_job(environment, "classify", spec, Path(scratch) / "job")
     rows = []

@@ -8,9 +8,24 @@ from typing import Any
 import orjson
 
 from stream_clf.errors import PeerError
+from stream_clf.model.bundle import ModelBundle
 from stream_clf.sparknlp.environment import SparkNlpEnvironment
+from stream_clf.sparknlp.folders import export_for_spark_nlp
 
-__all__ = ["SparkJob", "run_job"]
+__all__ = ["SparkJob", "model_spec", "run_job"]
+
+
+def model_spec(bundle: ModelBundle, folder: Path, *, batch_size: int) -> dict[str, Any]:
+    """Export ``bundle`` into ``folder`` and describe it as a job's model: the annotator and the
+    bundle's settings (``max_length`` at most 512, Spark NLP's ceiling)."""
+    annotator = export_for_spark_nlp(bundle, folder)
+    return {
+        "folder": str(folder),
+        "annotator": annotator.name,
+        "case_sensitive": bundle.case_sensitive,
+        "max_length": min(bundle.max_length, 512),
+        "batch_size": batch_size,
+    }
 
 
 class SparkJob:

@@ -28,7 +28,7 @@ import orjson
 
 from stream_clf.errors import ModelError
 from stream_clf.model.bundle import load_bundle, write_manifest
-from stream_clf.sparknlp.folders import ANNOTATORS, Annotator
+from stream_clf.sparknlp.folders import ANNOTATORS, FAIRSEQ_SPECIALS, Annotator
 
 __all__ = ["ImportReport", "import_from_spark_nlp", "read_sequence_file"]
 
@@ -148,13 +148,8 @@ def _tokenizer(folder: Path, annotator: Annotator, case_sensitive: bool, staging
         else:
             merges = _in_index_order(_tuples(folder / "fields" / "merges", where), where, "merges")
             tokenizer = transformers.RobertaTokenizerFast(vocab=vocabulary, merges=[tuple(pair) for pair in merges])
-    tokenizer.save_pretrained(str(staging))
-    for extra in ("special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt"):
-        (staging / extra).unlink(missing_ok=True)
+    tokenizer.save_pretrained(str(staging))  # tokenizer.json and tokenizer_config.json
     return int(tokenizer.pad_token_id or 0)
-
-
-_FAIRSEQ = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
 
 
 def _sentencepiece_tokenizer(folder: Path, annotator: Annotator, case_sensitive: bool, where: str) -> Any:
@@ -174,7 +169,7 @@ def _sentencepiece_tokenizer(folder: Path, annotator: Annotator, case_sensitive:
     pieces = [(piece.piece, piece.score) for piece in model.pieces]
     charsmap = model.normalizer_spec.precompiled_charsmap or None
     if annotator.fairseq_ids:  # <s>, <pad>, </s>, <unk>, then the model's pieces from its fourth on
-        vocabulary = _FAIRSEQ + pieces[3:]
+        vocabulary = [(piece, 0.0) for piece in FAIRSEQ_SPECIALS] + pieces[3:]
         if "<mask>" not in {piece for piece, _ in vocabulary}:
             vocabulary.append(("<mask>", 0.0))
         return transformers.XLMRobertaTokenizerFast(vocab=vocabulary, _spm_precompiled_charsmap=charsmap)
