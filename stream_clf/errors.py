@@ -15,6 +15,7 @@ __all__ = [
     "PeerError",
     "Reason",
     "StreamClfError",
+    "fails_alone",
 ]
 
 
@@ -53,6 +54,8 @@ class Reason(StrEnum):
     TOO_LARGE = "too_large"
     INVALID_UTF8 = "invalid_utf8"
     INFERENCE_ERROR = "inference_error"
+    RESULT_TOO_LARGE = "result_too_large"  # its result is over the output topic's limit, even without meta
+    RESULT_REFUSED = "result_refused"  # the output topic refused its result for another reason of the record's own
 
 
 class EventError(StreamClfError):
@@ -62,3 +65,11 @@ class EventError(StreamClfError):
         self.reason = reason
         self.detail = " ".join(detail.split())[:300]
         super().__init__(f"{reason}: {self.detail}")
+
+
+def fails_alone(error: BaseException) -> bool:
+    """Whether ``error`` is a failure of the work at hand, that its caller may contain (a dead letter,
+    a refused swap), rather than a request to stop: any ``Exception``, and a Rust panic surfaced by a
+    pyo3 extension (``pyo3_runtime.PanicException``: the tokenizers library panics on some inputs,
+    and it derives from ``BaseException`` so that ``except Exception`` lets it through)."""
+    return isinstance(error, Exception) or type(error).__name__ == "PanicException"

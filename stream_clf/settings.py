@@ -17,6 +17,7 @@ from typing import Any
 from stream_clf.errors import ConfigError
 from stream_clf.kafka.clients import COMPRESSION_CODECS
 from stream_clf.kafka.security import MECHANISMS, PROTOCOLS, KafkaSecurity
+from stream_clf.kafka.topics import Replication
 from stream_clf.model.windows import Truncation, Windowing
 from stream_clf.ops.logs import LOG_FORMATS
 from stream_clf.worker.abstain import MinConfidence, parse_min_confidence
@@ -89,6 +90,14 @@ def _text(text: str) -> str:
 
 def _path(text: str) -> Path:
     return Path(_text(text)).expanduser()
+
+
+def _paths(text: str) -> tuple[Path, ...]:
+    """Directories separated by the system's path separator (``:``), as in PATH."""
+    paths = tuple(Path(part.strip()).expanduser() for part in text.split(os.pathsep) if part.strip())
+    if not paths:
+        raise ValueError("expected one or more directories")
+    return paths
 
 
 def _truncation(text: str) -> Truncation:
@@ -169,6 +178,7 @@ class Option:
     shown_default: str | None = None
     required: bool = False
     secret: bool = False  # its value is never echoed in an error
+    repeatable: bool = False  # the flag may be given several times (the variable joins values with os.pathsep)
 
     @property
     def flag(self) -> str:
@@ -187,8 +197,10 @@ class Option:
             return ",".join(self.default)
         return str(self.default)
 
-    def resolve(self, flag_value: str | None, environ: Mapping[str, str]) -> Any:
-        """The value from the flag, else the environment, else the default."""
+    def resolve(self, flag_value: str | list[str] | None, environ: Mapping[str, str]) -> Any:
+        """The value from the flag (each of its values, if repeatable), else the environment, else the default."""
+        if isinstance(flag_value, list):
+            flag_value = os.pathsep.join(flag_value)
         if flag_value is not None:
             source, text = self.flag, flag_value
         elif self.env in environ:
@@ -290,7 +302,30 @@ WORKER_OPTIONS: tuple[Option, ...] = (
         "the host name",
     ),
     Option("partitions", _whole(1), 4, "partitions of the topics the worker creates", "N"),
+    Option(
+        "replication_factor",
+        _whole(1),
+        None,
+        "replicas of each partition of the topics the worker creates",
+        "N",
+        "the cluster's, at most its brokers",
+    ),
+    Option(
+        "min_insync_replicas",
+        _whole(1),
+        None,
+        "in-sync replicas a write to the topics the worker creates needs",
+        "N",
+        "the cluster's, at most the replication factor",
+    ),
     Option("max_event_bytes", _whole(1), 1_048_576, "largest accepted event value, in bytes", "BYTES"),
+    Option(
+        "max_buffered_bytes",
+        _whole(1 << 20),
+        256 << 20,
+        "most bytes of events read and not yet finished (keys, values and texts), prefetch included",
+        "BYTES",
+    ),
     Option("threads", _whole(1), usable_cores(), "cores ONNX Runtime may use", "N", "the usable cores"),
     Option(
         "lanes",
@@ -374,10 +409,35 @@ WORKER_OPTIONS: tuple[Option, ...] = (
         "control_topic",
         _topic,
         "stream-clf.control",
-        "compacted topic the worker follows for model swaps (`stream-clf swap`) and reports its state on",
+        "compacted topic of swap requests (written by `stream-clf swap`), which the worker follows",
         "TOPIC",
     ),
+    Option(
+        "status_topic",
+        _topic,
+        None,
+        "compacted topic the worker reports what it serves on, and the outcome of each swap",
+        "TOPIC",
+        "CONTROL_TOPIC.status",
+    ),
+    Option("swaps", _switch, True, "follow swap requests on --control-topic (off: serve --model only)", "on|off", "on"),
+    Option(
+        "model_root",
+        _paths,
+        None,
+        "a directory a swap may load bundles from (repeat it for several); a swap naming another is refused",
+        "DIR",
+        "the directories of the bundles the worker starts with, and the built models",
+        repeatable=True,
+    ),
     Option("session_timeout_ms", _whole(1000), 30_000, "consumer group session timeout, in ms", "MS"),
+    Option(
+        "stall_seconds",
+        _whole(1),
+        120,
+        "events waiting and none finished for this long: /healthz answers 503 (the worker is stalled)",
+        "SECONDS",
+    ),
     Option("web_host", _text, "127.0.0.1", "address the worker's web server binds to", "ADDRESS"),
     Option("web_port", _port, 6066, "port of the worker's web server", "PORT"),
     Option("log_level", _one_of(LOG_LEVELS), "info", "log level: " + ", ".join(LOG_LEVELS), "LEVEL"),
@@ -408,7 +468,10 @@ class WorkerSettings:
     compression: str
     instance: str
     partitions: int
+    replication_factor: int | None
+    min_insync_replicas: int | None
     max_event_bytes: int
+    max_buffered_bytes: int
     threads: int
     lanes: int | None
     provider: str
@@ -426,7 +489,11 @@ class WorkerSettings:
     min_confidence: MinConfidence | None
     review_topic: str | None
     control_topic: str
+    status_topic: str | None
+    swaps: bool
+    model_root: tuple[Path, ...] | None
     session_timeout_ms: int
+    stall_seconds: int
     web_host: str
     web_port: int
     log_level: str
@@ -461,7 +528,12 @@ class WorkerSettings:
         return settings
 
     def _check_topics(self) -> None:
-        outputs = {"--output": self.output, "--dlq": self.dlq, "--control-topic": self.control_topic}
+        outputs = {
+            "--output": self.output,
+            "--dlq": self.dlq,
+            "--control-topic": self.control_topic,
+            "--status-topic": self.status_output,
+        }
         if self.shadow_model is not None:
             outputs["--shadow-topic"] = self.shadow_output
         if self.min_confidence is not None:
@@ -474,6 +546,16 @@ class WorkerSettings:
             if name in seen:
                 raise ConfigError(f"{seen[name]} and {flag} are both {name!r}: give each its own topic")
             seen[name] = flag
+
+    @property
+    def status_output(self) -> str:
+        """Where the worker reports what it serves."""
+        return self.status_topic or f"{self.control_topic}.status"
+
+    @property
+    def replication(self) -> Replication:
+        """The replication of the topics the worker creates."""
+        return Replication(self.replication_factor, self.min_insync_replicas)
 
     @property
     def shadow_output(self) -> str:

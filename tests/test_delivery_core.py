@@ -20,10 +20,12 @@ from stream_clf.model.classifier import Classifier
 from stream_clf.model.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
 from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import WorkerMetrics
-from stream_clf.worker.core import BatchStep, InFlight, OutRecord, Routing
+from stream_clf.worker.core import BatchStep
 from stream_clf.worker.events import Source
 from stream_clf.worker.models import ModelHolder, ModelSet, ServedModel
 from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT, PUBLISHES_IN_FLIGHT, Pipeline
+from stream_clf.worker.records import InFlight, OutRecord
+from stream_clf.worker.routing import Routing
 from stream_clf.worker.transactional import Commit, TransactionalLoop
 
 POISON = "POISON"
@@ -121,7 +123,12 @@ class Deliveries:
     def __call__(self, records) -> asyncio.Future:
         futures = [asyncio.get_running_loop().create_future() for _ in records]
         self.sent.extend(zip(records, futures, strict=True))
-        return asyncio.gather(*futures)
+
+        async def delivered():
+            await asyncio.gather(*futures)
+            return list(records)
+
+        return asyncio.ensure_future(delivered())
 
     def complete(self, indices) -> None:
         for index in indices:
@@ -138,6 +145,7 @@ def small_pipeline(step, deliveries, metrics, state, tokenization, inference) ->
         max_batch=4,
         max_wait=0.01,
         max_tokens=None,
+        max_bytes=1 << 30,
         tokenization=tokenization,
         inference=inference,
     )
@@ -304,9 +312,11 @@ class FakeTransactions:
 
     def begin_transaction(self) -> None:
         self.open = []
+        self.deliveries = []
 
     def produce(self, topic, key=None, value=None, headers=None, on_delivery=None) -> None:
         self.open.append((topic, value))
+        self.deliveries.append(on_delivery)
 
     def poll(self, timeout: float) -> int:
         return 0
@@ -318,6 +328,9 @@ class FakeTransactions:
         if self._failures:
             self._failures -= 1
             raise KafkaException(KafkaError(KafkaError._STATE, "the coordinator moved", txn_requires_abort=True))
+        for delivered in self.deliveries:
+            if delivered is not None:
+                delivered(None, None)
         self.committed += self.open
         self.offsets += self.pending_offsets
 
@@ -330,7 +343,8 @@ def test_an_aborted_transaction_is_not_counted_and_its_batch_is_read_again(step,
     producer = FakeTransactions(failures=1)
     consumer = FakeConsumer(committed=10, position=14)
     state = ConsumerState()
-    loop = TransactionalLoop(step, producer, consumer, metrics, state, max_event_bytes=1 << 20)
+    pauses: list[float] = []
+    loop = TransactionalLoop(step, producer, consumer, metrics, state, max_event_bytes=1 << 20, pause=pauses.append)
     messages = [FakeMessage(offset) for offset in range(10, 14)]
 
     assert loop.process(messages) is Commit.ABORTED
@@ -339,6 +353,7 @@ def test_an_aborted_transaction_is_not_counted_and_its_batch_is_read_again(step,
     assert counted(metrics) == (0, 0), "an aborted batch's results were never visible: not counted"
     assert [tp.offset for tp in consumer.seeks] == [10], "rewound to the committed offset"
     assert state.offsets() == {}
+    assert pauses == [0.5], "read again after a back-off"
 
     consumer._position = 14  # the batch is consumed again
     assert loop.process(messages) is Commit.COMMITTED
@@ -367,7 +382,9 @@ def test_each_transaction_commits_the_offsets_past_its_own_batch_while_the_next_
 def test_an_aborted_transaction_drops_the_batches_read_after_it(step, metrics):
     producer = FakeTransactions(failures=1)
     consumer = FakeConsumer(committed=0, position=8)
-    loop = TransactionalLoop(step, producer, consumer, metrics, ConsumerState(), max_event_bytes=1 << 20)
+    loop = TransactionalLoop(
+        step, producer, consumer, metrics, ConsumerState(), max_event_bytes=1 << 20, pause=lambda _: None
+    )
 
     loop.submit([FakeMessage(offset) for offset in range(4)])
     loop.submit([FakeMessage(offset) for offset in range(4, 8)])

@@ -14,10 +14,12 @@ from stream_clf.model.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
 from stream_clf.ops.metrics import WorkerMetrics
 from stream_clf.settings import WorkerSettings
 from stream_clf.worker.abstain import MinConfidence, parse_min_confidence
-from stream_clf.worker.core import BatchStep, InFlight, Routing
+from stream_clf.worker.core import BatchStep
 from stream_clf.worker.events import Source
 from stream_clf.worker.models import CANARY_BUCKETS, ModelHolder, ModelLoader, ModelSet, ServedModel
+from stream_clf.worker.records import InFlight
 from stream_clf.worker.replay import Bound, parse_bound
+from stream_clf.worker.routing import Routing
 
 
 def _load(path: Path) -> ServedModel:

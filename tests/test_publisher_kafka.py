@@ -9,8 +9,8 @@ import pytest
 from stream_clf.errors import BrokerError
 from stream_clf.kafka import clients
 from stream_clf.kafka.topics import ensure_topics
-from stream_clf.worker.core import OutRecord
 from stream_clf.worker.publisher import PRODUCER_SETTINGS, BatchPublisher
+from stream_clf.worker.records import OutRecord
 from tests.kafka_helpers import collect
 
 pytestmark = pytest.mark.broker

@@ -292,7 +292,15 @@ def _measure_swap(run: _Run, bundle: Path, texts: list[str], pace: float, new: P
     worker = start_service(_worker_command(options, bundle), run.bootstrap, partitions=4, log=run.root / "swap.log")
 
     def swap() -> float | None:
-        answers = ask_swap([run.bootstrap], "stream-clf.control", worker.group, target="*", model=str(new), wait=120)
+        answers = ask_swap(
+            [run.bootstrap],
+            ("stream-clf.control", "stream-clf.control.status"),
+            worker.group,
+            target="*",
+            model=str(new),
+            expect=load_bundle(resolve_model(new)).version,
+            wait=120,
+        )
         applied = [status for status in answers.answers.values() if status and status.outcome == "applied"]
         return applied[0].seconds if applied else None
 

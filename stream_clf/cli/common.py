@@ -38,6 +38,7 @@ def add_option(parser: argparse.ArgumentParser, option: Option) -> None:
         dest=option.field,
         metavar=option.metavar,
         default=None,
+        action="append" if option.repeatable else "store",
         help=f"{option.help} (default: {option.describe_default()}; env {option.env})",
     )
 

@@ -2,11 +2,12 @@
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stream_clf.cli.common import Parser, add_option, positive_int, progress_bars, whole_number
-from stream_clf.errors import ConfigError
+from stream_clf.errors import ConfigError, ModelError
 from stream_clf.settings import (
     BROKERS_OPTION,
     SECURITY_OPTIONS,
@@ -17,7 +18,7 @@ from stream_clf.settings import (
 )
 
 if TYPE_CHECKING:
-    from stream_clf.kafka.control import WorkerStatus
+    from stream_clf.kafka.control_records import MalformedRecordError, WorkerStatus
 
 __all__ = ["register"]
 
@@ -61,9 +62,15 @@ def _swap(parser: Parser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="the bundle to serve (a path the workers can read, or a built model's name)")
     which.add_argument("--rollback", action="store_true", help="swap back to the model the last swap replaced")
+    parser.add_argument(
+        "--expect-version",
+        metavar="HASH",
+        help="the model_version the workers must find (default: computed from --model, when it is a bundle here)",
+    )
     parser.add_argument("--topic", help="swap the model of this routed topic (default: the default model)")
     add_option(parser, _OPTIONS["group"])
     add_option(parser, _OPTIONS["control_topic"])
+    add_option(parser, _OPTIONS["status_topic"])
     parser.add_argument(
         "--wait", type=float, default=60.0, help="seconds to wait for the workers' answers; 0: do not (default: 60)"
     )
@@ -74,19 +81,24 @@ def _swap(parser: Parser) -> None:
 
         if args.wait < 0:
             raise ConfigError(f"--wait {args.wait:g}: expected seconds >= 0")
-        model = args.model
-        if model is not None and Path(model).expanduser().exists():
-            model = str(Path(model).expanduser().resolve())  # the workers may run elsewhere: no relative path
+        if args.rollback and args.expect_version:
+            raise ConfigError("--expect-version goes with --model; a rollback expects what the last swap replaced")
+        model, expect = args.model, args.expect_version
+        if model is not None:
+            model, expect = _versioned(model, expect)
         group = _resolve(args, "group")
-        topic = _resolve(args, "control_topic")
+        control = _resolve(args, "control_topic")
+        status = _resolve(args, "status_topic") or f"{control}.status"
         swap = ask_swap(
             BROKERS_OPTION.resolve(args.brokers, os.environ),
-            topic,
+            (control, status),
             group,
             target=args.topic or "*",
             model=model,
+            expect=expect,
             security=resolve_security(vars(args), os.environ),
             wait=args.wait,
+            skipped=_warn_skipped,
         )
         target = f"topic {args.topic}" if args.topic else "the default model"
         print(f"swap {swap.request.request[:8]}: group {group}, {target} -> {swap.request.model}")
@@ -101,9 +113,41 @@ def _swap(parser: Parser) -> None:
     parser.set_defaults(run=run, parser=parser)
 
 
+def _versioned(model: str, expect: str | None) -> tuple[str, str | None]:
+    """The model as the request names it, and the version it must have: computed from the bundle when
+    it is one here (a path, or a built model's name), else ``expect`` as given."""
+    from stream_clf.model.bundle import load_bundle
+    from stream_clf.model.catalog import resolve_model
+
+    local = Path(model).expanduser()
+    if local.exists():
+        model = str(local.resolve())  # the workers may run elsewhere: no relative path
+    try:
+        bundle = resolve_model(local)
+    except ModelError:  # a built model's name that is not built here: the workers may have it
+        bundle = None
+    if bundle is None or not bundle.is_dir():
+        if expect is None:
+            raise ConfigError(
+                f"--model {model}: not a bundle here, so its version cannot be computed; pass --expect-version"
+                " HASH (its model_version, as `stream-clf models list` or a result shows it)"
+            )
+        return model, expect
+    version = load_bundle(bundle).version
+    if expect is not None and expect != version:
+        raise ConfigError(f"--expect-version {expect}: the bundle {model} here is version {version}")
+    return model, version
+
+
+def _warn_skipped(topic: str, offset: int, error: "MalformedRecordError") -> None:
+    print(f"stream-clf swap: warning: skipped a malformed record of {topic}, offset {offset}: {error}", file=sys.stderr)
+
+
 def _answer(status: "WorkerStatus | None", target: str, wait: float) -> str:
     if status is None:
         return f"no answer within {wait:g}s"
+    if not status.follows:
+        return "does not follow swaps (started with --swaps off)"
     seconds = f" ({status.seconds:.2f} s)" if status.seconds is not None else ""
     if status.outcome == "applied":
         return f"applied, now serving {status.serving.get(target, {}).get('version', '?')}{seconds}"

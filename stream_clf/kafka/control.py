@@ -1,54 +1,57 @@
-"""The control topic: model swaps asked of a consumer group, and what each of its workers serves.
+"""The control plane: swap requests asked of a consumer group, and what each of its workers serves.
 
 ::
 
     stream-clf swap ──► control topic (compacted, one partition) ──► every worker of the group
-      waits for the      swap/GROUP[/TOPIC]: the model to serve       loads, checks and warms it
-      workers' answers   status/GROUP/WORKER: what a worker serves ◄─ beside the old one, then
+      writes a request  swap/GROUP[/TOPIC]: the model to serve, and    loads, checks and warms it
+      (operators)       the version expected                          beside the old one, then
                                                                       switches between batches
+      waits for the ◄── status topic (compacted, one partition)  ◄── reports what it serves and
+      workers' answers  status/GROUP/WORKER                           how each swap ended (workers)
 
-Records are JSON, keyed so that compaction keeps the latest of each:
-
-- ``swap/GROUP`` (the default model) or ``swap/GROUP/TOPIC`` (a topic's route): a
-  :class:`SwapRequest`.
-- ``status/GROUP/WORKER``: a :class:`WorkerStatus`, written by each worker at start and after
-  each swap it applied or refused. A worker that stops cleanly deletes its own (a tombstone).
+The records and their checks are in :mod:`~stream_clf.kafka.control_records`. Requests and
+statuses live on two topics so that each principal's ACLs are minimal: operators write requests
+and read statuses, workers read requests and write statuses; a worker's credential cannot ask
+for a swap.
 
 Workers are named ``INSTANCE-XXXXXXXX`` (a random suffix per process) and their consumers'
 client id is ``stream-clf.WORKER``, so the consumer group's member list says which statuses
 belong to workers that are running.
 """
 
+import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from stream_clf.errors import BrokerError, ConfigError
 from stream_clf.kafka import clients
+from stream_clf.kafka.control_records import ControlState, MalformedRecordError, SwapRequest, WorkerStatus
 from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
-from stream_clf.kafka.topics import ensure_topics
+from stream_clf.kafka.topics import Replication, ensure_topics
 
 __all__ = [
     "CLIENT_ID_PREFIX",
-    "ControlState",
     "SwapAnswers",
-    "SwapRequest",
-    "WorkerStatus",
     "ask_swap",
     "control_producer",
-    "ensure_control_topic",
+    "ensure_control_topics",
     "group_workers",
+    "log_skipped",
     "new_worker_id",
     "read_control",
 ]
 
+log = logging.getLogger(__name__)
+
 CLIENT_ID_PREFIX = "stream-clf."
 _CONTROL_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+# Told where a malformed record was (offset) and why it was skipped.
+Skipped = Callable[[str, int, MalformedRecordError], None]
 
 
 def new_worker_id(instance: str) -> str:
@@ -56,122 +59,32 @@ def new_worker_id(instance: str) -> str:
     return f"{instance}-{uuid.uuid4().hex[:8]}"
 
 
-@dataclass(frozen=True)
-class SwapRequest:
-    """Serve ``target`` (``*``: the default model; else a topic's route) with ``model`` from now on.
-
-    ``model`` is a bundle path or a built model's name, as the workers see it. ``previous`` is what
-    the group served when the swap was asked for (a rollback swaps back to it); ``configured`` the
-    version of the model the workers were started with for that target, so a worker started later
-    with another ``--model`` (a new deployment) is not overridden by an old swap.
-    """
-
-    group: str
-    target: str
-    model: str
-    request: str = field(default_factory=lambda: uuid.uuid4().hex)
-    previous: str | None = None
-    configured: str | None = None
-    at: float = field(default_factory=time.time)
-
-    @property
-    def key(self) -> bytes:
-        return swap_key(self.group, self.target)
-
-    def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
+def log_skipped(topic: str, offset: int, error: MalformedRecordError) -> None:
+    """One log line for a malformed control-plane record."""
+    log.warning(
+        "event=control_record_skipped topic=%s offset=%d kind=%s reason=%r", topic, offset, error.kind, str(error)
+    )
 
 
-@dataclass(frozen=True)
-class WorkerStatus:
-    """What one worker serves, and how the last swap it was asked for ended.
-
-    ``serving`` and ``configured`` map each target (``*`` or a topic) to ``{"model", "version"}``:
-    what serves it now, and what the worker was started with.
-    """
-
-    group: str
-    worker: str
-    serving: Mapping[str, Mapping[str, str]]
-    configured: Mapping[str, Mapping[str, str]]
-    request: str | None = None
-    outcome: str | None = None  # applied, refused, or skipped (at start: the worker's --model changed)
-    reason: str | None = None
-    seconds: float | None = None  # from the swap's arrival to its model serving
-    at: float = field(default_factory=time.time)
-
-    @property
-    def key(self) -> bytes:
-        return status_key(self.group, self.worker)
-
-    def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
-
-
-def swap_key(group: str, target: str) -> bytes:
-    return f"swap/{group}".encode() if target == "*" else f"swap/{group}/{target}".encode()
-
-
-def status_key(group: str, worker: str) -> bytes:
-    return f"status/{group}/{worker}".encode()
-
-
-@dataclass
-class ControlState:
-    """The latest record of each key on the control topic, decoded; and the offset read up to."""
-
-    swaps: dict[tuple[str, str], SwapRequest] = field(default_factory=dict)
-    statuses: dict[tuple[str, str], WorkerStatus] = field(default_factory=dict)
-    offset: int = 0
-
-    def read(self, key: bytes | None, value: bytes | None) -> SwapRequest | WorkerStatus | None:
-        """Take one record in; return what it holds (None for a tombstone or a record not understood)."""
-        name = (key or b"").decode(errors="replace")
-        kind, _, rest = name.partition("/")
-        try:
-            document: dict[str, Any] = orjson.loads(value) if value is not None else {}
-        except orjson.JSONDecodeError:
-            return None
-        if kind == "swap":
-            group, _, target = rest.partition("/")
-            if value is None:
-                self.swaps.pop((group, target or "*"), None)
-                return None
-            request = _build(SwapRequest, document)
-            if request is not None:
-                self.swaps[request.group, request.target] = request
-            return request
-        if kind == "status":
-            group, _, worker = rest.partition("/")
-            if value is None:
-                self.statuses.pop((group, worker), None)
-                return None
-            status = _build(WorkerStatus, document)
-            if status is not None:
-                self.statuses[status.group, status.worker] = status
-            return status
-        return None
-
-    def group_statuses(self, group: str) -> dict[str, WorkerStatus]:
-        return {worker: status for (g, worker), status in self.statuses.items() if g == group}
-
-
-def _build(kind: type, document: dict[str, Any]) -> Any:
-    try:
-        return kind(**document)
-    except TypeError:  # a record of another version of stream-clf, or not ours
-        return None
-
-
-def ensure_control_topic(brokers: Sequence[str], topic: str, security: KafkaSecurity = PLAINTEXT) -> None:
-    """Create the control topic if missing: compacted, one partition (one order for every record)."""
-    ensure_topics(brokers, [topic], 1, _CONTROL_CONFIG, security=security)
+def ensure_control_topics(
+    brokers: Sequence[str],
+    topics: Sequence[str],
+    security: KafkaSecurity = PLAINTEXT,
+    replication: Replication | None = None,
+) -> None:
+    """Create the control and status topics if missing: compacted, one partition (one order for every record)."""
+    ensure_topics(brokers, topics, 1, _CONTROL_CONFIG, security=security, replication=replication)
 
 
 def read_control(
-    brokers: Sequence[str], topic: str, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
+    brokers: Sequence[str],
+    topic: str,
+    security: KafkaSecurity = PLAINTEXT,
+    timeout: float = 30.0,
+    skipped: Skipped = log_skipped,
 ) -> ControlState:
-    """Read the control topic from its start to its end as of now."""
+    """Read a control-plane topic from its start to its end as of now; ``skipped`` is told of each
+    malformed record, which is left out."""
     consumer = clients.reader(brokers, "control", security)
     state = ControlState()
     deadline = time.monotonic() + timeout
@@ -187,7 +100,10 @@ def read_control(
             message = consumer.poll(0.5)
             if message is None or message.error():
                 continue
-            state.read(message.key(), message.value())
+            try:
+                state.read(message.key(), message.value())
+            except MalformedRecordError as error:
+                skipped(topic, message.offset(), error)
             state.offset = message.offset() + 1
         return state
     except KafkaException as error:
@@ -238,41 +154,63 @@ class SwapAnswers:
 
 def ask_swap(
     brokers: Sequence[str],
-    topic: str,
+    topics: tuple[str, str],
     group: str,
     *,
     target: str,
     model: str | None,
+    expect: str | None,
     security: KafkaSecurity = PLAINTEXT,
     wait: float = 60.0,
+    skipped: Skipped = log_skipped,
 ) -> SwapAnswers:
-    """Ask ``group`` to serve ``target`` with ``model`` (None: roll back to what the last swap replaced),
-    then wait up to ``wait`` seconds for every running worker of the group to answer."""
-    ensure_control_topic(brokers, topic, security)
-    state = read_control(brokers, topic, security)
+    """Ask ``group`` to serve ``target`` with ``model`` of version ``expect`` (``model`` None: roll back
+    to what the last swap replaced), then wait up to ``wait`` seconds for every running worker of
+    the group to answer. ``topics`` are the control and the status topic."""
+    control, status_topic = topics
+    ensure_control_topics(brokers, topics, security)
+    state = read_control(brokers, control, security, skipped=skipped)
+    statuses = read_control(brokers, status_topic, security, skipped=skipped)
     workers = group_workers(brokers, group, security)
-    live = [status for worker, status in state.group_statuses(group).items() if worker in workers]
+    live = [status for worker, status in statuses.group_statuses(group).items() if worker in workers]
     last = state.swaps.get((group, target))
     if model is None:
-        if last is None or last.previous is None:
+        if last is None or last.previous is None or last.previous_version is None:
             raise ConfigError(f"nothing to roll back: group {group!r} has no swap of {_target_name(target)} on record")
-        model = last.previous
-    serving = [status.serving[target]["model"] for status in live if target in status.serving]
+        model, expect = last.previous, last.previous_version
+    if expect is None:
+        raise ConfigError(f"--model {model}: give the version it must have, --expect-version HASH")
+    serving = [status.serving[target] for status in live if target in status.serving]
     configured = [status.configured[target]["version"] for status in live if target in status.configured]
     request = SwapRequest(
         group,
         target,
         model,
-        previous=serving[0] if serving else (last.model if last else None),
+        expect,
+        previous=serving[0]["model"] if serving else (last.model if last else None),
+        previous_version=serving[0]["version"] if serving else (last.expect if last else None),
         configured=configured[0] if configured else (last.configured if last else None),
     )
     producer = control_producer(brokers, security)
-    producer.produce(topic, key=request.key, value=request.encode())
+    producer.produce(control, key=request.key, value=request.encode())
     if producer.flush(30):
-        raise BrokerError(f"control topic {topic!r}: the swap was not acknowledged within 30s")
+        raise BrokerError(f"control topic {control!r}: the swap was not acknowledged within 30s")
     answers: dict[str, WorkerStatus | None] = dict.fromkeys(workers)
-    if workers and wait > 0:
-        _await_answers(brokers, topic, security, request, answers=answers, offset=state.offset, wait=wait)
+    for worker in workers:  # a worker started with --swaps off will not answer: its status says so
+        known = statuses.statuses.get((group, worker))
+        if known is not None and not known.follows:
+            answers[worker] = known
+    if any(answer is None for answer in answers.values()) and wait > 0:
+        _await_answers(
+            brokers,
+            status_topic,
+            security,
+            request,
+            answers=answers,
+            offset=statuses.offset,
+            wait=wait,
+            skipped=skipped,
+        )
     return SwapAnswers(request, answers)
 
 
@@ -285,6 +223,7 @@ def _await_answers(
     answers: dict[str, WorkerStatus | None],
     offset: int,
     wait: float,
+    skipped: Skipped,
 ) -> None:
     consumer = clients.reader(brokers, "control", security)
     consumer.assign([TopicPartition(topic, 0, offset)])
@@ -295,7 +234,11 @@ def _await_answers(
             message = consumer.poll(0.5)
             if message is None or message.error():
                 continue
-            status = state.read(message.key(), message.value())
+            try:
+                status = state.read(message.key(), message.value())
+            except MalformedRecordError as error:
+                skipped(topic, message.offset(), error)
+                continue
             if isinstance(status, WorkerStatus) and status.worker in answers and status.request == request.request:
                 answers[status.worker] = status
     finally:

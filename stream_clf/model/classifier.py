@@ -23,7 +23,8 @@ from tokenizers import Tokenizer
 from stream_clf.errors import ConfigError, ModelError
 from stream_clf.model.buckets import length_buckets
 from stream_clf.model.bundle import ModelBundle
-from stream_clf.model.windows import Plan, Row, Template, Truncation, Windowing, plan
+from stream_clf.model.cuts import Cut
+from stream_clf.model.windows import Plan, Row, Template, Truncation, Windowing, plan, reach
 
 __all__ = ["Classifier", "EncodedBatch", "Prediction"]
 
@@ -154,11 +155,34 @@ class Classifier:
             )
 
     def plan(self, texts: Sequence[str]) -> list[Plan]:
-        """Tokenize ``texts`` and cut each into the rows the model will read (no padding yet)."""
-        if not self.bundle.case_sensitive:
-            texts = [text.lower() for text in texts]
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        return [plan(encoding, self._template, self.bundle.max_length, self.windowing) for encoding in encodings]
+        """Tokenize ``texts`` and cut each into the rows the model will read (no padding yet).
+
+        A long text is cut first to what the strategy reads (:mod:`~stream_clf.model.cuts`), so its
+        cost follows ``max_length``, not its own length.
+        """
+        return [plan(ids, self._template, self.bundle.max_length, self.windowing) for ids in self.content(texts)]
+
+    def content(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's content token ids, as far as the plan reads them (no special tokens)."""
+        contents: list[list[int] | None] = [None] * len(texts)
+        cuts = dict.fromkeys(range(len(texts)), Cut(*reach(self.bundle.max_length, self._template, self.windowing)))
+        while cuts:
+            pieces, layout = [], []
+            for index, cut in cuts.items():
+                text_pieces = cut.pieces(texts[index])
+                layout.append((index, cut, None if text_pieces is None else len(text_pieces)))
+                pieces += [texts[index]] if text_pieces is None else text_pieces
+            if not self.bundle.case_sensitive:
+                pieces = [piece.lower() for piece in pieces]
+            encodings = iter(self._tokenizer.encode_batch(pieces, add_special_tokens=False))
+            cuts = {}
+            for index, cut, count in layout:
+                tokens = [next(encodings).ids for _ in range(count or 1)]
+                if count is None or cut.suffices(tokens):
+                    contents[index] = [token for ids in tokens for token in ids]
+                else:  # tokens longer than the cut allowed for: cut it again, twice as long
+                    cuts[index] = cut.wider()
+        return [ids or [] for ids in contents]
 
     def feeds(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
         """Model inputs for ``rows``, padded to the longest of them (never to max_length)."""

@@ -56,7 +56,7 @@ def fine_tune(
         raise ValueError("the tokenizer does not wrap a text as [prefix] text [suffix]")
     windowing = Windowing(settings.truncation)
     encodings = plain.encode_batch(list(texts), add_special_tokens=False)
-    rows = [plan(encoding, template, settings.max_length, windowing).rows[0] for encoding in encodings]
+    rows = [plan(encoding.ids, template, settings.max_length, windowing).rows[0] for encoding in encodings]
     batches = _length_batches([len(ids) for ids, _ in rows], settings.batch_size, settings.seed, settings.epochs)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).train()

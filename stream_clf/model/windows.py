@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Tokenizer
 
-__all__ = ["DEFAULT_TRUNCATION", "Plan", "Row", "Template", "Truncation", "Windowing", "plan"]
+__all__ = ["DEFAULT_TRUNCATION", "Plan", "Row", "Template", "Truncation", "Windowing", "plan", "reach"]
 
 
 class Truncation(StrEnum):
@@ -105,9 +105,23 @@ class Plan:
         return sum(len(ids) for ids, _ in self.rows)
 
 
-def plan(encoding: Encoding, template: Template, max_length: int, windowing: Windowing) -> Plan:
-    """Cut one text's content tokens (an encoding made without special tokens) into rows."""
-    content = encoding.ids
+def reach(max_length: int, template: Template, windowing: Windowing) -> tuple[int, int]:
+    """The most content tokens :func:`plan` reads from the start and from the end of a text: a text
+    cut to more than that many at each end gets the plan its whole would (see :mod:`~stream_clf.model.cuts`)."""
+    budget = max_length - template.overhead
+    strategy = windowing.strategy or DEFAULT_TRUNCATION
+    if strategy is Truncation.HEAD:
+        return budget, 0
+    if strategy is Truncation.TAIL:
+        return 0, budget
+    if strategy is Truncation.HEAD_TAIL:
+        return budget // 4, budget - budget // 4
+    overlap = windowing.overlap(budget)
+    return windowing.max_windows * (budget - overlap) + overlap, 0
+
+
+def plan(content: list[int], template: Template, max_length: int, windowing: Windowing) -> Plan:
+    """Cut one text's content tokens (ids made without special tokens) into rows."""
     budget = max_length - template.overhead
     fits = len(content) <= budget
     strategy = windowing.strategy or DEFAULT_TRUNCATION

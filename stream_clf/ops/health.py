@@ -3,11 +3,16 @@
 The loop (Faust's agent or the exactly-once loop) writes a :class:`ConsumerState`; the web thread
 only reads it. Neither check ever calls the loop's Kafka clients, which block other threads while
 they poll.
+
+Liveness is progress: the worker is stalled when events are waiting (lag, or read and not yet
+finished) and none has finished for ``stall_seconds``, or when its loop has not even asked for
+records that long; and when a thread it cannot serve without (the control-topic follower) died.
+A broker outage is not a stall: restarting the worker would not end it.
 """
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from stream_clf.kafka.clients import admin_client
 from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
@@ -17,38 +22,60 @@ __all__ = ["STALL_SECONDS", "ConsumerState", "Readiness"]
 # How long a broker check is trusted; probes arrive every few seconds from Kubernetes and Docker.
 CHECK_TTL_SECONDS = 5.0
 BROKER_TIMEOUT_SECONDS = 2.0
-# A loop that has neither fetched nor finished a batch for this long has stopped consuming. Far
-# above a slow batch (the fault tests run 12 s ones) and a rebalance.
+# Events waiting and none finished for this long (or no fetch at all): the worker is stalled. Far
+# above a slow batch (the fault tests run 12 s ones; 64 reviews of 512 tokens on BERT-base take
+# about 10 s on 2 cores) and a rebalance.
 STALL_SECONDS = 120.0
 
 
 class ConsumerState:
-    """What the consuming loop publishes: assigned partitions, progress, the offsets processed."""
+    """What the consuming loop publishes: assigned partitions, progress, the offsets processed, the
+    events waiting (behind the end of the partitions, or read and not finished)."""
 
     def __init__(self) -> None:
         self.assigned = 0
-        self._last_activity = time.monotonic()
+        now = time.monotonic()
+        self._polled = now
+        self._progressed = now  # the last event finished, or the last moment nothing was waiting
         self._offsets: dict[tuple[str, int], int] = {}
+        self._lag = 0
+        self._held = 0
         self._lock = threading.Lock()
 
     def polled(self) -> None:
         """The loop asked its consumer for records (whether or not any came)."""
-        self._last_activity = time.monotonic()
+        self._polled = time.monotonic()
 
     def processed(self, topic: str, partition: int, offset: int) -> None:
         """The event at ``offset`` is done: its record is delivered or committed."""
-        self._last_activity = time.monotonic()
         with self._lock:
             self._offsets[topic, partition] = offset + 1
+            self._progressed = time.monotonic()
 
     def offsets(self) -> dict[tuple[str, int], int]:
         """Per input partition, the offset after the last event processed."""
         with self._lock:
             return dict(self._offsets)
 
+    def waiting(self, *, lag: Mapping[tuple[str, int], int] | None = None, held: int | None = None) -> None:
+        """Events not finished: ``lag`` per assigned partition (measured every few seconds), and ``held``
+        (read and in flight). Either may be given alone."""
+        with self._lock:
+            if lag is not None:
+                self._lag = sum(lag.values())
+            if held is not None:
+                self._held = held
+            if not self._lag and not self._held:
+                self._progressed = time.monotonic()
+
     def stalled_for(self) -> float:
-        """Seconds since the loop last fetched or finished an event."""
-        return time.monotonic() - self._last_activity
+        """Seconds the loop has made no progress: since it last fetched, or, while events wait, since
+        it last finished one (0 while nothing waits)."""
+        now = time.monotonic()
+        with self._lock:
+            waiting = self._lag or self._held
+            idle = now - self._progressed if waiting else 0.0
+        return max(now - self._polled, idle)
 
 
 class Readiness:
@@ -61,20 +88,27 @@ class Readiness:
         *,
         security: KafkaSecurity = PLAINTEXT,
         stall_seconds: float = STALL_SECONDS,
+        vital: Sequence[Callable[[], str | None]] = (),
     ) -> None:
         self._admin = admin_client(brokers, security)
         self._state = state
         self._stall_seconds = stall_seconds
+        self._vital = vital
         self._broker_checked = 0.0
         self._broker_error: str | None = "not checked yet"
         self._lock = threading.Lock()
 
     def liveness(self) -> str | None:
-        """Why the worker is not alive: its loop stopped consuming though the broker answers. None while
-        it is alive; a broker outage alone is no reason (restarting the worker would not end it)."""
+        """Why the worker is not alive: a thread it needs died, or its loop made no progress though the
+        broker answers. None while it is alive; a broker outage alone is no reason (restarting the worker
+        would not end it)."""
+        for check in self._vital:
+            failure = check()
+            if failure is not None:
+                return failure
         stalled = self._state.stalled_for()
         if stalled > self._stall_seconds and self._broker() is None:
-            return f"consumer stalled: nothing fetched or processed for {stalled:.0f}s"
+            return f"consumer stalled: events waiting and none finished (or nothing fetched) for {stalled:.0f}s"
         return None
 
     def reasons(self) -> list[str]:

@@ -49,6 +49,32 @@ class WorkerMetrics:
         )
         for reason in Reason:  # every reason is a series from the start, at 0
             self.dead_letters.labels(reason=reason.value)
+        self.refitted_records = Counter(
+            "stream_clf_refitted_records",
+            "Records published in a smaller form because their topic refused them whole: role result or review"
+            " without meta (form bare), dead letters cut to the head of their value (form head)",
+            ["role", "form"],
+            registry=r,
+        )
+        self.dropped_records = Counter(
+            "stream_clf_dropped_records",
+            "Records left out because no form of them fits their topic (each one also a log line), by role",
+            ["role"],
+            registry=r,
+        )
+        self.transaction_aborts = Counter(
+            "stream_clf_transaction_aborts",
+            "Exactly-once transactions aborted, by cause: record (a record was refused; the batch is then"
+            " committed event by event) or the broker's error",
+            ["cause"],
+            registry=r,
+        )
+        self.control_skipped = Counter(
+            "stream_clf_control_records_skipped",
+            "Control-topic records skipped as malformed (each one also a log line), by kind: swap, status, other",
+            ["kind"],
+            registry=r,
+        )
         self.batch_events = Histogram("stream_clf_batch_events", "Events per micro-batch", buckets=_EVENTS, registry=r)
         self.batch_tokens = Histogram(
             "stream_clf_batch_tokens", "Tokens per micro-batch (before padding)", buckets=_TOKENS, registry=r
@@ -213,6 +239,14 @@ class WorkerMetrics:
 
     def dead_letter(self, reason: str) -> None:
         self.dead_letters.labels(reason=reason).inc()
+
+    def refitted(self, role: str, form: str) -> None:
+        """A record went out in a smaller ``form`` than whole, to fit its topic."""
+        self.refitted_records.labels(role=role, form=form).inc()
+
+    def dropped(self, role: str) -> None:
+        """A record was left out: no form of it fits its topic."""
+        self.dropped_records.labels(role=role).inc()
 
     def abstained(self, version: str, label: str) -> None:
         self.abstentions.labels(model_version=version, label=label).inc()

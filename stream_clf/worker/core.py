@@ -17,163 +17,24 @@ publishes them in a transaction with the consumer's offsets. Either counts the b
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
-from stream_clf.errors import EventError, Reason
+from stream_clf.errors import EventError, Reason, fails_alone
 from stream_clf.model.classifier import Prediction
-from stream_clf.model.windows import Plan
 from stream_clf.ops.metrics import WorkerMetrics
-from stream_clf.worker.abstain import MinConfidence
-from stream_clf.worker.events import (
-    Source,
-    TextEvent,
-    dead_letter_headers,
-    decode_event,
-    encode_result,
-    encode_review,
-    encode_shadow,
-)
+from stream_clf.worker.events import TextEvent
 from stream_clf.worker.models import ModelHolder, ModelSet, ServedModel
+from stream_clf.worker.records import Answer, Form, InFlight, Outcome, OutRecord, Role
+from stream_clf.worker.routing import Routing
 
-__all__ = ["BatchStep", "Headers", "InFlight", "OutRecord", "Outcome", "ProcessedBatch", "Routing", "isolated"]
+__all__ = ["BatchStep", "ProcessedBatch", "isolated"]
 
 log = logging.getLogger(__name__)
 
-Headers = list[tuple[str, bytes]]
-Answer = Prediction | EventError
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@dataclass(slots=True)
-class InFlight:
-    """One consumed record on its way through the worker: its decoded event (or rejection), its plan.
-
-    ``ack`` tells the consumer the record is done (at-least-once; a no-op where offsets commit in
-    a transaction). ``timestamp`` is the record's Kafka timestamp (seconds since the epoch);
-    ``received`` the monotonic time the worker took it in.
-    """
-
-    source: Source
-    key: bytes | None
-    value: bytes | None
-    outcome: TextEvent | EventError
-    ack: Callable[[], Awaitable[object]]
-    timestamp: float | None = None
-    received: float = field(default_factory=time.monotonic)
-    plan: Plan | None = None
-    model: ServedModel | None = None  # the model it was planned for
-
-    @classmethod
-    def decode(
-        cls,
-        source: Source,
-        key: bytes | None,
-        value: bytes | None,
-        ack: Callable[[], Awaitable[object]],
-        max_bytes: int,
-        *,
-        timestamp: float | None = None,
-    ) -> "InFlight":
-        try:
-            outcome: TextEvent | EventError = decode_event(value, max_bytes)
-        except EventError as error:
-            outcome = error
-        return cls(source=source, key=key, value=value, outcome=outcome, ack=ack, timestamp=timestamp)
-
-    @classmethod
-    def unacked(cls, message: "KafkaMessage", max_bytes: int) -> "InFlight":
-        """A record librdkafka read, whose offset is not acked (a transaction commits it, or nothing does)."""
-        _, timestamp = message.timestamp()
-        source = Source(message.topic(), message.partition(), message.offset())
-        return cls.decode(
-            source,
-            message.key(),
-            message.value(),
-            _no_ack,
-            max_bytes,
-            timestamp=timestamp / 1000 if timestamp else None,
-        )
-
-    @property
-    def tokens(self) -> int:
-        """What this event costs the model (0 for a rejected one)."""
-        return self.plan.tokens if self.plan else 0
-
-
-@dataclass(frozen=True, slots=True)
-class OutRecord:
-    """A record to publish: an event's result or dead letter, or its review copy or shadow answer."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: Headers
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What became of one event: its answer and the model that gave it, the shadow model's answer
-    (when one runs), and whether the result abstained (its score below ``--min-confidence``)."""
-
-    answer: Answer | None
-    model: ServedModel | None = None
-    shadow: Prediction | None = None
-    shadow_model: ServedModel | None = None
-    abstained: bool = False
-
-
-@dataclass(frozen=True)
-class Routing:
-    """Where each event's records go, and what they hold: a result or a dead letter, and beside a
-    result its review copy (``review``, when it abstained) and its shadow answer (``shadow``)."""
-
-    output: str
-    dlq: str
-    top_k: int = 0
-    review: str | None = None
-    shadow: str | None = None
-    min_confidence: MinConfidence | None = None
-
-    def records(self, record: InFlight, outcome: Outcome) -> list[OutRecord]:
-        """The records published for ``record``: one result or one dead letter, then any copies."""
-        event, answer, model = record.outcome, outcome.answer, outcome.model
-        if not (isinstance(answer, Prediction) and isinstance(event, TextEvent) and model is not None):
-            rejected = _rejection(record, answer)
-            return [OutRecord(self.dlq, record.key, record.value, dead_letter_headers(rejected, record.source))]
-        event_id = event.id or record.source.default_id
-        value = encode_result(
-            event_id=event_id,
-            label=answer.label,
-            scores=answer.scores,
-            model=model.name,
-            model_version=model.version,
-            source=record.source,
-            meta=event.meta,
-            truncated=answer.truncated,
-            chunks=answer.chunks,
-            top_k=self.top_k,
-            labels=answer.labels,
-            abstained=outcome.abstained if self.min_confidence is not None else None,
-        )
-        records = [OutRecord(self.output, record.key, value, [])]
-        if outcome.abstained and self.review is not None and self.min_confidence is not None:
-            bound = self.min_confidence.bound(answer.label)
-            records.append(OutRecord(self.review, record.key, encode_review(value, event.text, bound), []))
-        if outcome.shadow is not None and outcome.shadow_model is not None and self.shadow is not None:
-            shadow = encode_shadow(
-                event_id=event_id,
-                source=record.source,
-                live=(model.name, model.version, answer),
-                shadow=(outcome.shadow_model.name, outcome.shadow_model.version, outcome.shadow),
-            )
-            records.append(OutRecord(self.shadow, record.key, shadow, []))
-        return records
-
-    def abstains(self, answer: Prediction) -> bool:
-        return self.min_confidence is not None and self.min_confidence.abstains(answer.label, answer.score)
 
 
 @dataclass(frozen=True)
@@ -184,20 +45,32 @@ class ProcessedBatch:
     outcomes: Sequence[Outcome]
     records: Sequence[OutRecord]
 
-    def count(self, metrics: WorkerMetrics) -> None:
-        """Count each event as a result (with its latency) or a dead letter: call once it is durably out."""
+    def count(self, metrics: WorkerMetrics, records: Sequence[OutRecord] | None = None) -> None:
+        """Count each event by the records that went out for it: call once they are durably out.
+
+        ``records`` are those published (by default the batch's own; a topic's refusal may have
+        replaced some by smaller forms): each answer as a result (with its latency) or a dead
+        letter, and the forms that were cut down to fit.
+        """
+        outcomes = {id(event): outcome for event, outcome in zip(self.events, self.outcomes, strict=True)}
         now = time.time()
-        for event, outcome in zip(self.events, self.outcomes, strict=True):
+        for record in self.records if records is None else records:
+            event = record.event
+            outcome = outcomes.get(id(event)) if event is not None else None
+            if record.form is not Form.WHOLE:
+                metrics.refitted(record.role.value, record.form.value)
+            if event is None or outcome is None or not record.role.answers:
+                continue
             answer, model = outcome.answer, outcome.model
-            if isinstance(answer, Prediction) and model is not None:
+            if record.role is Role.RESULT and isinstance(answer, Prediction) and model is not None:
                 latency = None if event.timestamp is None else max(0.0, now - event.timestamp)
                 metrics.result(model.version, answer.label, answer.score, latency)
                 if outcome.abstained:
                     metrics.abstained(model.version, answer.label)
                 if outcome.shadow is not None:
                     metrics.shadow_compared(answer.label, outcome.shadow.label)
-            else:
-                metrics.dead_letter(_rejection(event, answer).reason.value)
+            elif record.reason is not None:
+                metrics.dead_letter(record.reason)
 
 
 class BatchStep:
@@ -300,13 +173,17 @@ def isolated(stage: str, function: Callable[[list[T]], list[R]], items: list[T])
         return []
     try:
         return list(function(items))
-    except Exception as error:  # ONNX Runtime and tokenizers raise their own types
+    except BaseException as error:  # ONNX Runtime and tokenizers raise their own types, and panic
+        if not fails_alone(error):
+            raise
         log.warning("event=batch_failed stage=%s size=%d error=%r", stage, len(items), _brief(error))
     results: list[R | EventError] = []
     for item in items:
         try:
             results.extend(function([item]))
-        except Exception as error:  # as above
+        except BaseException as error:  # as above
+            if not fails_alone(error):
+                raise
             results.append(EventError(Reason.INFERENCE_ERROR, _brief(error)))
     return results
 
@@ -321,27 +198,6 @@ def _grouped(
         if model is not None:
             groups.setdefault(id(model), (model, []))[1].append(record)
     return list(groups.values())
-
-
-class KafkaMessage(Protocol):
-    """What :meth:`InFlight.unacked` reads of a confluent-kafka ``Message``."""
-
-    def topic(self) -> str: ...
-    def partition(self) -> int: ...
-    def offset(self) -> int: ...
-    def key(self) -> bytes | None: ...
-    def value(self) -> bytes | None: ...
-    def timestamp(self) -> tuple[int, int]: ...
-
-
-async def _no_ack() -> None:
-    """Nothing to do: the offset is committed elsewhere, or not at all."""
-
-
-def _rejection(record: InFlight, answer: Answer | None) -> EventError:
-    rejected = answer if isinstance(answer, EventError) else record.outcome
-    assert isinstance(rejected, EventError), "an event is either classified or rejected"
-    return rejected
 
 
 def _brief(error: BaseException) -> str:

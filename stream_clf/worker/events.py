@@ -104,12 +104,14 @@ def encode_result(
     top_k: int = 0,
     labels: Sequence[str] | None = None,
     abstained: bool | None = None,
+    meta_dropped: bool = False,
 ) -> bytes:
     """Serialize one result record's value.
 
     ``top_k`` > 0 adds ``top_k``: the k most probable labels, best first; ``labels`` (multi-label
     models) adds every label at or above its threshold; ``abstained`` (with ``--min-confidence``)
-    whether the score fell below its label's bound.
+    whether the score fell below its label's bound; ``meta_dropped`` marks a result published
+    without the event's ``meta``, which made it too large for the output topic.
     """
     result: dict[str, Any] = {
         "id": event_id,
@@ -130,6 +132,8 @@ def encode_result(
         result["labels"] = list(labels)
     if abstained is not None:
         result["abstained"] = abstained
+    if meta_dropped:
+        result["meta_dropped"] = True
     return orjson.dumps(result)
 
 

@@ -34,9 +34,10 @@ from faust.types import TP, EventT, StreamT
 from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.settings import WorkerSettings
-from stream_clf.worker.core import BatchStep, InFlight
+from stream_clf.worker.core import BatchStep
 from stream_clf.worker.events import Source
 from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT, Pipeline, Sender
+from stream_clf.worker.records import InFlight
 
 __all__ = ["create_app"]
 
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 FETCH_MIN_BYTES = 16 * 1024
 FETCH_MAX_WAIT_MS = 20
+# Faust's stream buffer, in events: its default, and the least it is cut to for large records.
+FAUST_STREAM_BUFFER = 4096
+MIN_STREAM_BUFFER = 16
 
 
 class _App(faust.App):
@@ -102,15 +106,21 @@ def create_app(
     publish: Sender,
     datadir: Path,
     client_id: str,
+    input_record_bytes: int,
 ) -> faust.App:
     """Build the worker's Faust app.
 
     ``fail`` ends the worker with a reason; ``publish`` hands a batch's records to the producer
     (:class:`~stream_clf.worker.publisher.BatchPublisher`); ``datadir`` is Faust's scratch
     directory (the worker keeps no tables, so nothing there outlives the process); ``client_id``
-    names the consumer in its group (so ``stream-clf swap`` knows the running workers).
+    names the consumer in its group (so ``stream-clf swap`` knows the running workers);
+    ``input_record_bytes`` is the largest record the input topics take.
+
+    ``--max-buffered-bytes`` is shared: half for the pipeline (bytes, exactly), half for Faust's
+    stream buffer, which counts events, so it holds as many as fit at ``input_record_bytes`` each.
     """
     session_timeout = settings.session_timeout_ms / 1000
+    buffered = max(MIN_STREAM_BUFFER, min(FAUST_STREAM_BUFFER, settings.max_buffered_bytes // 2 // input_record_bytes))
     app = _App(
         settings.group,
         broker=[f"kafka://{address}" for address in settings.brokers],
@@ -125,6 +135,7 @@ def create_app(
         web_enabled=False,  # the endpoints are served by stream_clf.ops.web.server, in every mode
         broker_credentials=settings.security.faust_credentials(),
         broker_client_id=client_id,
+        stream_buffer_maxsize=buffered,
     )
     app.isolation = settings.isolation
     app.consumer_state = state
@@ -138,6 +149,7 @@ def create_app(
         max_batch=settings.max_batch,
         max_wait=settings.max_wait_ms / 1000,
         max_tokens=settings.max_tokens,
+        max_bytes=settings.max_buffered_bytes // 2,
         tokenization=ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize"),
         inference=ThreadPoolExecutor(max_workers=INFERENCES_IN_FLIGHT, thread_name_prefix="inference"),
     )
@@ -191,6 +203,7 @@ def create_app(
                 offset = await app.consumer.position(tp) or 0
             lag[tp.topic, tp.partition] = max(0, (ends.get(tp) or 0) - offset)
         metrics.partitions(lag)
+        state.waiting(lag=lag)
 
     return app
 

@@ -27,7 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from stream_clf.errors import ModelError
+from stream_clf.errors import ModelError, fails_alone
+from stream_clf.kafka.control_records import DEFAULT_TARGET
 from stream_clf.model.bundle import ModelBundle, load_bundle
 from stream_clf.model.catalog import resolve_model
 from stream_clf.model.classifier import Classifier
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 
 # Keys are hashed into this many buckets; the canary serves the first share of them.
 CANARY_BUCKETS = 10_000
-# The swap target that means "the default model" (a route's target is its topic).
-DEFAULT_TARGET = "*"
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,13 +146,19 @@ class ModelLoader:
         self._check = check
 
     def __call__(self, source: str) -> ServedModel:
+        """The bundle ``source`` names (a directory, or a built model's name), loaded to serve."""
+        return self.serve(load_bundle(resolve_model(Path(source))), source)
+
+    def serve(self, bundle: ModelBundle, source: str) -> ServedModel:
+        """``bundle`` (read from ``source``) checked, built and warmed up."""
         started = time.perf_counter()
-        bundle = load_bundle(resolve_model(Path(source)))
         self._check(bundle)
         classifier = self._build(bundle)
         try:
             classifier.predict(["ok"] * classifier.bucket_size)
-        except Exception as error:  # ONNX Runtime raises its own exception types
+        except BaseException as error:  # ONNX Runtime raises its own exception types; tokenizers may panic
+            if not fails_alone(error):
+                raise
             detail = " ".join(str(error).split())[:300]
             raise ModelError(
                 f"model bundle '{bundle.path}': fails on a full bucket of short texts ({detail})"

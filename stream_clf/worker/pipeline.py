@@ -20,7 +20,8 @@ holds), all deliveries are awaited, the previous batch is fully acked, and only 
 batch's events acked, in the order they were read. So the consumer never commits an offset whose
 record the broker has not acknowledged, and acks never run ahead of an earlier batch. At most
 :data:`INFERENCES_IN_FLIGHT` batches are classified and :data:`PUBLISHES_IN_FLIGHT` await
-delivery at once.
+delivery at once, and the events from the intake to their ack weigh at most ``max_bytes``
+(:class:`~stream_clf.worker.budget.ByteBudget`).
 
 Every stage keeps a :class:`~stream_clf.ops.metrics.StageClock`: the time it was busy, starved
 (waiting for its input) and blocked (waiting for room, or an answer, downstream).
@@ -35,7 +36,9 @@ from typing import Protocol
 from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import WorkerMetrics
 from stream_clf.worker.batching import MicroBatcher
-from stream_clf.worker.core import BatchStep, InFlight, OutRecord, ProcessedBatch
+from stream_clf.worker.budget import ByteBudget
+from stream_clf.worker.core import BatchStep, ProcessedBatch
+from stream_clf.worker.records import InFlight, OutRecord
 
 __all__ = ["INFERENCES_IN_FLIGHT", "PUBLISHES_IN_FLIGHT", "Pipeline", "Sender"]
 
@@ -47,9 +50,10 @@ PUBLISHES_IN_FLIGHT = 2
 
 class Sender(Protocol):
     """Hands a batch's records to the producer, in order, at once; the returned awaitable completes
-    when the broker has acknowledged all of them, and fails if it refused one."""
+    when the broker has acknowledged all of them, with the records that went out (a refused record's
+    smaller form in its place), and fails if one could not be published."""
 
-    def __call__(self, records: Sequence[OutRecord]) -> Awaitable[object]: ...
+    def __call__(self, records: Sequence[OutRecord]) -> Awaitable[Sequence[OutRecord]]: ...
 
 
 class Pipeline:
@@ -68,6 +72,7 @@ class Pipeline:
         max_batch: int,
         max_wait: float,
         max_tokens: int | None,
+        max_bytes: int,
         tokenization: Executor,
         inference: Executor,
     ) -> None:
@@ -78,6 +83,7 @@ class Pipeline:
         self._tokenization = tokenization
         self._inference = inference
         self._max_batch = max_batch
+        self._budget = ByteBudget(max_bytes)
         self._intake: asyncio.Queue[InFlight] = asyncio.Queue(max_batch)
         self._batcher: MicroBatcher[InFlight] = MicroBatcher(
             max_batch,
@@ -92,7 +98,9 @@ class Pipeline:
         self._slots = asyncio.Semaphore(PUBLISHES_IN_FLIGHT)
 
     async def feed(self, record: InFlight) -> None:
-        """Hand a consumed record to the pipeline, waiting while it is full."""
+        """Hand a consumed record to the pipeline, waiting while it is full (in events or in bytes)."""
+        await self._budget.take(record.weight)
+        self._state.waiting(held=self._budget.events)
         await self._intake.put(record)
 
     async def run(self) -> None:
@@ -150,17 +158,19 @@ class Pipeline:
             previous = group.create_task(self._confirm(processed, delivered, previous))
 
     async def _confirm(
-        self, processed: ProcessedBatch, delivered: Awaitable[object], previous: asyncio.Task | None
+        self, processed: ProcessedBatch, delivered: Awaitable[Sequence[OutRecord]], previous: asyncio.Task | None
     ) -> None:
         try:
-            await delivered
+            sent = await delivered
             if previous is not None:
                 await previous
             started = time.perf_counter()
-            processed.count(self._metrics)
+            processed.count(self._metrics, sent)
             for record in processed.events:
                 await record.ack()
                 self._state.processed(record.source.topic, record.source.partition, record.source.offset)
+                self._budget.give(record.weight)
+            self._state.waiting(held=self._budget.events)
             self._metrics.stage("confirm").add("busy", time.perf_counter() - started)
         finally:
             self._slots.release()

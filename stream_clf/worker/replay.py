@@ -25,12 +25,15 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from stream_clf.errors import BrokerError
 from stream_clf.kafka import clients
+from stream_clf.kafka.limits import producer_limits, read_limits
 from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.ops.metrics import WorkerMetrics
-from stream_clf.worker.core import BatchStep, InFlight, Routing
+from stream_clf.worker.core import BatchStep
 from stream_clf.worker.models import ModelHolder, ModelSet, ServedModel
 from stream_clf.worker.publisher import produce
+from stream_clf.worker.records import InFlight, Role
+from stream_clf.worker.routing import Routing
 
 __all__ = ["Bound", "ReplayOptions", "ReplayReport", "parse_bound", "run_replay"]
 
@@ -139,15 +142,22 @@ def _replay(
     report: ReplayReport,
     progress: Callable[[int], None],
 ) -> None:
+    limits = read_limits(options.brokers, [options.output, options.dlq], options.security)
     step = BatchStep(
         ModelHolder(ModelSet(default=model)),
-        Routing(options.output, options.dlq, options.top_k),
+        Routing(options.output, options.dlq, options.top_k, limits=limits),
         WorkerMetrics(max_batch=options.max_batch),
     )
     producer = clients.producer(
         options.brokers,
         options.security,
-        {"enable.idempotence": True, "acks": "all", "linger.ms": 20, "partitioner": "murmur2_random"},
+        {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 20,
+            "partitioner": "murmur2_random",
+            **producer_limits(limits),
+        },
     )
     failures: list[str] = []
 
@@ -184,11 +194,10 @@ def _replay(
                 finished(partition)
         if batch:
             processed = step(batch)
-            for record in processed.records:
-                produce(producer, record, delivered)
+            sent = [produce(producer, record, delivered, step.routing.instead) for record in processed.records]
             producer.poll(0)
-            report.results += sum(1 for record in processed.records if record.topic == options.output)
-            report.dead_letters += sum(1 for record in processed.records if record.topic == options.dlq)
+            report.results += sum(1 for record in sent if record is not None and record.role is Role.RESULT)
+            report.dead_letters += sum(1 for record in sent if record is not None and record.role is Role.DEAD_LETTER)
         progress(sum(covered.values()))
     if producer.flush(60) or failures:
         raise BrokerError(f"replay results not all delivered to {options.output!r}: {failures[:1] or 'timed out'}")

@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faust
+from confluent_kafka import KafkaException
 
-from stream_clf.errors import ConfigError
+from stream_clf.errors import BrokerError, ConfigError
 from stream_clf.kafka import clients
-from stream_clf.kafka.control import CLIENT_ID_PREFIX, ensure_control_topic, new_worker_id
+from stream_clf.kafka.control import CLIENT_ID_PREFIX, ensure_control_topics, new_worker_id
+from stream_clf.kafka.limits import TopicLimit, producer_limits, read_limits
 from stream_clf.kafka.topics import ensure_topics, largest_record_limit, publish_compression, wait_for_broker
 from stream_clf.model.bundle import ModelBundle
 from stream_clf.model.classifier import Classifier
@@ -37,10 +39,12 @@ from stream_clf.ops.metrics import WorkerMetrics
 from stream_clf.ops.web.routes import Routes
 from stream_clf.ops.web.server import serve_in_thread
 from stream_clf.settings import WorkerSettings
-from stream_clf.worker.core import BatchStep, Routing
+from stream_clf.worker.core import BatchStep
 from stream_clf.worker.faust_app import create_app
+from stream_clf.worker.model_roots import ModelRoots
 from stream_clf.worker.models import ModelHolder, ModelLoader, ModelSet
 from stream_clf.worker.publisher import PRODUCER_SETTINGS, BatchPublisher
+from stream_clf.worker.routing import Routing
 from stream_clf.worker.swaps import SwapFollower
 from stream_clf.worker.transactional import run_exactly_once
 
@@ -79,40 +83,33 @@ def run_worker(settings: WorkerSettings) -> int:
         shadow=load_shadow(settings.shadow_model) if settings.shadow_model else None,
     )
     security = settings.security
-    wait_for_broker(settings.brokers, BROKER_WAIT_SECONDS, security)
-    ensure_topics(settings.brokers, settings.input, settings.partitions, security=security)
-    record_limit = largest_record_limit(settings.brokers, settings.input, security)
-    # Dead letters carry the original value and results echo its meta (review copies also the
-    # text), so every topic published to must take records as large as the inputs do, plus room
-    # for headers and the result's own fields.
-    output_limit = record_limit + _RECORD_OVERHEAD
-    ensure_topics(
-        settings.brokers,
-        settings.published_topics,
-        settings.partitions,
-        {"max.message.bytes": str(output_limit)},
-        security=security,
-    )
-    ensure_control_topic(settings.brokers, settings.control_topic, security)
-    compression = settings.compression
-    if compression == "auto":
-        compression = publish_compression(settings.brokers, settings.output, security)
+    topics = _prepare_topics(settings)
     metrics = WorkerMetrics(max_batch=settings.max_batch)
     holder = ModelHolder(models, on_change=lambda current: metrics.in_service(_in_service(current)))
     metrics.lanes.set(models.default.classifier.lanes)
     worker_id = new_worker_id(settings.instance)
+    roots = (
+        ModelRoots(settings.model_root)
+        if settings.model_root
+        else ModelRoots.default([str(settings.model), *settings.route.values(), *_extra_models(settings)])
+    )
     swaps = SwapFollower(
         brokers=settings.brokers,
         security=security,
-        topic=settings.control_topic,
+        topics=(settings.control_topic, settings.status_output),
         group=settings.group,
         worker=worker_id,
         inputs=settings.input,
         holder=holder,
         load=load,
+        roots=roots,
         metrics=metrics,
+        follows=settings.swaps,
     )
-    swaps.catch_up()
+    try:
+        swaps.catch_up()
+    except KafkaException as error:
+        raise BrokerError(f"the control topics cannot be read or written: {error.args[0].str()}") from None
     routing = Routing(
         settings.output,
         settings.dlq,
@@ -120,10 +117,14 @@ def run_worker(settings: WorkerSettings) -> int:
         review=settings.review_output if settings.min_confidence else None,
         shadow=settings.shadow_output if settings.shadow_model else None,
         min_confidence=settings.min_confidence,
+        limits=topics.limits,
+        dropped=metrics.dropped,
     )
     step = BatchStep(holder, routing, metrics)
     state = ConsumerState()
-    readiness = Readiness(settings.brokers, state, security=security)
+    readiness = Readiness(
+        settings.brokers, state, security=security, stall_seconds=settings.stall_seconds, vital=[swaps.failure]
+    )
     try:
         server = serve_in_thread(settings.web_host, settings.web_port, Routes(metrics, readiness))
     except OSError as error:
@@ -133,7 +134,8 @@ def run_worker(settings: WorkerSettings) -> int:
     default = holder.current.default
     log.info(
         "event=worker_start worker=%s model=%s model_version=%s precision=%s provider=%s labels=%s models=%s"
-        " input=%s output=%s dlq=%s group=%s guarantee=%s isolation=%s compression=%s security=%s",
+        " input=%s output=%s dlq=%s group=%s guarantee=%s isolation=%s compression=%s security=%s swaps=%s"
+        " model_roots=%s",
         worker_id,
         default.name,
         default.version,
@@ -147,10 +149,20 @@ def run_worker(settings: WorkerSettings) -> int:
         settings.group,
         settings.guarantee,
         settings.isolation,
-        compression,
+        topics.compression,
         security.protocol + (f"/{security.mechanism}" if security.sasl else ""),
+        "on" if settings.swaps else "off",
+        roots,
     )
-    parts = _Parts(step, metrics, state, compression, output_limit, CLIENT_ID_PREFIX + worker_id)
+    parts = _Parts(
+        step,
+        metrics,
+        state,
+        topics.compression,
+        producer_limits(topics.limits),
+        topics.input_record_bytes,
+        CLIENT_ID_PREFIX + worker_id,
+    )
     stop = _Stop()
     swaps.start()
     try:
@@ -163,6 +175,57 @@ def run_worker(settings: WorkerSettings) -> int:
         server.shutdown()
     log.info("event=worker_stop guarantee=%s exit_code=%d", settings.guarantee, stop.exit_code)
     return stop.exit_code
+
+
+@dataclass(frozen=True)
+class _Topics:
+    """What start-up learns of the topics: their limits, the input's largest record, the codec."""
+
+    limits: dict[str, TopicLimit]  # of every topic the worker publishes to
+    input_record_bytes: int
+    compression: str
+
+
+def _prepare_topics(settings: WorkerSettings) -> _Topics:
+    """Reach the cluster, create the topics that are missing and read the limits of all of them."""
+    security, replication = settings.security, settings.replication
+    wait_for_broker(settings.brokers, BROKER_WAIT_SECONDS, security)
+    try:
+        ensure_topics(settings.brokers, settings.input, settings.partitions, security=security, replication=replication)
+        record_limit = largest_record_limit(settings.brokers, settings.input, security)
+        # Dead letters carry the original value and results echo its meta (review copies also the
+        # text), so the topics the worker creates take records as large as the inputs do, plus room
+        # for headers and the result's own fields; topics that exist keep their own limits.
+        wanted = record_limit + _RECORD_OVERHEAD
+        ensure_topics(
+            settings.brokers,
+            settings.published_topics,
+            settings.partitions,
+            {"max.message.bytes": str(wanted)},
+            security=security,
+            replication=replication,
+        )
+        ensure_control_topics(settings.brokers, [settings.control_topic, settings.status_output], security, replication)
+        limits = read_limits(settings.brokers, settings.published_topics, security)
+        compression = settings.compression
+        if compression == "auto":
+            compression = publish_compression(settings.brokers, settings.output, security)
+    except KafkaException as error:
+        raise BrokerError(f"the worker's topics cannot be prepared: {error.args[0].str()}") from None
+    for topic, limit in limits.items():
+        if limit.max_bytes < wanted:
+            log.warning(
+                "event=topic_limit_small topic=%s max_message_bytes=%d inputs_take=%d: records over its limit are"
+                " published smaller (results without meta, dead letters cut to their head) or dead-lettered",
+                topic,
+                limit.max_bytes,
+                record_limit,
+            )
+    return _Topics(limits, record_limit, compression)
+
+
+def _extra_models(settings: WorkerSettings) -> list[str]:
+    return [model for model in (settings.canary_model, settings.shadow_model) if model]
 
 
 def _label_check(settings: WorkerSettings) -> Callable[[ModelBundle], None]:
@@ -187,7 +250,8 @@ class _Parts:
     metrics: WorkerMetrics
     state: ConsumerState
     compression: str  # of published records, resolved
-    max_record_bytes: int  # the largest record the loop may publish
+    producer_limits: dict[str, int]  # keep the producer inside the published topics' limits
+    input_record_bytes: int  # the largest record the input topics take
     client_id: str  # the consumer's name in its group
 
 
@@ -240,7 +304,7 @@ def _run_transactional(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> 
             parts.metrics,
             parts.state,
             compression=parts.compression,
-            max_record_bytes=parts.max_record_bytes,
+            producer_limits=parts.producer_limits,
             client_id=parts.client_id,
             stop=stopping,
         )
@@ -279,11 +343,11 @@ def _run_faust(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> None:
             **PRODUCER_SETTINGS,
             "acks": "all",
             "enable.idempotence": True,
-            "message.max.bytes": parts.max_record_bytes,
             "compression.type": parts.compression,
+            **parts.producer_limits,
         },
     )
-    publisher = BatchPublisher(producer)
+    publisher = BatchPublisher(producer, parts.step.routing.instead)
     with tempfile.TemporaryDirectory(prefix="stream-clf-faust-") as scratch:
         app = create_app(
             settings,
@@ -294,6 +358,7 @@ def _run_faust(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> None:
             publish=publisher,
             datadir=Path(scratch),
             client_id=parts.client_id,
+            input_record_bytes=parts.input_record_bytes,
         )
         worker = _FaustWorker(
             app,

@@ -3,118 +3,170 @@
 A swap never touches the consumer: no rebalance, no pause, no restart. The new bundle is loaded,
 checked and warmed up in this module's thread while the old one keeps serving; then
 :meth:`~stream_clf.worker.models.ModelHolder.swap` makes it the model of the next micro-batch.
-A bundle that fails (a missing file, a graph that does not load, labels the worker's settings
-do not fit) is refused: a log line, ``stream_clf_model_swaps_total{outcome="refused"}``, a status
-record saying why, and the old model goes on serving. Swapping back to the previous model is a swap
-like any other (``stream-clf swap --rollback``).
+A request is refused (a log line, ``stream_clf_model_swaps_total{outcome="refused"}``, a status
+saying why, and the old model goes on serving) when its bundle
+
+- lies outside the worker's model roots (:mod:`~stream_clf.worker.model_roots`),
+- is not the version the request expects (its content hash), or
+- fails to load (a missing file, a graph that does not load, labels the worker's settings do not fit).
+
+Swapping back to the previous model is a swap like any other (``stream-clf swap --rollback``).
 
 At start, before consuming, the worker reads the control topic to its end and applies the latest
 swap of each of its targets, if that swap replaced the model this worker was started with (see
-:class:`~stream_clf.kafka.control.SwapRequest`): a replica that joins later serves what its peers
-serve.
+:class:`~stream_clf.kafka.control_records.SwapRequest`): a replica that joins later serves what
+its peers serve. A malformed record is skipped with one log line and
+``stream_clf_control_records_skipped_total``; the follower thread survives any error, and should
+it end anyway, the worker's liveness says so. ``--swaps off`` follows nothing: the worker only
+reports what it serves.
 """
 
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 
+from stream_clf.errors import fails_alone
 from stream_clf.kafka import clients
-from stream_clf.kafka.control import ControlState, SwapRequest, WorkerStatus, control_producer, read_control
+from stream_clf.kafka.control import control_producer, log_skipped, read_control
+from stream_clf.kafka.control_records import ControlState, MalformedRecordError, SwapRequest, WorkerStatus
 from stream_clf.kafka.security import KafkaSecurity
+from stream_clf.model.bundle import load_bundle
 from stream_clf.ops.metrics import WorkerMetrics
-from stream_clf.worker.models import DEFAULT_TARGET, ModelHolder, ServedModel
+from stream_clf.worker.model_roots import ModelRoots
+from stream_clf.worker.models import DEFAULT_TARGET, ModelHolder, ModelLoader
 
 __all__ = ["SwapFollower"]
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
+# After an error reading the control topic, the follower waits this long before reading on.
+RETRY_SECONDS = 1.0
 
 
 class SwapFollower:
-    """Applies the swaps the control topic asks of this worker's group, in the order they were asked."""
+    """Applies the swaps the control topic asks of this worker's group, in the order they were asked,
+    and reports this worker's status on the status topic.
+
+    ``topics`` are the control (requests) and status topics; ``follows`` False (``--swaps off``)
+    applies nothing and only reports.
+    """
 
     def __init__(
         self,
         *,
         brokers: Sequence[str],
         security: KafkaSecurity,
-        topic: str,
+        topics: tuple[str, str],
         group: str,
         worker: str,
         inputs: Sequence[str],
         holder: ModelHolder,
-        load: Callable[[str], ServedModel],
+        load: ModelLoader,
+        roots: ModelRoots,
         metrics: WorkerMetrics,
+        follows: bool = True,
     ) -> None:
         self._brokers = brokers
         self._security = security
-        self._topic = topic
+        self._control, self._status = topics
         self._group = group
         self.worker = worker
         self._inputs = set(inputs)
         self._holder = holder
         self._load = load
+        self._roots = roots
         self._metrics = metrics
+        self._follows = follows
         self._configured = _describe_targets(holder)
         self._producer = control_producer(brokers, security)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._offset = 0
+        self._failure: str | None = None
 
     def catch_up(self) -> None:
         """Apply the latest swap of each target this worker serves, if it replaced the model this worker
         was started with; then say what it serves. Call before the worker consumes."""
-        state = read_control(self._brokers, self._topic, self._security)
-        self._offset = state.offset
         outcome = None
-        for request in _latest_swaps(state, self._group):
-            configured = self._configured.get(request.target)
-            if configured is not None and configured["model"] == request.model:
-                continue  # already served: this worker was started with it
-            if request.configured not in (None, configured["version"] if configured else None):
-                log.info(
-                    "event=swap_skipped request=%s target=%s model=%s reason=%r",
-                    request.request,
-                    request.target,
-                    request.model,
-                    "this worker was started with another model than the one the swap replaced",
-                )
-                continue
-            outcome = self._apply(request)
+        if self._follows:
+            state = read_control(self._brokers, self._control, self._security, skipped=self._skipped)
+            self._offset = state.offset
+            for request in _latest_swaps(state, self._group):
+                configured = self._configured.get(request.target)
+                if configured is not None and configured["model"] == request.model:
+                    continue  # already served: this worker was started with it
+                if request.configured not in (None, configured["version"] if configured else None):
+                    log.info(
+                        "event=swap_skipped request=%s target=%s model=%s reason=%r",
+                        request.request,
+                        request.target,
+                        request.model,
+                        "this worker was started with another model than the one the swap replaced",
+                    )
+                    continue
+                outcome = self._apply(request)
         if outcome is None:
             self._report()
 
     def start(self) -> None:
-        """Follow the control topic in a thread of its own until :meth:`close`."""
-        self._thread = threading.Thread(target=self._follow, name="swaps", daemon=True)
-        self._thread.start()
+        """Follow the control topic in a thread of its own until :meth:`close` (not with ``--swaps off``)."""
+        if self._follows:
+            self._thread = threading.Thread(target=self._guarded, name="swaps", daemon=True)
+            self._thread.start()
+
+    def failure(self) -> str | None:
+        """Why the follower stopped following though it was not asked to; None while it follows."""
+        return self._failure
 
     def close(self) -> None:
         """Stop following and delete this worker's status (it no longer serves)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self._producer.produce(self._topic, key=WorkerStatus(self._group, self.worker, {}, {}).key, value=None)
+        self._producer.produce(self._status, key=WorkerStatus(self._group, self.worker, {}, {}).key, value=None)
         self._producer.flush(5)
+
+    def _guarded(self) -> None:
+        try:
+            self._follow()
+        except BaseException as error:  # nothing below should get here; if anything does, say so
+            self._failure = f"the control-topic follower died: {type(error).__name__}: {error}"[:300]
+            log.exception("event=swap_follower_died")
+            if not fails_alone(error):
+                raise
 
     def _follow(self) -> None:
         consumer = clients.reader(self._brokers, "swaps", self._security)
-        consumer.assign([TopicPartition(self._topic, 0, self._offset)])
+        consumer.assign([TopicPartition(self._control, 0, self._offset)])
         state = ControlState()
         try:
             while not self._stop.is_set():
-                message = consumer.poll(POLL_SECONDS)
-                if message is None or message.error():
-                    continue
-                request = state.read(message.key(), message.value())
-                if isinstance(request, SwapRequest) and request.group == self._group:
-                    self._apply(request)
+                try:
+                    self._take(state, consumer.poll(POLL_SECONDS))
+                except Exception:  # a bug or a broker error must not end following: log it, read on
+                    log.exception("event=swap_follower_error")
+                    self._stop.wait(RETRY_SECONDS)
         finally:
             consumer.close()
+
+    def _take(self, state: ControlState, message: Message | None) -> None:
+        if message is None or message.error():
+            return
+        try:
+            request = state.read(message.key(), message.value())
+        except MalformedRecordError as error:
+            self._skipped(self._control, message.offset() or 0, error)
+            return
+        if isinstance(request, SwapRequest) and request.group == self._group:
+            self._apply(request)
+
+    def _skipped(self, topic: str, offset: int, error: MalformedRecordError) -> None:
+        log_skipped(topic, offset, error)
+        self._metrics.control_skipped.labels(kind=error.kind).inc()
 
     def _apply(self, request: SwapRequest) -> str:
         """Load ``request``'s model and serve its target with it, or refuse it; report either way."""
@@ -123,8 +175,15 @@ class SwapFollower:
         if current is None and request.target not in self._inputs:
             return self._refuse(request, f"topic {request.target!r} is not an input of this worker", started)
         try:
-            model = self._load(request.model)
-        except Exception as error:  # any failure to load or check: the old model keeps serving
+            bundle = load_bundle(self._roots.admit(request.model))
+            if bundle.version != request.expect:
+                return self._refuse(
+                    request, f"model {request.model!r} is version {bundle.version}, not {request.expect}", started
+                )
+            model = self._load.serve(bundle, request.model)
+        except BaseException as error:  # any failure to load or check: the old model keeps serving
+            if not fails_alone(error):
+                raise
             return self._refuse(request, " ".join(str(error).split())[:300] or type(error).__name__, started)
         self._holder.swap(request.target, model)
         seconds = time.perf_counter() - started
@@ -171,9 +230,15 @@ class SwapFollower:
             outcome=outcome,
             reason=reason,
             seconds=seconds,
+            follows=self._follows,
         )
-        self._producer.produce(self._topic, key=status.key, value=status.encode())
+        self._producer.produce(self._status, key=status.key, value=status.encode(), on_delivery=_status_written)
         self._producer.flush(10)
+
+
+def _status_written(error: KafkaError | None, message: Message) -> None:
+    if error is not None:
+        log.error("event=status_not_written topic=%s error=%r", message.topic(), error.str())
 
 
 def _describe_targets(holder: ModelHolder) -> dict[str, dict[str, str]]:

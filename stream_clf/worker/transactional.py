@@ -19,40 +19,77 @@ consumer rewinds to the committed offsets. Before the consumer gives partitions 
 every batch in flight is committed (from the revoke callback), so a rebalance never finds work in
 flight; partitions *lost* (the session expired) drop it instead: their transaction could only fail.
 The loop measures lag and publishes its state; the web server reads that state from its own thread.
+
+No record can hold the group in a loop of aborts. Records are checked against their topics' limits
+before they are produced (:mod:`~stream_clf.worker.routing`), and one the broker refuses anyway
+(a limit changed under a running worker) aborts its transaction with every record of its produce
+request; that batch is then committed event by event, each event in a transaction of its own, so
+that the one refused is found and published in its next smaller form (in the end a dead letter)
+while the others commit as they were. Other aborts are read again after a back-off that doubles
+from :data:`BACKOFF_FIRST_SECONDS` to :data:`BACKOFF_MOST_SECONDS`, are counted in
+``stream_clf_transaction_aborts_total``, and after :data:`ABORT_LIMIT` in a row with none
+committed between them the worker stops with one line naming the cause.
 """
 
 import enum
+import functools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from stream_clf.errors import BrokerError
 from stream_clf.kafka import clients
+from stream_clf.kafka.limits import RECORD_ERRORS, Refusal
 from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.settings import WorkerSettings
-from stream_clf.worker.core import BatchStep, InFlight, OutRecord, ProcessedBatch
+from stream_clf.worker.core import BatchStep, ProcessedBatch
 from stream_clf.worker.models import ModelSet
 from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT
-from stream_clf.worker.publisher import PRODUCER_SETTINGS, produce
+from stream_clf.worker.publisher import PRODUCER_SETTINGS, Refit, produce
+from stream_clf.worker.records import InFlight, OutRecord
 
-__all__ = ["Commit", "TransactionalLoop", "commit_batch", "run_exactly_once"]
+__all__ = ["ABORT_LIMIT", "Commit", "Transaction", "TransactionalLoop", "commit_batch", "run_exactly_once"]
 
 log = logging.getLogger(__name__)
 TRANSACTION_TIMEOUT_SECONDS = 60.0
+# Aborts in a row (none committed between them) before the worker stops: with the back-off below,
+# about 35 s of trying.
+ABORT_LIMIT = 8
+BACKOFF_FIRST_SECONDS = 0.5
+BACKOFF_MOST_SECONDS = 10.0
+# Tries of one event's own transaction that abort for a reason other than its records (the first
+# after a refused record can fail on the producer's epoch bump) before the batch is read again.
+EVENT_ATTEMPTS = 3
 
 
 class Commit(enum.Enum):
     """How a micro-batch's transaction ended."""
 
     COMMITTED = "committed"
-    ABORTED = "aborted"  # nothing of it is visible; the consumer was rewound to read it again
+    ABORTED = "aborted"  # nothing of it is visible
+
+
+@dataclass
+class Transaction:
+    """One transaction: how it ended, the records it published (a record librdkafka refused at once
+    replaced by its smaller form), and, when it aborted, why and which records the broker refused."""
+
+    outcome: Commit
+    records: list[OutRecord]
+    error: KafkaError | None = None
+    refused: dict[int, KafkaError] = field(default_factory=dict)
+
+    @property
+    def record_refused(self) -> bool:
+        """Whether the broker refused one of its records for the record itself (too large, say)."""
+        return any(error.code() in RECORD_ERRORS for error in self.refused.values())
 
 
 def run_exactly_once(
@@ -62,13 +99,14 @@ def run_exactly_once(
     state: ConsumerState,
     *,
     compression: str,
-    max_record_bytes: int,
+    producer_limits: dict[str, int],
     client_id: str,
     stop: threading.Event,
 ) -> None:
     """Process until ``stop`` is set; the batch in flight is finished and committed first.
 
-    ``client_id`` names the consumer in its group (so ``stream-clf swap`` knows the running workers).
+    ``producer_limits`` keep the producer inside the published topics' limits; ``client_id`` names
+    the consumer in its group (so ``stream-clf swap`` knows the running workers).
     """
     consumer = clients.consumer(
         settings.brokers,
@@ -80,6 +118,8 @@ def run_exactly_once(
             "auto.offset.reset": "earliest",
             "session.timeout.ms": settings.session_timeout_ms,
             "client.id": client_id,
+            # librdkafka prefetches up to this many kilobytes; its share of --max-buffered-bytes.
+            "queued.max.messages.kbytes": max(1024, settings.max_buffered_bytes // 2 // 1024),
         },
     )
     producer = clients.producer(
@@ -88,14 +128,18 @@ def run_exactly_once(
         {
             "transactional.id": f"{settings.group}-{settings.instance}",
             "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_SECONDS * 1000),
-            "message.max.bytes": max_record_bytes,
             "compression.type": compression,
+            **producer_limits,
             **PRODUCER_SETTINGS,
         },
     )
     producer.init_transactions(30)
     log.info("event=transactions_ready transactional_id=%s-%s", settings.group, settings.instance)
-    loop = TransactionalLoop(step, producer, consumer, metrics, state, max_event_bytes=settings.max_event_bytes)
+    loop = TransactionalLoop(
+        step, producer, consumer, metrics, state, max_event_bytes=settings.max_event_bytes, pause=stop.wait
+    )
+    # The other half of --max-buffered-bytes is librdkafka's prefetch queue.
+    held_bytes = settings.max_buffered_bytes // 2
     consumer.subscribe(
         list(settings.input),
         on_assign=lambda *_: metrics.assignments.inc(),
@@ -106,11 +150,15 @@ def run_exactly_once(
     measured = 0.0
     try:
         while not stop.is_set():
+            if loop.held_bytes >= held_bytes:  # the batches in flight fill the budget: commit them first
+                loop.settle(keep=0)
             state.polled()
             messages = loop.consume(settings.max_batch, settings.max_wait_ms / 1000 or 0.01)
             state.assigned = len(consumer.assignment())
             if time.monotonic() - measured >= LAG_INTERVAL_SECONDS:
-                metrics.partitions(lag.measure())
+                behind = lag.measure()
+                metrics.partitions(behind)
+                state.waiting(lag=behind)
                 measured = time.monotonic()
             # With a batch just handed to the classifier, the one before it commits meanwhile.
             loop.settle(keep=1 if loop.submit(messages) else 0)
@@ -143,6 +191,7 @@ class TransactionalLoop:
         *,
         max_event_bytes: int,
         classifying: Executor | None = None,
+        pause: Callable[[float], object] = time.sleep,
     ) -> None:
         self._step = step
         self._producer = producer
@@ -153,6 +202,13 @@ class TransactionalLoop:
         self._classifying = classifying or ThreadPoolExecutor(INFERENCES_IN_FLIGHT, thread_name_prefix="classify")
         self._read: deque[_Read] = deque()
         self._clocks = {stage: metrics.stage(stage) for stage in ("consume", "classify", "commit")}
+        self._pause = pause
+        self._aborts = 0  # in a row, none committed since
+        self.held_bytes = 0
+
+    @property
+    def _refit(self) -> Refit:
+        return self._step.routing.instead
 
     def consume(self, most: int, timeout: float) -> list[Message]:
         """Up to ``most`` records, waiting up to ``timeout`` seconds for the first."""
@@ -171,8 +227,13 @@ class TransactionalLoop:
             # The models are taken here, in read order: a swap falls between two batches.
             classified = self._classifying.submit(self._classify, batch, self._step.models.current)
             self._read.append(_Read(batch, classified, _next_offsets(batch)))
+            self._hold(batch, 1)
         self._clocks["consume"].add("busy", time.perf_counter() - started)
         return bool(batch)
+
+    def _hold(self, batch: Sequence[InFlight], sign: int) -> None:
+        self.held_bytes += sign * sum(record.weight for record in batch)
+        self._state.waiting(held=sum(len(read.batch) for read in self._read))
 
     def _classify(self, batch: list[InFlight], models: ModelSet) -> ProcessedBatch:
         started = time.perf_counter()
@@ -184,26 +245,87 @@ class TransactionalLoop:
         """Commit the oldest batches, in read order, until at most ``keep`` are in flight."""
         outcomes = []
         while len(self._read) > keep:
-            read = self._read.popleft()
+            read = self._read[0]
             started = time.perf_counter()
             processed = read.classified.result()
             classified = time.perf_counter()
-            outcome = commit_batch(self._producer, self._consumer, processed.records, read.offsets)
+            transaction = commit_batch(self._producer, self._consumer, processed.records, read.offsets, self._refit)
+            if transaction.record_refused:
+                self._metrics.transaction_aborts.labels(cause="record").inc()
+                transaction = self._commit_each(read, processed)
             self._clocks["commit"].add("starved", classified - started)  # waiting for the classifier
             self._clocks["commit"].add("busy", time.perf_counter() - classified)
-            outcomes.append(outcome)
-            if outcome is Commit.ABORTED:  # read again from the committed offsets, with what followed
-                self.drop()
+            outcomes.append(transaction.outcome)
+            if transaction.outcome is Commit.ABORTED:  # read again from the committed offsets, with what followed
+                self._aborted(transaction.error)
                 break
-            processed.count(self._metrics)
+            self._aborts = 0
+            self._read.popleft()
+            self._hold(read.batch, -1)
+            processed.count(self._metrics, transaction.records)
             for record in read.batch:
                 self._state.processed(record.source.topic, record.source.partition, record.source.offset)
         return outcomes
 
+    def _commit_each(self, read: _Read, processed: ProcessedBatch) -> Transaction:
+        """Commit ``read``'s events one by one, each with its own offset in a transaction of its own; a
+        record the broker refuses is replaced by its next smaller form until one is taken. Returns the
+        last transaction: aborted when one event's kept failing for another reason (those before it
+        are committed, and counted)."""
+        records: dict[int, list[OutRecord]] = {id(event): [] for event in read.batch}
+        for record in processed.records:
+            if record.event is not None:
+                records[id(record.event)].append(record)
+        transaction = Transaction(Commit.COMMITTED, [])
+        for event in read.batch:
+            offsets = [TopicPartition(event.source.topic, event.source.partition, event.source.offset + 1)]
+            mine, attempts = records[id(event)], 0
+            while True:
+                transaction = commit_batch(self._producer, self._consumer, mine, offsets, self._refit)
+                if transaction.outcome is Commit.COMMITTED:
+                    break
+                if not transaction.record_refused:
+                    attempts += 1
+                    if attempts >= EVENT_ATTEMPTS:
+                        return transaction
+                    continue
+                mine = [
+                    smaller
+                    for index, record in enumerate(transaction.records)
+                    if (smaller := self._smaller(record, transaction.refused.get(index))) is not None
+                ]
+            processed.count(self._metrics, transaction.records)
+            self._state.processed(event.source.topic, event.source.partition, event.source.offset)
+        # Counted event by event above: the batch's own count has nothing left to count.
+        return Transaction(Commit.COMMITTED, [])
+
+    def _smaller(self, record: OutRecord, refused: KafkaError | None) -> OutRecord | None:
+        """``record`` as it was (not refused), or its next smaller form (the broker refused it)."""
+        if refused is None:
+            return record
+        return self._refit(record, Refusal.of(record.topic, refused))
+
+    def _aborted(self, error: KafkaError | None) -> None:
+        """A transaction aborted for a cause other than one of its records: count it, give up past the
+        bound, else wait (longer each time in a row) and read everything in flight again."""
+        self._aborts += 1
+        cause = error.name() if error is not None else "unknown"
+        self._metrics.transaction_aborts.labels(cause=cause).inc()
+        if self._aborts >= ABORT_LIMIT:
+            raise BrokerError(
+                f"{self._aborts} transactions in a row aborted, none committed between them; the last:"
+                f" {error.str() if error is not None else 'unknown'}"
+            )
+        self._pause(min(BACKOFF_MOST_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** (self._aborts - 1)))
+        self.drop()
+        _rewind(self._consumer)
+
     def drop(self) -> None:
         """Forget every batch in flight (once its classification ends): it will be read again."""
         while self._read:
-            self._read.popleft().classified.exception()
+            read = self._read.popleft()
+            read.classified.exception()
+            self._hold(read.batch, -1)
 
     def process(self, messages: Sequence[Message]) -> Commit | None:
         """Classify and commit the consumed ``messages`` at once; None when none held an event."""
@@ -263,17 +385,26 @@ def _usable(message: Message) -> bool:
 
 
 def commit_batch(
-    producer: Producer, consumer: Consumer, records: Sequence[OutRecord], offsets: Sequence[TopicPartition]
-) -> Commit:
-    """Publish ``records`` and ``offsets`` (the group's next offsets) in one transaction; on an abort, rewind.
+    producer: Producer,
+    consumer: Consumer,
+    records: Sequence[OutRecord],
+    offsets: Sequence[TopicPartition],
+    refit: Refit | None = None,
+) -> Transaction:
+    """Publish ``records`` and ``offsets`` (the group's next offsets) in one transaction, or abort it.
 
-    Raises :class:`BrokerError` when the transaction failed for good (the producer was fenced by a
-    newer instance, say): the worker must stop.
+    A record librdkafka refuses at once is replaced by ``refit``'s smaller form. Raises
+    :class:`BrokerError` when the transaction failed for good (the producer was fenced by a newer
+    instance, say): the worker must stop.
     """
+    sent: list[OutRecord] = []
+    refused: dict[int, KafkaError] = {}
     try:
         producer.begin_transaction()
         for record in records:
-            produce(producer, record)
+            handed = produce(producer, record, functools.partial(_note_refusal, refused, len(sent)), refit)
+            if handed is not None:
+                sent.append(handed)
         producer.send_offsets_to_transaction(list(offsets), consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(TRANSACTION_TIMEOUT_SECONDS)
     except KafkaException as failure:
@@ -282,9 +413,13 @@ def commit_batch(
             raise BrokerError(f"a transaction failed for good: {error.str()}") from None
         log.warning("event=transaction_aborted error=%r", error.str())
         producer.abort_transaction(TRANSACTION_TIMEOUT_SECONDS)
-        _rewind(consumer)
-        return Commit.ABORTED
-    return Commit.COMMITTED
+        return Transaction(Commit.ABORTED, sent, error, refused)
+    return Transaction(Commit.COMMITTED, sent)
+
+
+def _note_refusal(refused: dict[int, KafkaError], index: int, error: KafkaError | None, _message: Message) -> None:
+    if error is not None:
+        refused[index] = error
 
 
 def _rewind(consumer: Consumer) -> None:
