@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from stream_clf.cli.common import Parser, add_option, positive_int, raise_interrupt
-from stream_clf.errors import BrokerError
+from stream_clf.errors import BrokerError, ConfigError
 from stream_clf.settings import BROKERS_OPTION, SECURITY_OPTIONS, WORKER_OPTIONS, WorkerSettings, resolve_security
 
 __all__ = ["register"]
@@ -48,26 +48,40 @@ def _broker(parser: Parser) -> None:
         "--data-dir", type=Path, default=data_home / "broker", help="kept across restarts (default: %(default)s)"
     )
     parser.add_argument("--fresh", action="store_true", help="wipe the data directory first: no topics, no offsets")
-    parser.add_argument("--heap", default="512m", help="JVM heap size (default: 512m)")
+    parser.add_argument("--heap", default="512m", help="JVM heap size, per node (default: 512m)")
+    parser.add_argument(
+        "--nodes",
+        type=positive_int,
+        default=1,
+        help="a cluster of this many nodes, one quorum: node i listens on port + 2i and port + 2i + 1 (default: 1)",
+    )
 
     def run(args: argparse.Namespace) -> int:
-        from stream_clf.kafka.broker import KAFKA_VERSION, LocalKafka
+        from stream_clf.kafka.broker import KAFKA_VERSION, LocalCluster, LocalKafka
 
-        kafka = LocalKafka(args.data_dir, args.port, args.controller_port or args.port + 1, args.heap)
+        if args.nodes > 1 and args.controller_port is not None:
+            raise ConfigError("--controller-port names one node's port; a cluster's follow from --port")
+        kafka: LocalKafka | LocalCluster
+        if args.nodes > 1:
+            kafka = LocalCluster(args.data_dir, args.nodes, args.port, heap=args.heap)
+        else:
+            kafka = LocalKafka(args.data_dir, args.port, args.controller_port or args.port + 1, args.heap)
         if args.fresh:
             kafka.wipe()
         signal.signal(signal.SIGTERM, raise_interrupt)
         try:
             kafka.start(quiet=False)
             version = "from KAFKA_HOME" if "KAFKA_HOME" in os.environ else KAFKA_VERSION
-            print(f"Kafka {version} (KRaft) ready at {kafka.bootstrap}", flush=True)
-            print(f"  data: {kafka.data_dir}\n  log:  {kafka.log_file}\n  Ctrl-C or SIGTERM stops it", flush=True)
+            shape = f"{args.nodes} nodes" if args.nodes > 1 else "one node"
+            print(f"Kafka {version} (KRaft, {shape}) ready at {kafka.bootstrap}", flush=True)
+            logs = kafka.log_file if isinstance(kafka, LocalKafka) else args.data_dir / "node-*" / "broker.log"
+            print(f"  data: {args.data_dir}\n  log:  {logs}\n  Ctrl-C or SIGTERM stops it", flush=True)
             code = kafka.wait()
         except KeyboardInterrupt:
             print("stopping Kafka...", flush=True)
             kafka.stop()
             return 0
-        raise BrokerError(f"the broker exited on its own with code {code}; see {kafka.log_file}")
+        raise BrokerError(f"the broker exited on its own with code {code}; see the logs in {args.data_dir}")
 
     parser.set_defaults(run=run, parser=parser)
 

@@ -1,9 +1,13 @@
-"""A real single-node Apache Kafka broker (KRaft) on 127.0.0.1, without Docker.
+"""A real Apache Kafka broker (KRaft) on 127.0.0.1, without Docker: one node, or a cluster of several.
 
 The broker's jars come from Maven Central: the runtime closure of ``kafka_2.13`` is pinned, with
 SHA-256 sums, in ``kafka-<version>.lock`` beside this module, fetched once by Python itself (no
 Maven needed, only Java 17+) and cached. ``KAFKA_HOME`` points at an existing Kafka installation
 to use instead. The data directory survives restarts unless it is wiped.
+
+A :class:`LocalCluster` is several such nodes, each a broker and a controller, sharing one quorum
+and one cluster id: the shape of a small production cluster (replication factor 3,
+``min.insync.replicas`` 2), on one machine.
 """
 
 import base64
@@ -26,7 +30,7 @@ from stream_clf.errors import BrokerError
 from stream_clf.kafka.topics import wait_for_broker
 from stream_clf.maven import fetch_pinned, read_lock
 
-__all__ = ["KAFKA_VERSION", "LocalKafka", "free_port", "resolve_jars"]
+__all__ = ["KAFKA_VERSION", "LocalCluster", "LocalKafka", "free_port", "resolve_jars"]
 
 KAFKA_VERSION = "3.9.2"
 _LOG4J = """\
@@ -119,7 +123,8 @@ class LocalKafka:
 
     ``extra_properties`` are added to (or override) the generated ``server.properties``;
     ``format_args`` are added to the storage format command of a new data directory (e.g. SCRAM
-    users: ``--add-scram SCRAM-SHA-256=[name=alice,password=...]``).
+    users: ``--add-scram SCRAM-SHA-256=[name=alice,password=...]``). ``node_id``, ``quorum`` (the
+    controller voters, ``ID@HOST:PORT,...``) and ``cluster_id`` make it one node of a cluster.
     """
 
     data_dir: Path
@@ -128,6 +133,9 @@ class LocalKafka:
     heap: str = "512m"
     extra_properties: Mapping[str, str] = field(default_factory=dict)
     format_args: Sequence[str] = ()
+    node_id: int = 1
+    quorum: str | None = None
+    cluster_id: str | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -148,6 +156,12 @@ class LocalKafka:
 
     def start(self, timeout: float = 90.0, *, quiet: bool = True) -> None:
         """Start the broker and return once it answers metadata requests."""
+        self.launch(quiet=quiet)
+        self.await_ready(timeout)
+
+    def launch(self, *, quiet: bool = True) -> None:
+        """Start the broker's process and return at once (a cluster's nodes answer only once a
+        majority of its controllers runs: launch them all, then await each)."""
         for port in (self.port, self.controller_port):
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
@@ -162,7 +176,7 @@ class LocalKafka:
             f"-Dlog4j2.configurationFile=file:{self.data_dir / 'log4j2.properties'}",
         ]
         if not (self.data_dir / "kraft" / "meta.properties").is_file():
-            cluster_id = _cluster_id()
+            cluster_id = self.cluster_id or _cluster_id()
             formatted = subprocess.run(
                 [java, *logging_flags, "-cp", classpath, "kafka.tools.StorageTool", "format",
                  "-t", cluster_id, "-c", str(config), *self.format_args],
@@ -181,6 +195,11 @@ class LocalKafka:
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 (no locks taken, see _die_with_parent)
             )  # fmt: skip
+
+    def await_ready(self, timeout: float = 90.0) -> None:
+        """Return once the launched broker answers metadata requests; stop it and raise if it does not."""
+        if self._process is None:
+            raise BrokerError("the broker is not running")
         deadline = time.monotonic() + timeout
         while self._process.poll() is None and time.monotonic() < deadline:
             try:
@@ -230,8 +249,8 @@ class LocalKafka:
     def _write_config(self) -> Path:
         properties = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.quorum or f"{self.node_id}@127.0.0.1:{self.controller_port}",
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -260,3 +279,84 @@ class LocalKafka:
         except OSError:
             return "(no log)"
         return " | ".join(line.strip() for line in tail)
+
+
+@dataclass
+class LocalCluster:
+    """``nodes`` KRaft nodes on 127.0.0.1, each a broker and a controller of one quorum, in ``root``.
+
+    Node ``i`` (from 0) listens on ``port + 2i`` for clients and ``port + 2i + 1`` for the quorum
+    unless ``ports`` names its pairs. Internal topics (offsets, transactions) have a replica on
+    every node, up to 3, and need 2 in sync; other topics take the cluster's defaults, which
+    ``extra_properties`` may set (``default.replication.factor``, ``min.insync.replicas``).
+    """
+
+    root: Path
+    nodes: int = 3
+    port: int = 9092
+    ports: Sequence[tuple[int, int]] | None = None
+    heap: str = "384m"
+    extra_properties: Mapping[str, str] = field(default_factory=dict)
+    members: list[LocalKafka] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        pairs = self.ports or [(self.port + 2 * i, self.port + 2 * i + 1) for i in range(self.nodes)]
+        quorum = ",".join(f"{i + 1}@127.0.0.1:{controller}" for i, (_, controller) in enumerate(pairs))
+        replicas, in_sync = min(3, self.nodes), min(2, self.nodes)
+        internal = {
+            "offsets.topic.replication.factor": str(replicas),
+            "transaction.state.log.replication.factor": str(replicas),
+            "transaction.state.log.min.isr": str(in_sync),
+            "share.coordinator.state.topic.replication.factor": str(replicas),
+            "share.coordinator.state.topic.min.isr": str(in_sync),
+        }
+        cluster_id = _cluster_id()
+        self.members = [
+            LocalKafka(
+                self.root / f"node-{i + 1}",
+                port=client,
+                controller_port=controller,
+                heap=self.heap,
+                extra_properties={**internal, **self.extra_properties},
+                node_id=i + 1,
+                quorum=quorum,
+                cluster_id=cluster_id,
+            )
+            for i, (client, controller) in enumerate(pairs)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(member.bootstrap for member in self.members)
+
+    def wipe(self) -> None:
+        """Delete every node's data directory."""
+        for member in self.members:
+            member.wipe()
+
+    def start(self, timeout: float = 120.0, *, quiet: bool = True) -> None:
+        """Start every node and return once each answers metadata requests."""
+        try:
+            for member in self.members:
+                member.launch(quiet=quiet)
+            for member in self.members:
+                member.await_ready(timeout)
+        except BrokerError:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every node (a controlled shutdown each)."""
+        for member in reversed(self.members):
+            member.stop(timeout)
+
+    def wait(self) -> int:
+        """Block until the first node's process exits; return its exit code."""
+        return self.members[0].wait()
+
+    def __enter__(self) -> "LocalCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
