@@ -170,3 +170,43 @@ def test_a_result_the_broker_refuses_at_delivery_becomes_a_dead_letter_and_its_n
     if guarantee == "exactly-once":
         assert scrape(port)[("stream_clf_transaction_aborts_total", (("cause", "record"),))] >= 1
     worker.assert_running()
+
+
+def _megabyte_of_short_words(i: int) -> bytes:
+    """An event of exactly 1,000,000 bytes whose text is short words: about 330,000 tokens."""
+    words = ("a", "an", "the", "of", "to", "in", "is", "it", "on", "at", "we", "no", "yes", "cat", "sun")
+    text = " ".join(words[(i + n) % len(words)] for n in range(330_000))
+    value = orjson.dumps({"id": f"m{i}", "text": text})[: 1_000_000 - 2]
+    value = value[: value.rfind(b" ")] + b'"}'
+    return value[:-2] + b" " * (1_000_000 - len(value)) + b'"}'
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status").read().splitlines():  # noqa: SIM115 (read at once)
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+def test_two_hundred_megabyte_texts_stay_within_the_byte_bound(kafka_bootstrap, topics, tiny_bundle, start_worker):
+    budget_mib = 64
+    port = free_port()
+    worker = start_worker(topics, tiny_bundle, "--web-port", str(port), "--max-buffered-bytes", str(budget_mib << 20))
+    wait_for_status(port, "/readyz", 200)
+    assert worker.process is not None
+    ready_mib = _peak_rss_mib(worker.process.pid)
+    events = [(f"k{i % 8}".encode(), _megabyte_of_short_words(i)) for i in range(200)]
+    assert {len(value) for _, value in events} == {1_000_000}
+    produce(kafka_bootstrap, topics.input, events, {"compression.type": "lz4", "message.max.bytes": 2_000_000})
+
+    records = collect(kafka_bootstrap, [topics.output, topics.dlq], until=lambda rs: len(rs) >= 200, timeout=240,
+                      settle=1, watch=[worker])  # fmt: skip
+
+    peak_mib = _peak_rss_mib(worker.process.pid)
+    results = [orjson.loads(record.value) for record in records if record.topic == topics.output]
+    assert sorted(result["id"] for result in results) == sorted(f"m{i}" for i in range(200))
+    assert all(result["truncated"] for result in results)
+    print(f"200 events of 1,000,000 bytes: peak RSS {peak_mib:.0f} MiB, {ready_mib:.0f} MiB when ready")
+    # What the budget holds (twice over: the pipeline's half, Faust's half), and room for one
+    # batch's pieces, encodings and results; before the bound and the cut, this run took 4.6 GiB.
+    assert peak_mib <= ready_mib + 2 * budget_mib + 160, (ready_mib, peak_mib)

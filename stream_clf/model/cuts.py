@@ -23,22 +23,27 @@ from dataclasses import dataclass
 __all__ = ["CHARS_PER_TOKEN", "Cut", "head_piece", "tail_piece"]
 
 # Characters a cut allows per token it must yield. English runs at 4-5 characters per MiniLM
-# token (IMDB reviews: 4.4 on average, 6.4 for the worst 0.1% of reviews); 8 leaves room, and a
-# text that needs more is cut again, twice as long.
+# token (the 5,000 held-out IMDB reviews: 4.25 on average, 5.28 for the worst 0.1%, 5.65 at
+# most); 8 leaves room, and a text that needs more is cut again, twice as long.
 CHARS_PER_TOKEN = 8
 _SPACE = re.compile(r"\s")
 _WORD_START = re.compile(r"\s(?=\S)")
 
 
 def head_piece(text: str, chars: int) -> str:
-    """The start of ``text``: at most ``chars`` characters, ending before a whitespace (so that its last
-    word is whole) found in the second half of them."""
+    """The start of ``text``: at most ``chars`` characters, ending before a run of whitespace found in
+    the second half of them (so that its last word is whole, and nothing follows it)."""
     if len(text) <= chars:
         return text
     boundary = None
     for boundary in _SPACE.finditer(text, chars // 2, chars + 1):  # noqa: B007 (the last one is wanted)
         pass
-    return text[: boundary.start() if boundary is not None else chars]
+    if boundary is None:
+        return text[:chars]
+    end = boundary.start()
+    while end > 0 and text[end - 1].isspace():
+        end -= 1
+    return text[:end]
 
 
 def tail_piece(text: str, chars: int) -> str:
