@@ -121,7 +121,9 @@ def _versioned(model: str, expect: str | None) -> tuple[str, str | None]:
 
     local = Path(model).expanduser()
     if local.exists():
-        model = str(local.resolve())  # the workers may run elsewhere: no relative path
+        # The workers may run elsewhere: no relative path. Links are kept: each worker resolves them
+        # itself, against its model roots.
+        model = os.path.abspath(local)
     try:
         bundle = resolve_model(local)
     except ModelError:  # a built model's name that is not built here: the workers may have it

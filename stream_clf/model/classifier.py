@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from stream_clf.errors import ConfigError, ModelError
+from stream_clf.errors import ConfigError, ModelError, fails_alone
 from stream_clf.model.buckets import length_buckets
 from stream_clf.model.bundle import ModelBundle
 from stream_clf.model.cuts import Cut
@@ -128,7 +128,12 @@ class Classifier:
             raise ModelError(f"{where}: tokenizer.json cannot be loaded ({error})") from None
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
-        template = Template.probe(self._tokenizer)
+        try:
+            template = Template.probe(self._tokenizer)
+        except BaseException as error:  # the Rust tokenizer raises bare Exceptions, or panics
+            if not fails_alone(error):
+                raise
+            raise ModelError(f"{where}: tokenizer.json fails on a sample text ({_first_line(error)})") from None
         if template is None:
             raise ModelError(f"{where}: tokenizer.json does not wrap a text as [prefix] text [suffix]")
         self._template = template
@@ -301,7 +306,9 @@ class Classifier:
     def _check_output_width(self, where: str) -> None:
         try:
             logits = self.logits(self.encode(["ok"]))
-        except Exception as error:  # ONNX Runtime raises its own exception types
+        except BaseException as error:  # ONNX Runtime raises its own exception types; tokenizers may panic
+            if not fails_alone(error):
+                raise
             raise ModelError(f"{where}: model.onnx fails on a sample input ({_first_line(error)})") from None
         if logits.ndim != 2 or logits.shape[1] != len(self.labels):
             raise ModelError(

@@ -4,8 +4,8 @@ A swap request names a bundle by path (or a built model's name), and anyone who 
 control topic can write one. So a worker loads only what lies under its roots (``--model-root``,
 by default the directories of the bundles it was started with and the built models' cache), with
 every link resolved, the bundle directory and each of its files alike: a link inside a root that
-points outside is refused like a path outside. The refusal names only what the request named, so
-the control topic learns nothing of the worker's filesystem beyond the roots.
+points outside is refused like a path outside. The refusal names no path, whether the one asked
+for exists or not, so the status topic tells nothing of the worker's filesystem beyond the roots.
 """
 
 from collections.abc import Iterable
@@ -35,7 +35,7 @@ class ModelRoots:
 
     def admit(self, source: str) -> Path:
         """The bundle directory ``source`` names, if it and every file in it lie under a root."""
-        refused = OutsideRootsError(f"model {source[:300]!r} is not under a model root of this worker (--model-root)")
+        refused = OutsideRootsError("the model asked for is not under a model root of this worker (--model-root)")
         try:
             path = resolve_model(Path(source)).expanduser()
             resolved = path.resolve()
