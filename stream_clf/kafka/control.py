@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from stream_clf.errors import BrokerError, ConfigError
 from stream_clf.kafka import clients
@@ -98,18 +98,27 @@ def read_control(
             if time.monotonic() > deadline:
                 raise BrokerError(f"control topic {topic!r}: not read to its end within {timeout:.0f}s")
             message = consumer.poll(0.5)
-            if message is None or message.error():
+            if message is None:
+                continue
+            if message.error() is not None:
+                _raise_if_denied(topic, message.error())
                 continue
             try:
                 state.read(message.key(), message.value())
             except MalformedRecordError as error:
-                skipped(topic, message.offset(), error)
-            state.offset = message.offset() + 1
+                skipped(topic, message.offset() or 0, error)
+            state.offset = (message.offset() or 0) + 1
         return state
     except KafkaException as error:
         raise BrokerError(f"control topic {topic!r} cannot be read: {error.args[0].str()}") from None
     finally:
         consumer.close()
+
+
+def _raise_if_denied(topic: str, error: KafkaError) -> None:
+    """Stop at once where asking again cannot help: the principal may not read the topic."""
+    if error.fatal() or error.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED):
+        raise BrokerError(f"topic {topic!r} cannot be read: {error.str()} (see the README's ACLs)")
 
 
 def _watermarks(consumer: Any, topic: str, deadline: float) -> tuple[int, int]:
@@ -118,7 +127,8 @@ def _watermarks(consumer: Any, topic: str, deadline: float) -> tuple[int, int]:
     while True:
         try:
             return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=5)
-        except KafkaException:
+        except KafkaException as failure:
+            _raise_if_denied(topic, failure.args[0])
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
