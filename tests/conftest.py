@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import settings
 
-from stream_clf.kafka.broker import LocalKafka, free_port
+from stream_clf.kafka.broker import LocalCluster, LocalKafka, free_port
 from stream_clf.model.tiny_model import build_tiny_bundle
 from tests.kafka_helpers import Topics, WorkerProcess
 
@@ -73,6 +73,17 @@ def _start_container(stack: contextlib.ExitStack, *, required: bool) -> str | No
         )
         return None
     return container.get_bootstrap_server()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A three-node KRaft cluster (one quorum), started once per session by the first test that asks
+    for it: internal topics on all three nodes, two in sync; other topics take the cluster's
+    defaults, one replica, as Kafka's own defaults say."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), ports=[(free_port(), free_port()) for _ in range(3)])
+    cluster.start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")
