@@ -118,8 +118,10 @@ def run_exactly_once(
             "auto.offset.reset": "earliest",
             "session.timeout.ms": settings.session_timeout_ms,
             "client.id": client_id,
-            # librdkafka prefetches up to this many kilobytes; its share of --max-buffered-bytes.
-            "queued.max.messages.kbytes": max(1024, settings.max_buffered_bytes // 2 // 1024),
+            # librdkafka prefetches up to this much (and fetches this much at once): its share of
+            # --max-buffered-bytes, the other half being the batches read and not committed.
+            "queued.max.messages.kbytes": max(1024, settings.max_buffered_bytes // 4 // 1024),
+            "fetch.max.bytes": max(1 << 20, min(52_428_800, settings.max_buffered_bytes // 4)),
         },
     )
     producer = clients.producer(
@@ -138,12 +140,12 @@ def run_exactly_once(
     loop = TransactionalLoop(
         step, producer, consumer, metrics, state, max_event_bytes=settings.max_event_bytes, pause=stop.wait
     )
-    # The other half of --max-buffered-bytes is librdkafka's prefetch queue.
+    # Half of --max-buffered-bytes for the batches read and not committed; the rest is librdkafka's.
     held_bytes = settings.max_buffered_bytes // 2
     consumer.subscribe(
         list(settings.input),
         on_assign=lambda *_: metrics.assignments.inc(),
-        on_revoke=lambda *_: loop.settle(keep=0),
+        on_revoke=lambda *_: loop.settle_all(),
         on_lost=lambda *_: loop.drop(),
     )
     lag = _Lag(consumer)
@@ -153,7 +155,9 @@ def run_exactly_once(
             if loop.held_bytes >= held_bytes:  # the batches in flight fill the budget: commit them first
                 loop.settle(keep=0)
             state.polled()
-            messages = loop.consume(settings.max_batch, settings.max_wait_ms / 1000 or 0.01)
+            messages = loop.consume(
+                settings.max_batch, settings.max_wait_ms / 1000 or 0.01, held_bytes - loop.held_bytes
+            )
             state.assigned = len(consumer.assignment())
             if time.monotonic() - measured >= LAG_INTERVAL_SECONDS:
                 behind = lag.measure()
@@ -205,17 +209,27 @@ class TransactionalLoop:
         self._pause = pause
         self._aborts = 0  # in a row, none committed since
         self.held_bytes = 0
+        self._carried: list[Message] = []  # consumed, not yet in a batch (it had no room)
 
     @property
     def _refit(self) -> Refit:
         return self._step.routing.instead
 
-    def consume(self, most: int, timeout: float) -> list[Message]:
-        """Up to ``most`` records, waiting up to ``timeout`` seconds for the first."""
+    def consume(self, most: int, timeout: float, room: int | None = None) -> list[Message]:
+        """Up to ``most`` records, waiting up to ``timeout`` seconds for the first, and no more than fit in
+        ``room`` bytes (at least one): those that do not wait, consumed, for the next call."""
         started = time.perf_counter()
-        messages = self._consumer.consume(most, timeout)
+        messages = self._carried or self._consumer.consume(most, timeout)
         self._clocks["consume"].add("starved", time.perf_counter() - started)
-        return messages
+        taken, size = 0, 0
+        for message in messages:
+            # What its record will weigh: key, value, and a decoded text about as long as the value.
+            size += len(message.key() or b"") + 2 * len(message.value() or b"")
+            if taken and room is not None and size > room:
+                break
+            taken += 1
+        self._carried = messages[taken:]
+        return messages[:taken]
 
     def submit(self, messages: Sequence[Message]) -> bool:
         """Start classifying the consumed ``messages``; False when none held an event."""
@@ -266,6 +280,12 @@ class TransactionalLoop:
             for record in read.batch:
                 self._state.processed(record.source.topic, record.source.partition, record.source.offset)
         return outcomes
+
+    def settle_all(self) -> None:
+        """Before partitions go: commit every batch in flight, and forget what is consumed beyond it
+        (the partitions' next owner, or this worker once they come back, reads it from the commits)."""
+        self.settle(keep=0)
+        self._carried = []
 
     def _commit_each(self, read: _Read, processed: ProcessedBatch) -> Transaction:
         """Commit ``read``'s events one by one, each with its own offset in a transaction of its own; a
@@ -321,7 +341,9 @@ class TransactionalLoop:
         _rewind(self._consumer)
 
     def drop(self) -> None:
-        """Forget every batch in flight (once its classification ends): it will be read again."""
+        """Forget every batch in flight (once its classification ends), and what was consumed for the
+        next: it will be read again."""
+        self._carried = []
         while self._read:
             read = self._read.popleft()
             read.classified.exception()
