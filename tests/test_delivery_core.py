@@ -439,3 +439,35 @@ def test_routes_answer_the_same_whatever_the_loop(metrics, tmp_path: Path):
     assert "consumer stalled" in orjson.loads(stalled.body)["reason"]
     state.polled()
     assert routes.answer("/healthz").status == 200
+
+
+def test_liveness_is_progress_events_waiting_and_none_finished_is_a_stall_however_busy_the_fetches(metrics):
+    from stream_clf.ops.health import Readiness
+    from stream_clf.ops.web.routes import Routes
+
+    class BrokerAnswers(Readiness):
+        def _ask_broker(self) -> None:
+            return None
+
+    state = ConsumerState()
+    routes = Routes(metrics, BrokerAnswers(["127.0.0.1:1"], state, stall_seconds=0.3))
+    time.sleep(0.4)
+    state.polled()
+    assert routes.answer("/healthz").status == 200, "idle with nothing waiting: alive"
+    state.waiting(lag={("in", 0): 5})
+    time.sleep(0.2)
+    state.polled()
+    assert routes.answer("/healthz").status == 200, "events arrived a moment ago: not a stall yet"
+    time.sleep(0.2)
+    state.polled()  # the loop fetches on, but finishes nothing
+    stalled = routes.answer("/healthz")
+    assert stalled.status == 503
+    assert "events waiting and none finished" in orjson.loads(stalled.body)["reason"]
+    state.processed("in", 0, 3)
+    assert routes.answer("/healthz").status == 200, "an event finished: progress"
+    state.waiting(lag={("in", 0): 0}, held=0)
+    time.sleep(0.4)
+    state.polled()
+    assert routes.answer("/healthz").status == 200, "nothing waits: no stall, however long"
+    vital = Routes(metrics, BrokerAnswers(["127.0.0.1:1"], state, vital=[lambda: "the follower died"]))
+    assert orjson.loads(vital.answer("/healthz").body)["reason"] == "the follower died"

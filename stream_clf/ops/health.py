@@ -61,11 +61,12 @@ class ConsumerState:
         """Events not finished: ``lag`` per assigned partition (measured every few seconds), and ``held``
         (read and in flight). Either may be given alone."""
         with self._lock:
+            waited = bool(self._lag or self._held)
             if lag is not None:
                 self._lag = sum(lag.values())
             if held is not None:
                 self._held = held
-            if not self._lag and not self._held:
+            if not waited:  # nothing was waiting until now: the clock of a stall starts here
                 self._progressed = time.monotonic()
 
     def stalled_for(self) -> float:
