@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_clf.errors import StreamClfError
@@ -206,19 +206,34 @@ def _produce(
     bootstrap: str, topic: str, events: Sequence[tuple[str, str]], pace: float | None = None
 ) -> dict[str, float]:
     """Send (id, text) events; with ``pace`` (events/s), evenly spaced. Returns each id's send time."""
-    producer = clients.producer([bootstrap], overrides={"linger.ms": 5})
+    # The topic's own limit decides what it takes; the producer's default (1,000,000 bytes) would
+    # refuse a megabyte text before the broker could take it.
+    producer = clients.producer([bootstrap], overrides={"linger.ms": 5, "message.max.bytes": 64 << 20})
     sent: dict[str, float] = {}
     started = time.monotonic()
-    for index, (event_id, text) in enumerate(events):
-        if pace:
-            delay = started + index / pace - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        sent[event_id] = time.monotonic()
-        producer.produce(topic, value=orjson.dumps({"id": event_id, "text": text}))
-        producer.poll(0)
+    try:
+        for index, (event_id, text) in enumerate(events):
+            if pace:
+                delay = started + index / pace - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            sent[event_id] = time.monotonic()
+            _produce_value(producer, topic, orjson.dumps({"id": event_id, "text": text}))
+            producer.poll(0)
+    except KafkaException as error:
+        raise StreamClfError(f"the benchmark's events cannot be produced to {topic!r}: {error.args[0].str()}") from None
     producer.flush(60)
     return sent
+
+
+def _produce_value(producer: Producer, topic: str, value: bytes) -> None:
+    """Produce one value, waiting while librdkafka's queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value=value)
+            return
+        except BufferError:
+            producer.poll(0.1)
 
 
 def _consumer(bootstrap: str, topic: str) -> Consumer:

@@ -213,7 +213,7 @@ def _prepare_topics(settings: WorkerSettings) -> _Topics:
     except KafkaException as error:
         raise BrokerError(f"the worker's topics cannot be prepared: {error.args[0].str()}") from None
     for topic, limit in limits.items():
-        if limit.max_bytes < wanted:
+        if limit.max_bytes < record_limit:  # smaller than the inputs: some records will not fit whole
             log.warning(
                 "event=topic_limit_small topic=%s max_message_bytes=%d inputs_take=%d: records over its limit are"
                 " published smaller (results without meta, dead letters cut to their head) or dead-lettered",
