@@ -22,7 +22,6 @@ from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
 __all__ = [
     "Replication",
     "ensure_topics",
-    "largest_record_limit",
     "publish_compression",
     "retry_unknown_topic",
     "wait_for_broker",
@@ -173,22 +172,6 @@ def _known(admin: AdminClient, topics: list[str]) -> bool:
         and all(partition.leader >= 0 for partition in metadata[name].partitions.values())
         for name in topics
     )
-
-
-def largest_record_limit(brokers: Sequence[str], topics: Iterable[str], security: KafkaSecurity = PLAINTEXT) -> int:
-    """The largest ``max.message.bytes`` among ``topics``: how big a record read from them can be."""
-    admin = admin_client(brokers, security)
-    resources = [ConfigResource(ResourceType.TOPIC, name) for name in topics]
-
-    def describe() -> int:
-        limits = [KAFKA_DEFAULT_RECORD_LIMIT]
-        for future in admin.describe_configs(resources).values():
-            entry = future.result(timeout=30).get("max.message.bytes")
-            if entry is not None and entry.value is not None:
-                limits.append(int(entry.value))
-        return max(limits)
-
-    return retry_unknown_topic(describe)
 
 
 def publish_compression(

@@ -30,7 +30,7 @@ from stream_clf.errors import BrokerError, ConfigError
 from stream_clf.kafka import clients
 from stream_clf.kafka.control import CLIENT_ID_PREFIX, ensure_control_topics, new_worker_id
 from stream_clf.kafka.limits import TopicLimit, producer_limits, read_limits
-from stream_clf.kafka.topics import ensure_topics, largest_record_limit, publish_compression, wait_for_broker
+from stream_clf.kafka.topics import ensure_topics, publish_compression, wait_for_broker
 from stream_clf.model.bundle import ModelBundle
 from stream_clf.model.classifier import Classifier
 from stream_clf.ops.health import ConsumerState, Readiness
@@ -192,7 +192,9 @@ def _prepare_topics(settings: WorkerSettings) -> _Topics:
     wait_for_broker(settings.brokers, BROKER_WAIT_SECONDS, security)
     try:
         ensure_topics(settings.brokers, settings.input, settings.partitions, security=security, replication=replication)
-        record_limit = largest_record_limit(settings.brokers, settings.input, security)
+        record_limit = max(
+            limit.max_bytes for limit in read_limits(settings.brokers, settings.input, security).values()
+        )
         # Dead letters carry the original value and results echo its meta (review copies also the
         # text), so the topics the worker creates take records as large as the inputs do, plus room
         # for headers and the result's own fields; topics that exist keep their own limits.
