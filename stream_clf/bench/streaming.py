@@ -20,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_clf.errors import StreamClfError
 from stream_clf.kafka import clients
 from stream_clf.kafka.broker import free_port
 from stream_clf.kafka.topics import ensure_topics
+from stream_clf.worker.publisher import produce
+from stream_clf.worker.records import OutRecord
 
 __all__ = [
     "CpuMeter",
@@ -211,29 +213,17 @@ def _produce(
     producer = clients.producer([bootstrap], overrides={"linger.ms": 5, "message.max.bytes": 64 << 20})
     sent: dict[str, float] = {}
     started = time.monotonic()
-    try:
-        for index, (event_id, text) in enumerate(events):
-            if pace:
-                delay = started + index / pace - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            sent[event_id] = time.monotonic()
-            _produce_value(producer, topic, orjson.dumps({"id": event_id, "text": text}))
-            producer.poll(0)
-    except KafkaException as error:
-        raise StreamClfError(f"the benchmark's events cannot be produced to {topic!r}: {error.args[0].str()}") from None
+    for index, (event_id, text) in enumerate(events):
+        if pace:
+            delay = started + index / pace - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        sent[event_id] = time.monotonic()
+        # A record librdkafka refuses is a BrokerError: one line from the CLI.
+        produce(producer, OutRecord(topic, None, orjson.dumps({"id": event_id, "text": text}), []))
+        producer.poll(0)
     producer.flush(60)
     return sent
-
-
-def _produce_value(producer: Producer, topic: str, value: bytes) -> None:
-    """Produce one value, waiting while librdkafka's queue is full."""
-    while True:
-        try:
-            producer.produce(topic, value=value)
-            return
-        except BufferError:
-            producer.poll(0.1)
 
 
 def _consumer(bootstrap: str, topic: str) -> Consumer:

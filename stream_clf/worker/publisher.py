@@ -93,10 +93,10 @@ class _Batch:
     def delivered(self, index: int, error: KafkaError | None, _message: Message) -> None:
         if error is not None:
             self._failed[index] = error
-        self.skipped()
+        self.settled()
 
-    def skipped(self) -> None:
-        """One record fewer to wait for (a report came, or no record was handed over)."""
+    def settled(self) -> None:
+        """One record fewer to wait for (its report came, or no record was handed over for it)."""
         with self._lock:
             self._pending -= 1
             done = self._pending == 0
@@ -141,7 +141,7 @@ class BatchPublisher:
         for index, record in enumerate(records):
             sent[index] = produce(self._producer, record, functools.partial(batch.delivered, index), self._refit)
             if sent[index] is None:
-                batch.skipped()
+                batch.settled()
         return future
 
     async def _resend(self, sent: list[OutRecord | None], failed: dict[int, KafkaError]) -> list[OutRecord]:
