@@ -18,9 +18,9 @@ from stream_clf.errors import ConfigError
 from stream_clf.kafka.clients import COMPRESSION_CODECS
 from stream_clf.kafka.security import MECHANISMS, PROTOCOLS, KafkaSecurity
 from stream_clf.kafka.topics import Replication
+from stream_clf.model.abstain import MinConfidence, parse_min_confidence
 from stream_clf.model.windows import Truncation, Windowing
 from stream_clf.ops.logs import LOG_FORMATS
-from stream_clf.worker.abstain import MinConfidence, parse_min_confidence
 
 __all__ = ["BROKERS_OPTION", "SECURITY_OPTIONS", "WORKER_OPTIONS", "Option", "WorkerSettings", "usable_cores"]
 

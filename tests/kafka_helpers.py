@@ -14,9 +14,9 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream_clf.kafka.broker import free_port
 from stream_clf.kafka.topics import ensure_topics
-from stream_clf.model.tiny_model import SAMPLE_TEXTS
+from stream_clf.tools.broker import free_port
+from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS
 
 
 @dataclass(frozen=True)

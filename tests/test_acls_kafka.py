@@ -27,11 +27,11 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from stream_clf.kafka.broker import LocalKafka, free_port
 from stream_clf.kafka.control import ensure_control_topics
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.model.bundle import load_bundle
-from stream_clf.model.tiny_model import build_tiny_bundle
+from stream_clf.tools.broker import LocalKafka, free_port
+from stream_clf.tools.build.tiny_model import build_tiny_bundle
 from tests.kafka_helpers import Topics, WorkerProcess, keyed_events
 from tests.web_helpers import get, scrape, wait_for_status
 

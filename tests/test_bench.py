@@ -10,10 +10,10 @@ import sys
 import orjson
 import pytest
 
-from stream_clf.bench.mixes import MIXES, load_texts
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.corpora import load_corpus, split
+from stream_clf.tools.bench.mixes import MIXES, load_texts
+from stream_clf.tools.build.corpora import load_corpus, split
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:

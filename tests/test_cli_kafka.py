@@ -10,10 +10,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_clf.kafka.broker import free_port
 from stream_clf.kafka.clients import admin_client
 from stream_clf.kafka.topics import ensure_topics
-from stream_clf.samples import DEMO_REVIEWS
+from stream_clf.tools.broker import free_port
+from stream_clf.tools.samples import DEMO_REVIEWS
 from tests.kafka_helpers import Topics, collect
 
 pytestmark = pytest.mark.broker

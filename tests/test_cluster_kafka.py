@@ -9,7 +9,7 @@ import uuid
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from stream_clf.kafka.broker import free_port
+from stream_clf.tools.broker import free_port
 from tests.kafka_helpers import Topics, WorkerProcess, collect, ids_seen, keyed_events, produce, results_of
 from tests.web_helpers import wait_for_status
 

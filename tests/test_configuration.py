@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from stream_clf.errors import ConfigError
+from stream_clf.model.abstain import MinConfidence
 from stream_clf.model.windows import Truncation
 from stream_clf.settings import WORKER_OPTIONS, WorkerSettings, resolve_security
-from stream_clf.worker.abstain import MinConfidence
 
 
 def test_defaults_run_on_one_machine(tmp_path):

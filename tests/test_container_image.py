@@ -20,11 +20,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_clf.kafka.broker import free_port
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.tiny_model import SAMPLE_TEXTS
-from stream_clf.samples import DEMO_TEXTS
+from stream_clf.tools.broker import free_port
+from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS
+from stream_clf.tools.samples import DEMO_TEXTS
 from tests.kafka_helpers import collect, ids_seen, produce, results_of
 
 pytestmark = pytest.mark.broker

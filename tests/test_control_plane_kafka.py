@@ -10,14 +10,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_clf.kafka.broker import free_port
 from stream_clf.kafka.control import ask_swap, ensure_control_topics
 from stream_clf.kafka.control_records import SwapRequest
 from stream_clf.kafka.security import PLAINTEXT
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.tiny_model import build_tiny_bundle
 from stream_clf.ops.health import ConsumerState, Readiness
 from stream_clf.ops.metrics import WorkerMetrics
+from stream_clf.tools.broker import free_port
+from stream_clf.tools.build.tiny_model import build_tiny_bundle
 from stream_clf.worker.model_roots import ModelRoots
 from stream_clf.worker.models import ModelHolder, ModelLoader, ModelSet
 from stream_clf.worker.swaps import SwapFollower

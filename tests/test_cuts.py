@@ -9,8 +9,8 @@ import pytest
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
 from stream_clf.model.cuts import head_piece, tail_piece
-from stream_clf.model.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
 from stream_clf.model.windows import Plan, Template, Truncation, Windowing, plan
+from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
 
 ODD_SPACING = [
     "  leading spaces, then   runs of   spaces,\ttabs\tand\nnew lines\n\n" * 60,
@@ -30,7 +30,7 @@ def _whole(classifier: Classifier, text: str) -> Plan:
 
 def _long_texts() -> list[str]:
     """Held-out IMDB reviews run together three at a time (past any max_length), and odd spacing."""
-    corpora = pytest.importorskip("stream_clf.model.corpora")
+    corpora = pytest.importorskip("stream_clf.tools.build.corpora")
     try:
         reviews = corpora.heldout_texts("imdb")[:240]
     except ImportError:

@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_clf.kafka.broker import free_port
-from stream_clf.model.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
+from stream_clf.tools.broker import free_port
+from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
 from tests.kafka_helpers import produce
 from tests.web_helpers import get, wait_for_status
 

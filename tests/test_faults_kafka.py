@@ -12,10 +12,10 @@ from collections import Counter, defaultdict
 import orjson
 import pytest
 
-from stream_clf.bench.mixes import load_texts
-from stream_clf.kafka.broker import LocalKafka, free_port
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
+from stream_clf.tools.bench.mixes import load_texts
+from stream_clf.tools.broker import LocalKafka, free_port
 from stream_clf.worker.startup import STOP_DEADLINE_SECONDS
 from tests.kafka_helpers import (
     KEYS,

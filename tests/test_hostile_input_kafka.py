@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from stream_clf.kafka.topics import ensure_topics
-from stream_clf.model.tiny_model import SAMPLE_TEXTS
+from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS
 from tests.kafka_helpers import Topics, collect, produce
 
 pytestmark = pytest.mark.broker

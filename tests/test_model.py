@@ -11,7 +11,7 @@ import pytest
 from stream_clf.errors import ModelError
 from stream_clf.model.bundle import MANIFEST, load_bundle
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
+from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_clf.kafka.broker import free_port
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.tiny_model import build_tiny_bundle
+from stream_clf.tools.broker import free_port
+from stream_clf.tools.build.tiny_model import build_tiny_bundle
 from stream_clf.worker.models import CANARY_BUCKETS
 from tests.kafka_helpers import Topics, collect, ids_seen, keyed_events, produce, produce_steadily, results_of
 from tests.web_helpers import get, scrape, wait_for_status

@@ -8,17 +8,17 @@ import orjson
 import pytest
 
 from stream_clf.errors import ConfigError, ModelError
+from stream_clf.model.abstain import MinConfidence, parse_min_confidence
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
 from stream_clf.ops.metrics import WorkerMetrics
 from stream_clf.settings import WorkerSettings
-from stream_clf.worker.abstain import MinConfidence, parse_min_confidence
+from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
+from stream_clf.tools.replay import Bound, parse_bound
 from stream_clf.worker.core import BatchStep
 from stream_clf.worker.events import Source
 from stream_clf.worker.models import CANARY_BUCKETS, ModelHolder, ModelLoader, ModelSet, ServedModel
 from stream_clf.worker.records import InFlight
-from stream_clf.worker.replay import Bound, parse_bound
 from stream_clf.worker.routing import Routing
 
 

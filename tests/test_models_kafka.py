@@ -9,7 +9,7 @@ import pytest
 
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.export import PARITY_TEXTS
+from stream_clf.tools.build.export import PARITY_TEXTS
 from tests.checkpoints import ARCHITECTURES
 from tests.kafka_helpers import Topics, collect, produce
 

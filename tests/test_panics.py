@@ -11,8 +11,8 @@ import pytest
 from stream_clf.errors import fails_alone
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.tiny_model import build_tiny_bundle
 from stream_clf.ops.metrics import WorkerMetrics
+from stream_clf.tools.build.tiny_model import build_tiny_bundle
 from stream_clf.worker.core import BatchStep
 from stream_clf.worker.events import Source
 from stream_clf.worker.models import ModelHolder, ModelLoader, ModelSet, ServedModel

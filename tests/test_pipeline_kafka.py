@@ -10,7 +10,7 @@ import pytest
 
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
+from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
 from tests.kafka_helpers import (
     KEYS,
     Record,

@@ -11,8 +11,8 @@ import orjson
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
-from stream_clf.kafka.broker import free_port
 from stream_clf.kafka.topics import ensure_topics
+from stream_clf.tools.broker import free_port
 from tests.kafka_helpers import Record, Topics, collect, produce
 from tests.web_helpers import scrape, wait_for_status
 

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Producer
 
 from stream_clf.kafka.clients import COMPRESSION_CODECS
-from stream_clf.model.tiny_model import SAMPLE_TEXTS
+from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS
 from tests.kafka_helpers import collect, ids_seen, produce, results_of
 
 pytestmark = pytest.mark.broker

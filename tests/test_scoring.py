@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from stream_clf.errors import ConfigError
-from stream_clf.evaluation.evaluate import read_dataset
-from stream_clf.evaluation.scoring import ClassificationReport, classification_report
+from stream_clf.tools.evaluation.evaluate import read_dataset
+from stream_clf.tools.evaluation.scoring import ClassificationReport, classification_report
 
 TRUTH = ["neg", "neg", "neg", "pos", "pos", "pos", "pos", "mid"]
 PREDICTED = ["neg", "neg", "pos", "pos", "pos", "neg", "pos", "neg"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_clf.kafka.broker import LocalKafka, free_port
+from stream_clf.tools.broker import LocalKafka, free_port
 from tests.kafka_helpers import Topics, WorkerProcess, collect, ids_seen, results_of
 from tests.web_helpers import get, wait_for_status
 

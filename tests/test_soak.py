@@ -9,7 +9,7 @@ import sys
 import orjson
 import pytest
 
-from stream_clf.bench.soak import MAX_RSS_GROWTH
+from stream_clf.tools.bench.soak import MAX_RSS_GROWTH
 
 pytestmark = pytest.mark.broker
 

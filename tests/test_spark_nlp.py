@@ -14,7 +14,7 @@ import pytest
 from stream_clf.cli import main
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
-from stream_clf.sparknlp.parity import PARITY_TEXTS, Agreement
+from stream_clf.tools.sparknlp.parity import PARITY_TEXTS, Agreement
 
 # The first session on a machine installs Spark NLP's environment (a few minutes); later ones find it cached.
 pytestmark = [pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java"), pytest.mark.timeout(1200)]
@@ -31,8 +31,8 @@ ACCENTED = {i for i, text in enumerate(PARITY_TEXTS) if any(unicodedata.decompos
 @pytest.fixture(scope="module")
 def spark_nlp(exported: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Agreement], Path]:
     """Every architecture classified by stream-clf and by Spark NLP, and saved by Spark NLP."""
-    from stream_clf.sparknlp.environment import spark_nlp_environment
-    from stream_clf.sparknlp.parity import compare_with_spark_nlp
+    from stream_clf.tools.sparknlp.environment import spark_nlp_environment
+    from stream_clf.tools.sparknlp.parity import compare_with_spark_nlp
 
     saved = tmp_path_factory.mktemp("spark-nlp-saved")
     bundles = {name: exported[name] for name in ARCHITECTURES}

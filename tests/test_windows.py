@@ -9,8 +9,8 @@ import pytest
 from stream_clf.errors import ConfigError
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.tiny_model import build_tiny_bundle
 from stream_clf.model.windows import Truncation, Windowing
+from stream_clf.tools.build.tiny_model import build_tiny_bundle
 
 MAX_LENGTH = 16  # 14 content tokens between [CLS] and [SEP]
 WORDS = [f"w{i}" for i in range(40)]

@@ -53,7 +53,7 @@ def _mix_file(mix: list[str]) -> Path | None:
 
 
 def _bench(parser: Parser) -> None:
-    from stream_clf.bench import BenchOptions
+    from stream_clf.tools.bench import BenchOptions
 
     defaults = BenchOptions()
     parser.add_argument("--model", type=Path, default=defaults.model, help="bundle or built model (default: news-int8)")
@@ -99,7 +99,7 @@ def _bench(parser: Parser) -> None:
 def _run_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from stream_clf.bench import BenchOptions, render, run_bench
+    from stream_clf.tools.bench import BenchOptions, render, run_bench
 
     options = BenchOptions(
         model=args.model,
@@ -140,7 +140,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _soak(parser: Parser) -> None:
-    from stream_clf.bench.soak import SoakOptions
+    from stream_clf.tools.bench.soak import SoakOptions
 
     defaults = SoakOptions()
     parser.add_argument("--model", type=Path, default=defaults.model, help="bundle or built model (default: news-int8)")
@@ -157,7 +157,7 @@ def _soak(parser: Parser) -> None:
 def _run_soak(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from stream_clf.bench.soak import SoakOptions, render_soak, run_soak
+    from stream_clf.tools.bench.soak import SoakOptions, render_soak, run_soak
 
     if args.minutes <= 0 or args.rate <= 0 or args.interval <= 0:
         raise ConfigError("--minutes, --rate and --interval must be above 0")

@@ -158,7 +158,7 @@ def _answer(status: "WorkerStatus | None", target: str, wait: float) -> str:
 
 def _replay(parser: Parser) -> None:
     def bound(text: str) -> object:
-        from stream_clf.worker.replay import parse_bound
+        from stream_clf.tools.replay import parse_bound
 
         try:
             return parse_bound(text)
@@ -184,8 +184,8 @@ def _replay(parser: Parser) -> None:
     def run(args: argparse.Namespace) -> int:
         from stream_clf.model.classifier import Classifier
         from stream_clf.model.windows import Windowing
+        from stream_clf.tools.replay import ReplayOptions, run_replay
         from stream_clf.worker.models import ModelLoader
-        from stream_clf.worker.replay import ReplayOptions, run_replay
 
         if args.output == args.input:
             raise ConfigError(f"--output {args.output!r} is the --input: a replay would read its own results")

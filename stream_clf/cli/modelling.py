@@ -19,14 +19,14 @@ from stream_clf.cli.common import (
     tracker,
 )
 from stream_clf.errors import ConfigError
-from stream_clf.model.quantization import QuantizationReport
 from stream_clf.model.windows import Truncation, Windowing
 from stream_clf.settings import BROKERS_OPTION, SECURITY_OPTIONS, resolve_security
+from stream_clf.tools.build.quantization import QuantizationReport
 
 if TYPE_CHECKING:
-    from stream_clf.evaluation.evaluate import Dataset
     from stream_clf.model.classifier import Classifier
-    from stream_clf.model.training import Recipe
+    from stream_clf.tools.build.training import Recipe
+    from stream_clf.tools.evaluation.evaluate import Dataset
 
 __all__ = ["register"]
 
@@ -69,7 +69,7 @@ def _export(parser: Parser) -> None:
 
     def run(args: argparse.Namespace) -> int:
         try:
-            from stream_clf.model.export import PARITY_TEXTS, export_checkpoint
+            from stream_clf.tools.build.export import PARITY_TEXTS, export_checkpoint
         except ImportError as error:
             raise needs_extra(error, "export") from None
         with progress_bars() as progress:
@@ -107,7 +107,7 @@ def _quantize(parser: Parser) -> None:
 
     def run(args: argparse.Namespace) -> int:
         from stream_clf.model.catalog import resolve_model
-        from stream_clf.model.quantization import SAMPLE_TEXTS, quantize_bundle
+        from stream_clf.tools.build.quantization import SAMPLE_TEXTS, quantize_bundle
 
         source = resolve_model(args.bundle)
         with progress_bars() as progress:
@@ -139,7 +139,7 @@ def _models_build(parser: Parser) -> None:
 
     def run(args: argparse.Namespace) -> int:
         try:
-            from stream_clf.model.training import build_data_model, build_trained_model
+            from stream_clf.tools.build.training import build_data_model, build_trained_model
         except ImportError as error:
             raise needs_extra(error, "models") from None
         name = _checked_build(args)
@@ -200,8 +200,8 @@ def _checked_build(args: argparse.Namespace) -> str:
 
 
 def _data_recipe(args: argparse.Namespace) -> "Recipe":
-    from stream_clf.model.finetune import FineTuning
-    from stream_clf.model.training import Recipe
+    from stream_clf.tools.build.finetune import FineTuning
+    from stream_clf.tools.build.training import Recipe
 
     if not args.fine_tune:
         return Recipe(args.max_length)
@@ -261,7 +261,7 @@ def _eval(parser: Parser) -> None:
 
 
 def _compare_truncations(classifier: "Classifier", dataset: "Dataset", args: argparse.Namespace) -> int:
-    from stream_clf.evaluation.truncation import compare_truncations
+    from stream_clf.tools.evaluation.truncation import compare_truncations
 
     with progress_bars() as progress:
         table = compare_truncations(classifier, dataset, args.batch_size, tracker(progress))
@@ -275,17 +275,17 @@ def _compare_truncations(classifier: "Classifier", dataset: "Dataset", args: arg
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from stream_clf.evaluation.evaluate import (
+    from stream_clf.model.bundle import load_bundle
+    from stream_clf.model.catalog import resolve_model
+    from stream_clf.model.classifier import Classifier
+    from stream_clf.tools.evaluation.evaluate import (
         agreement,
         check_labels,
         predict_direct,
         predict_through_kafka,
         read_dataset,
     )
-    from stream_clf.evaluation.scoring import classification_report
-    from stream_clf.model.bundle import load_bundle
-    from stream_clf.model.catalog import resolve_model
-    from stream_clf.model.classifier import Classifier
+    from stream_clf.tools.evaluation.scoring import classification_report
 
     every_strategy = args.truncation == ALL_STRATEGIES
     if every_strategy and args.through_kafka:

@@ -34,7 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _setup(parser: Parser) -> None:
     def run(_: argparse.Namespace) -> int:
-        from stream_clf.sparknlp.environment import spark_nlp_environment
+        from stream_clf.tools.sparknlp.environment import spark_nlp_environment
 
         environment = spark_nlp_environment()
         print(f"Spark NLP ready: python {environment.python}, {len(environment.jars)} jars")
@@ -50,7 +50,7 @@ def _export(parser: Parser) -> None:
     def run(args: argparse.Namespace) -> int:
         from stream_clf.model.bundle import load_bundle
         from stream_clf.model.catalog import resolve_model
-        from stream_clf.sparknlp.folders import export_for_spark_nlp
+        from stream_clf.tools.sparknlp.folders import export_for_spark_nlp
 
         annotator = export_for_spark_nlp(load_bundle(resolve_model(args.model)), args.out)
         print(f"{args.out}: load it with {annotator.name}.loadSavedModel('{args.out}', spark)")
@@ -69,7 +69,7 @@ def _import(parser: Parser) -> None:
             import transformers  # noqa: F401
         except ImportError as error:
             raise needs_extra(error, "spark-nlp") from None
-        from stream_clf.sparknlp.saved import import_from_spark_nlp
+        from stream_clf.tools.sparknlp.saved import import_from_spark_nlp
 
         report = import_from_spark_nlp(args.folder, args.out)
         case = "sensitive" if report.case_sensitive else "insensitive"
@@ -99,11 +99,11 @@ def _compare(parser: Parser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8, help="Spark NLP's batch size (default: 8)")
 
     def run(args: argparse.Namespace) -> int:
-        from stream_clf.evaluation.evaluate import check_labels, read_dataset
         from stream_clf.model.bundle import load_bundle
         from stream_clf.model.catalog import resolve_model
-        from stream_clf.sparknlp.environment import spark_nlp_environment
-        from stream_clf.sparknlp.parity import PARITY_TEXTS, compare_with_spark_nlp
+        from stream_clf.tools.evaluation.evaluate import check_labels, read_dataset
+        from stream_clf.tools.sparknlp.environment import spark_nlp_environment
+        from stream_clf.tools.sparknlp.parity import PARITY_TEXTS, compare_with_spark_nlp
 
         gold = None
         if args.data:

@@ -57,7 +57,7 @@ def _broker(parser: Parser) -> None:
     )
 
     def run(args: argparse.Namespace) -> int:
-        from stream_clf.kafka.broker import KAFKA_VERSION, LocalCluster, LocalKafka
+        from stream_clf.tools.broker import KAFKA_VERSION, LocalCluster, LocalKafka
 
         if args.nodes > 1 and args.controller_port is not None:
             raise ConfigError("--controller-port names one node's port; a cluster's follow from --port")
@@ -98,7 +98,7 @@ def _produce(parser: Parser) -> None:
     def run(args: argparse.Namespace) -> int:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from stream_clf.kafka.produce import produce_lines
+        from stream_clf.tools.produce import produce_lines
 
         brokers = BROKERS_OPTION.resolve(args.brokers, os.environ)
         reading_stdin = args.file == "-"
@@ -137,7 +137,7 @@ def _tail(parser: Parser) -> None:
     parser.add_argument("--idle-timeout", type=float, help="stop after this many seconds without a record")
 
     def run(args: argparse.Namespace) -> int:
-        from stream_clf.kafka.tail import tail
+        from stream_clf.tools.tail import tail
 
         brokers = BROKERS_OPTION.resolve(args.brokers, os.environ)
         signal.signal(signal.SIGTERM, raise_interrupt)
@@ -163,7 +163,7 @@ def _demo(parser: Parser) -> None:
     )
 
     def run(args: argparse.Namespace) -> int:
-        from stream_clf.demo import run_demo
+        from stream_clf.tools.demo import run_demo
 
         return run_demo(args.model)
 

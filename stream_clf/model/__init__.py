@@ -1,4 +1,6 @@
-"""Models: bundles, the classifier, long-text windows, export, int8, and the models stream-clf builds.
+"""The model runtime the worker serves with: bundles, the classifier, long-text cuts and windows, buckets,
+the catalog of built models, and confidence bounds.
 
-Nothing here imports Kafka: a model is served, exported and scored without a broker.
+Nothing here imports Kafka (an import-linter contract): a model is loaded and run without a broker.
+Building, exporting, quantizing and fine-tuning models are tools (``stream_clf.tools.build``).
 """

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, replace
 
 from stream_clf.errors import EventError, Reason
 from stream_clf.kafka.limits import Refusal, TopicLimit, wire_size
+from stream_clf.model.abstain import MinConfidence
 from stream_clf.model.classifier import Prediction
-from stream_clf.worker.abstain import MinConfidence
 from stream_clf.worker.events import TextEvent, dead_letter_headers, encode_result, encode_review, encode_shadow
 from stream_clf.worker.records import Form, InFlight, Outcome, OutRecord, Role
 

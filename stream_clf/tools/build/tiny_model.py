@@ -83,7 +83,7 @@ def build_tiny_bundle(
         "case_sensitive": not lowercase,
         "activation": "softmax",
         "precision": "fp32",
-        "source": "stream_clf.model.tiny_model (random weights: its labels mean nothing)",
+        "source": "stream_clf.tools.build.tiny_model (random weights: its labels mean nothing)",
     }
     (out / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return out

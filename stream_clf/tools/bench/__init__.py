@@ -13,7 +13,7 @@ machines are noisy):
   time, on the same encoder;
 - the fraction of the machine's peak: counted FLOPs per text over a measured matrix-product peak;
 - on request, a peer: Spark NLP's Structured Streaming on the same broker, bundle and texts (see
-  :mod:`stream_clf.bench.peer`), its labels compared with stream-clf's, its latency measured at a
+  :mod:`stream_clf.tools.bench.peer`), its labels compared with stream-clf's, its latency measured at a
   pace it sustains and stream-clf's again at that same pace.
 """
 
@@ -29,9 +29,14 @@ import orjson
 from rich.console import Group
 from rich.table import Table
 
-from stream_clf.bench.engine import measure_engine, measure_full_batch, measure_peak
-from stream_clf.bench.mixes import describe_mix, load_texts
-from stream_clf.bench.streaming import (
+from stream_clf.kafka.control import ask_swap
+from stream_clf.model.bundle import load_bundle
+from stream_clf.model.catalog import resolve_model
+from stream_clf.model.classifier import Classifier
+from stream_clf.settings import WORKER_OPTIONS
+from stream_clf.tools.bench.engine import measure_engine, measure_full_batch, measure_peak
+from stream_clf.tools.bench.mixes import describe_mix, load_texts
+from stream_clf.tools.bench.streaming import (
     Track,
     measure_latency,
     measure_swap,
@@ -40,12 +45,7 @@ from stream_clf.bench.streaming import (
     paced_texts,
     start_service,
 )
-from stream_clf.kafka.broker import LocalKafka, free_port
-from stream_clf.kafka.control import ask_swap
-from stream_clf.model.bundle import load_bundle
-from stream_clf.model.catalog import resolve_model
-from stream_clf.model.classifier import Classifier
-from stream_clf.settings import WORKER_OPTIONS
+from stream_clf.tools.broker import LocalKafka, free_port
 
 __all__ = ["BenchOptions", "render", "run_bench"]
 
@@ -249,7 +249,7 @@ def _measure_worker(
 
 def _measure_spark_nlp(run: _Run, bundle: Path, texts: list[str], labels: dict[str, str]) -> dict[str, Any]:
     """Spark NLP on the same texts, then stream-clf's latency again at the pace Spark NLP was measured at."""
-    from stream_clf.bench.peer import SparkTuning, measure_spark_nlp
+    from stream_clf.tools.bench.peer import SparkTuning, measure_spark_nlp
 
     options = run.options
     spark = measure_spark_nlp(
@@ -323,7 +323,7 @@ def _measure_swap(run: _Run, bundle: Path, texts: list[str], pace: float, new: P
 
 def _measure_baseline(run: _Run, classifier: Classifier, texts: list[str]) -> dict[str, Any]:
     checkpoint = _baseline_checkpoint(classifier, run.root / "baseline-checkpoint")
-    command = ["stream_clf.bench.baseline", "--checkpoint", str(checkpoint)]
+    command = ["stream_clf.tools.bench.baseline", "--checkpoint", str(checkpoint)]
     service = start_service(
         [*command, "--max-length", str(classifier.bundle.max_length)],
         run.bootstrap,

@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from stream_clf.evaluation.evaluate import Dataset, predict_direct
-from stream_clf.evaluation.scoring import classification_report
 from stream_clf.model.classifier import Classifier
 from stream_clf.model.windows import Truncation
+from stream_clf.tools.evaluation.evaluate import Dataset, predict_direct
+from stream_clf.tools.evaluation.scoring import classification_report
 
 __all__ = ["StrategyScore", "TruncationTable", "compare_truncations"]
 

@@ -1,7 +1,7 @@
 """Spark NLP beside stream-clf: Structured Streaming on the same broker, bundle and texts.
 
 Spark NLP reads its own input topic and writes its own output topic, with the folder exported from
-the bundle stream-clf serves (:mod:`stream_clf.sparknlp.folders`) and the tokenizer that
+the bundle stream-clf serves (:mod:`stream_clf.tools.sparknlp.folders`) and the tokenizer that
 reproduces the model's pre-tokenizer, so the two outputs' labels are comparable. Measured as for
 stream-clf: throughput from a filled topic (to the last result: Spark answers a micro-batch at a
 time), produce-to-result latency at a paced load, the cores of its JVM and of its Python driver.
@@ -19,7 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from stream_clf.bench.streaming import (
+from stream_clf.errors import PeerError, StreamClfError
+from stream_clf.kafka.topics import ensure_topics
+from stream_clf.model.bundle import load_bundle
+from stream_clf.tools.bench.streaming import (
     RunningService,
     Track,
     measure_latency,
@@ -28,12 +31,9 @@ from stream_clf.bench.streaming import (
     paced_texts,
     resident_bytes,
 )
-from stream_clf.errors import PeerError, StreamClfError
-from stream_clf.kafka.topics import ensure_topics
-from stream_clf.model.bundle import load_bundle
-from stream_clf.sparknlp.environment import spark_nlp_environment
-from stream_clf.sparknlp.parity import TOKENIZERS
-from stream_clf.sparknlp.runner import SparkJob, model_spec
+from stream_clf.tools.sparknlp.environment import spark_nlp_environment
+from stream_clf.tools.sparknlp.parity import TOKENIZERS
+from stream_clf.tools.sparknlp.runner import SparkJob, model_spec
 
 __all__ = ["SparkTuning", "measure_spark_nlp"]
 

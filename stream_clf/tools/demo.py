@@ -24,12 +24,12 @@ from rich.table import Table
 
 from stream_clf.errors import StreamClfError
 from stream_clf.kafka import clients
-from stream_clf.kafka.broker import LocalKafka, free_port, resolve_jars
-from stream_clf.kafka.produce import produce_lines
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.model.catalog import bundle_name, models_dir, resolve_model
-from stream_clf.model.tiny_model import build_tiny_bundle
-from stream_clf.samples import DEMO_REVIEWS, DEMO_TEXTS
+from stream_clf.tools.broker import LocalKafka, free_port, resolve_jars
+from stream_clf.tools.build.tiny_model import build_tiny_bundle
+from stream_clf.tools.produce import produce_lines
+from stream_clf.tools.samples import DEMO_REVIEWS, DEMO_TEXTS
 
 __all__ = ["run_demo"]
 
@@ -115,7 +115,7 @@ def _streams(console: Console, scratch: Path, model: Path | None) -> list[_Strea
         console.print(f"[green]model:[/] {model}\n")
         return [_news(model)]
     try:
-        from stream_clf.model.training import build_trained_model
+        from stream_clf.tools.build.training import build_trained_model
     except ImportError:
         console.print(
             "[yellow]model:[/] tiny-random, built on the fly with random weights: its labels show the pipeline"

@@ -19,12 +19,12 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-from stream_clf.bench.mixes import load_texts
-from stream_clf.bench.streaming import measure_latency, percentile, start_service
 from stream_clf.errors import StreamClfError
-from stream_clf.kafka.broker import LocalKafka, free_port
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.catalog import resolve_model
+from stream_clf.tools.bench.mixes import load_texts
+from stream_clf.tools.bench.streaming import measure_latency, percentile, start_service
+from stream_clf.tools.broker import LocalKafka, free_port
 
 __all__ = ["MAX_RSS_GROWTH", "SoakOptions", "render_soak", "run_soak"]
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from stream_clf.errors import ConfigError
-from stream_clf.evaluation.evaluate import read_dataset
 from stream_clf.model.bundle import ModelBundle
-from stream_clf.model.corpora import heldout_texts
+from stream_clf.tools.build.corpora import heldout_texts
+from stream_clf.tools.evaluation.evaluate import read_dataset
 
 __all__ = ["MIXES", "describe_mix", "load_texts"]
 

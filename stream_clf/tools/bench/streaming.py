@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream_clf.errors import StreamClfError
 from stream_clf.kafka import clients
-from stream_clf.kafka.broker import free_port
 from stream_clf.kafka.topics import ensure_topics
+from stream_clf.tools.broker import free_port
 from stream_clf.worker.publisher import produce
 from stream_clf.worker.records import OutRecord
 

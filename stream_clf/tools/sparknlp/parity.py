@@ -16,10 +16,10 @@ from pathlib import Path
 
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.tiny_model import SAMPLE_TEXTS
 from stream_clf.model.windows import Truncation, Windowing
-from stream_clf.sparknlp.environment import SparkNlpEnvironment
-from stream_clf.sparknlp.runner import model_spec, run_job
+from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS
+from stream_clf.tools.sparknlp.environment import SparkNlpEnvironment
+from stream_clf.tools.sparknlp.runner import model_spec, run_job
 
 __all__ = ["PARITY_TEXTS", "TOKENIZERS", "Agreement", "compare_with_spark_nlp"]
 

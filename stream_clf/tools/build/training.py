@@ -9,7 +9,7 @@ Two recipes:
   L-BFGS (multinomial logistic regression). Minutes on 2 cores; on BBC news topics as accurate as
   fine-tuning.
 - **fine-tuned** (IMDB, AG News, ``--fine-tune``): every layer trained on the task
-  (:mod:`stream_clf.model.finetune`), where the sentence embedding alone stops short (81.7% on IMDB).
+  (:mod:`stream_clf.tools.build.finetune`), where the sentence embedding alone stops short (81.7% on IMDB).
 
 The held-out split (stratified, fixed seed) is written beside the bundles, so ``stream-clf eval``
 can score the served model again, directly or through Kafka. The bundle goes through the same
@@ -32,15 +32,15 @@ import torch
 import transformers
 
 from stream_clf.errors import ConfigError, ExportError, ModelError
-from stream_clf.evaluation.evaluate import read_dataset
-from stream_clf.evaluation.scoring import ClassificationReport, classification_report
+from stream_clf.tools.evaluation.evaluate import read_dataset
+from stream_clf.tools.evaluation.scoring import ClassificationReport, classification_report
 from stream_clf.model.bundle import load_bundle, read_manifest
 from stream_clf.model.catalog import TRAINED, bundle_name, heldout_file, models_dir
 from stream_clf.model.classifier import Classifier
-from stream_clf.model.corpora import PACKAGES, SEED, Corpus, load_corpus, split
-from stream_clf.model.export import export_module, torch_to_onnx
-from stream_clf.model.finetune import FineTuning, fine_tune
-from stream_clf.model.quantization import quantize_bundle
+from stream_clf.tools.build.corpora import PACKAGES, SEED, Corpus, load_corpus, split
+from stream_clf.tools.build.export import export_module, torch_to_onnx
+from stream_clf.tools.build.finetune import FineTuning, fine_tune
+from stream_clf.tools.build.quantization import quantize_bundle
 
 __all__ = [
     "BuildReport",

@@ -28,7 +28,7 @@ import orjson
 
 from stream_clf.errors import ModelError
 from stream_clf.model.bundle import load_bundle, write_manifest
-from stream_clf.sparknlp.folders import ANNOTATORS, FAIRSEQ_SPECIALS, Annotator
+from stream_clf.tools.sparknlp.folders import ANNOTATORS, FAIRSEQ_SPECIALS, Annotator
 
 __all__ = ["ImportReport", "import_from_spark_nlp", "read_sequence_file"]
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from stream_clf.cache import cache_root
 from stream_clf.errors import BrokerError
 from stream_clf.kafka.topics import wait_for_broker
-from stream_clf.maven import fetch_pinned, read_lock
+from stream_clf.tools.maven import fetch_pinned, read_lock
 
 __all__ = ["KAFKA_VERSION", "LocalCluster", "LocalKafka", "free_port", "resolve_jars"]
 

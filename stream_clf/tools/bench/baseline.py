@@ -1,6 +1,6 @@
 """The naive baseline a user would write: a Faust agent calling transformers' pipeline per event.
 
-Run as ``python -m stream_clf.bench.baseline --checkpoint DIR --brokers ... --input ... --output
+Run as ``python -m stream_clf.tools.bench.baseline --checkpoint DIR --brokers ... --input ... --output
 ...``. Nothing here is tuned on purpose: PyTorch eager, one text at a time, on the event loop,
 Faust's default acking. It is what stream-clf is measured against.
 """
@@ -15,7 +15,7 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="stream_clf.bench.baseline")
+    parser = argparse.ArgumentParser(prog="stream_clf.tools.bench.baseline")
     for flag in ("--checkpoint", "--brokers", "--input", "--output", "--dlq", "--group", "--web-port"):
         parser.add_argument(flag, required=True)
     parser.add_argument("--max-length", type=int, default=512)

@@ -18,9 +18,9 @@ from confluent_kafka import TopicPartition
 
 from stream_clf.errors import ConfigError, StreamClfError
 from stream_clf.kafka import clients
-from stream_clf.kafka.produce import produce_lines
 from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
 from stream_clf.model.classifier import Classifier, Prediction
+from stream_clf.tools.produce import produce_lines
 
 __all__ = [
     "Dataset",

@@ -1,4 +1,4 @@
-"""Running a Spark NLP job (:mod:`stream_clf.sparknlp.job`) in Spark NLP's own environment."""
+"""Running a Spark NLP job (:mod:`stream_clf.tools.sparknlp.job`) in Spark NLP's own environment."""
 
 import subprocess
 from importlib import resources
@@ -9,8 +9,8 @@ import orjson
 
 from stream_clf.errors import PeerError
 from stream_clf.model.bundle import ModelBundle
-from stream_clf.sparknlp.environment import SparkNlpEnvironment
-from stream_clf.sparknlp.folders import export_for_spark_nlp
+from stream_clf.tools.sparknlp.environment import SparkNlpEnvironment
+from stream_clf.tools.sparknlp.folders import export_for_spark_nlp
 
 __all__ = ["SparkJob", "model_spec", "run_job"]
 

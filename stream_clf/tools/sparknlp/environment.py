@@ -2,8 +2,8 @@
 
 stream-clf never imports pyspark. The Spark side lives in a virtual environment of its own in the
 cache (``<cache>/spark-nlp-5.5.3/venv``: ``pyspark==3.5.7``, ``spark-nlp==5.5.3``, numpy below 2,
-which pyspark.ml needs) and runs :mod:`stream_clf.sparknlp.job` as a script there. Its jars are
-pinned in ``spark-nlp-5.5.3.lock`` and fetched from Maven Central (see :mod:`stream_clf.maven`).
+which pyspark.ml needs) and runs :mod:`stream_clf.tools.sparknlp.job` as a script there. Its jars are
+pinned in ``spark-nlp-5.5.3.lock`` and fetched from Maven Central (see :mod:`stream_clf.tools.maven`).
 
 Spark NLP 5.5.3 is the newest that resolves from Maven Central (7.0.0's Scala 2.13 jar is not
 there), on Spark 3.5.7 (Scala 2.12) and Java 17. Three of its dependencies are John Snow Labs'
@@ -23,7 +23,7 @@ from rich.console import Console
 
 from stream_clf.cache import cache_root
 from stream_clf.errors import PeerError
-from stream_clf.maven import fetch_pinned, read_lock
+from stream_clf.tools.maven import fetch_pinned, read_lock
 
 __all__ = ["PYTHON_PACKAGES", "SPARK_NLP_VERSION", "SparkNlpEnvironment", "spark_nlp_environment"]
 
