@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.tools.broker import free_port
 from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS
@@ -45,7 +46,7 @@ class Topics:
     def fresh(cls, bootstrap: str, partitions: int = 4) -> "Topics":
         tag = uuid.uuid4().hex[:8]
         topics = cls(f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"group-{tag}")
-        ensure_topics([bootstrap], [topics.input, topics.output, topics.dlq], partitions)
+        ensure_topics(Connection.to(bootstrap), [topics.input, topics.output, topics.dlq], partitions)
         return topics
 
 

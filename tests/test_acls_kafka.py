@@ -27,6 +27,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.control import ensure_control_topics
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.model.bundle import load_bundle
@@ -119,8 +120,8 @@ def _set_up(secure: SecureKafka) -> tuple[Topics, str, str]:
     tag = uuid.uuid4().hex[:8]
     topics = Topics(f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"group-{tag}")
     control, status = f"control-{tag}", f"control-{tag}.status"
-    ensure_topics([secure.admin_bootstrap], [topics.input, topics.output, topics.dlq], 2)
-    ensure_control_topics([secure.admin_bootstrap], [control, status])
+    ensure_topics(Connection.to(secure.admin_bootstrap), [topics.input, topics.output, topics.dlq], 2)
+    ensure_control_topics(Connection.to(secure.admin_bootstrap), [control, status])
     admin = AdminClient({"bootstrap.servers": secure.admin_bootstrap})
     for future in admin.create_acls(grants(topics, control, status)).values():
         future.result(timeout=30)

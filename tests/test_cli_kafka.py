@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_clf.kafka.clients import admin_client
+from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.tools.broker import free_port
 from stream_clf.tools.samples import DEMO_REVIEWS
@@ -57,21 +57,21 @@ def test_broker_command_keeps_topics_across_restarts_and_fresh_wipes_them(tmp_pa
     first = _broker(data_dir, port)
     try:
         assert f"ready at {bootstrap}" in _read_until(first, "ready at", 120)
-        ensure_topics([bootstrap], ["kept-topic"], partitions=2)
+        ensure_topics(Connection.to(bootstrap), ["kept-topic"], partitions=2)
     finally:
         assert _stop(first) == 0
 
     second = _broker(data_dir, port)
     try:
         _read_until(second, "ready at", 120)
-        assert "kept-topic" in admin_client([bootstrap]).list_topics(timeout=10).topics
+        assert "kept-topic" in Connection.to(bootstrap).admin().list_topics(timeout=10).topics
     finally:
         assert _stop(second) == 0
 
     fresh = _broker(data_dir, port, "--fresh")
     try:
         _read_until(fresh, "ready at", 120)
-        assert "kept-topic" not in admin_client([bootstrap]).list_topics(timeout=10).topics
+        assert "kept-topic" not in Connection.to(bootstrap).admin().list_topics(timeout=10).topics
     finally:
         assert _stop(fresh) == 0
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_clf.kafka.control import ask_swap, ensure_control_topics
+from stream_clf.kafka.connection import Connection
+from stream_clf.kafka.control import KafkaControlFeed, ask_swap, ensure_control_topics
 from stream_clf.kafka.control_records import SwapRequest
-from stream_clf.kafka.security import PLAINTEXT
 from stream_clf.model.classifier import Classifier
 from stream_clf.ops.health import ConsumerState, Readiness
 from stream_clf.ops.metrics import WorkerMetrics
@@ -91,7 +91,7 @@ def test_malformed_control_records_are_skipped_and_a_valid_swap_after_them_is_ap
 ):
     control, port = control_topic(), free_port()
     status = f"{control}.status"
-    ensure_control_topics([kafka_bootstrap], [control, status])
+    ensure_control_topics(Connection.to(kafka_bootstrap), [control, status])
     requests, statuses = malformed_requests(topics.group), malformed_statuses(topics.group)
     produce(kafka_bootstrap, control, requests)
     produce(kafka_bootstrap, status, statuses)
@@ -150,7 +150,7 @@ def test_a_swap_whose_bundle_is_not_the_version_expected_is_refused_and_a_rollba
     wait_for_status(port, "/readyz", 200)
     # What a request for a bundle the workers see changed (or a forged one) looks like to them.
     forged = ask_swap(
-        [kafka_bootstrap], (control, f"{control}.status"), topics.group,
+        Connection.to(kafka_bootstrap), (control, f"{control}.status"), topics.group,
         target="*", model=str(bundles["new"]), expect="f" * 16, wait=60,
     )  # fmt: skip
     (answer,) = forged.answers.values()
@@ -184,7 +184,7 @@ def test_a_follower_that_dies_makes_the_worker_unhealthy(kafka_bootstrap, bundle
     BaseException no code may swallow) end it anyway, liveness says so instead of the worker going on
     without following swaps."""
     control = f"control-{uuid.uuid4().hex[:8]}"
-    ensure_control_topics([kafka_bootstrap], [control, f"{control}.status"])
+    ensure_control_topics(Connection.to(kafka_bootstrap), [control, f"{control}.status"])
 
     def build(_bundle: object) -> None:
         raise KeyboardInterrupt
@@ -192,9 +192,7 @@ def test_a_follower_that_dies_makes_the_worker_unhealthy(kafka_bootstrap, bundle
     metrics = WorkerMetrics(max_batch=8)
     holder = ModelHolder(ModelSet(ModelLoader(Classifier)(str(bundles["old"]))))
     follower = SwapFollower(
-        brokers=[kafka_bootstrap],
-        security=PLAINTEXT,
-        topics=(control, f"{control}.status"),
+        feed=KafkaControlFeed(Connection.to(kafka_bootstrap), (control, f"{control}.status")),
         group="g",
         worker="w-1",
         inputs=["in"],
@@ -205,7 +203,7 @@ def test_a_follower_that_dies_makes_the_worker_unhealthy(kafka_bootstrap, bundle
     )
     follower.catch_up()
     follower.start()
-    readiness = Readiness([kafka_bootstrap], ConsumerState(), vital=[follower.failure])
+    readiness = Readiness(Connection.to(kafka_bootstrap), ConsumerState(), vital=[follower.failure])
     assert readiness.liveness() is None
     request = SwapRequest("g", "*", str(bundles["new"]), version(bundles["new"]))
     produce(kafka_bootstrap, control, [(request.key, request.encode())])

@@ -63,17 +63,17 @@ def test_compose_runs_every_part_and_passes_the_worker_settings_it_reads():
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
     settings = _check_worker_environment(services["worker"]["environment"])
-    assert settings.model == Path("/models/news-int8")
+    assert settings.models.model == Path("/models/news-int8")
     for name in ("producer", "results"):
         assert not [key for key in services[name].get("environment", {}) if key.startswith("STREAM_CLF_")]
     topics_command = " ".join(services["topics"]["command"])
-    for topic in (*settings.input, settings.output, settings.dlq):
+    for topic in (*settings.topics.input, settings.topics.output, settings.topics.dlq):
         assert topic in topics_command
-    assert f"{settings.web_port}:{settings.web_port}" in services["worker"]["ports"]
+    assert f"{settings.web.web_port}:{settings.web.web_port}" in services["worker"]["ports"]
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     (job,) = scrape["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
-    assert job["static_configs"][0]["targets"] == [f"worker:{settings.web_port}"]
+    assert job["static_configs"][0]["targets"] == [f"worker:{settings.web.web_port}"]
 
 
 def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck():
@@ -87,8 +87,8 @@ def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck():
     assert env_block
     environment = dict(re.findall(r"(STREAM_CLF_\w+)=(\S+)", env_block.group(1)))
     settings = _check_worker_environment(environment)
-    assert settings.web_host == "0.0.0.0"
-    assert f"EXPOSE {settings.web_port}" in text
+    assert settings.web.web_host == "0.0.0.0"
+    assert f"EXPOSE {settings.web.web_port}" in text
 
 
 def test_kubernetes_probes_ports_and_scaling_match_the_worker():
@@ -96,7 +96,7 @@ def test_kubernetes_probes_ports_and_scaling_match_the_worker():
     environment = {item["name"]: item["value"] for item in container["env"]}
     settings = _check_worker_environment(environment)
     (port,) = container["ports"]
-    assert port["containerPort"] == settings.web_port
+    assert port["containerPort"] == settings.web.web_port
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
     (deployment,) = _k8s("deployment.yaml")
@@ -105,16 +105,16 @@ def test_kubernetes_probes_ports_and_scaling_match_the_worker():
     assert pod["securityContext"]["runAsNonRoot"] is True
     (service,) = _k8s("service.yaml")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
-    assert service["spec"]["ports"][0]["port"] == settings.web_port
+    assert service["spec"]["ports"][0]["port"] == settings.web.web_port
     (scaled,) = _k8s("keda-scaledobject.yaml")
     assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     # More replicas than partitions would sit idle.
-    assert scaled["spec"]["maxReplicaCount"] == settings.partitions
+    assert scaled["spec"]["maxReplicaCount"] == settings.topics.partitions
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "kafka"
-    assert trigger["metadata"]["topic"] in settings.input
-    assert trigger["metadata"]["consumerGroup"] == settings.group
-    assert trigger["metadata"]["bootstrapServers"] == ",".join(settings.brokers)
+    assert trigger["metadata"]["topic"] in settings.topics.input
+    assert trigger["metadata"]["consumerGroup"] == settings.delivery.group
+    assert trigger["metadata"]["bootstrapServers"] == ",".join(settings.connection.brokers)
 
 
 def test_the_grafana_dashboard_uses_the_provisioned_datasource():

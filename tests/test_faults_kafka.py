@@ -16,7 +16,7 @@ from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
 from stream_clf.tools.bench.mixes import load_texts
 from stream_clf.tools.broker import LocalKafka, free_port
-from stream_clf.worker.startup import STOP_DEADLINE_SECONDS
+from stream_clf.worker.stopping import STOP_DEADLINE_SECONDS
 from tests.kafka_helpers import (
     KEYS,
     Topics,

@@ -8,6 +8,7 @@ from collections import Counter
 import orjson
 import pytest
 
+from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS
 from tests.kafka_helpers import Topics, collect, produce
@@ -53,7 +54,7 @@ def test_every_hostile_event_is_dead_lettered_or_labelled_and_good_ones_are_labe
     tag = uuid.uuid4().hex[:8]
     topics = Topics(f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"group-{tag}")
     # The input accepts 11 MB records; the worker sizes its output and dead-letter topics to match.
-    ensure_topics([kafka_bootstrap], [topics.input], 4, {"max.message.bytes": str(11 * 1024 * 1024)})
+    ensure_topics(Connection.to(kafka_bootstrap), [topics.input], 4, {"max.message.bytes": str(11 * 1024 * 1024)})
     events: list[tuple[bytes | None, bytes | None]] = []
     for i, (name, value, _) in enumerate(REJECTED):
         events += [(f"good-{i}".encode(), orjson.dumps({"id": f"good-{i}", "text": f"good text {i}"}))]

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
+from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.tools.broker import free_port
 from tests.kafka_helpers import Record, Topics, collect, produce
@@ -67,7 +68,7 @@ def test_an_oversized_result_goes_without_meta_and_an_oversized_dead_letter_keep
 ):
     tag = uuid.uuid4().hex[:8]
     topics = Topics(f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"group-{tag}")
-    ensure_topics([kafka_bootstrap], [topics.input], 4)  # the default limit; the worker creates the rest
+    ensure_topics(Connection.to(kafka_bootstrap), [topics.input], 4)  # the default limit; the worker creates the rest
     huge = orjson.dumps({"id": "huge", "text": "word " * 1_000_000})  # 5 MB, compressed to a few KB
     events = [_event(i) for i in range(30)]
     events[10] = _big_meta_event(10)
@@ -106,8 +107,8 @@ def test_an_output_topic_created_small_gets_bare_results_and_result_too_large_de
 ):
     tag = uuid.uuid4().hex[:8]
     topics = Topics(f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"group-{tag}")
-    ensure_topics([kafka_bootstrap], [topics.input, topics.dlq], 4)
-    ensure_topics([kafka_bootstrap], [topics.output], 4, {"max.message.bytes": "20000"})
+    ensure_topics(Connection.to(kafka_bootstrap), [topics.input, topics.dlq], 4)
+    ensure_topics(Connection.to(kafka_bootstrap), [topics.output], 4, {"max.message.bytes": "20000"})
     events = [_event(i) for i in range(40)]
     events[5] = _event(5, meta={"blob": "m" * 30_000})  # fits once its meta is left out
     events[6] = (events[6][0], orjson.dumps({"id": "e6" + "i" * 30_000, "text": "an id too long for the topic"}))

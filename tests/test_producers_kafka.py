@@ -11,7 +11,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from stream_clf.kafka.clients import COMPRESSION_CODECS
+from stream_clf.kafka.connection import COMPRESSION_CODECS
 from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS
 from tests.kafka_helpers import collect, ids_seen, produce, results_of
 

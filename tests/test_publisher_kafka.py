@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from stream_clf.errors import BrokerError
-from stream_clf.kafka import clients
+from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.worker.publisher import PRODUCER_SETTINGS, BatchPublisher
 from stream_clf.worker.records import OutRecord
@@ -18,13 +18,13 @@ pytestmark = pytest.mark.broker
 
 def _publisher(bootstrap: str) -> BatchPublisher:
     return BatchPublisher(
-        clients.producer([bootstrap], overrides={**PRODUCER_SETTINGS, "acks": "all", "enable.idempotence": True})
+        Connection.to(bootstrap).producer({**PRODUCER_SETTINGS, "acks": "all", "enable.idempotence": True})
     )
 
 
 def test_a_batch_is_delivered_whole_and_in_order_per_key_before_its_future_completes(kafka_bootstrap):
     topic = f"published-{uuid.uuid4().hex[:8]}"
-    ensure_topics([kafka_bootstrap], [topic], 4)
+    ensure_topics(Connection.to(kafka_bootstrap), [topic], 4)
     publisher = _publisher(kafka_bootstrap)
     batches = [
         [OutRecord(topic, f"k{i % 7}".encode(), f"{b}-{i}".encode(), [("n", str(i).encode())]) for i in range(300)]
@@ -49,7 +49,7 @@ def test_a_batch_is_delivered_whole_and_in_order_per_key_before_its_future_compl
 
 def test_a_record_the_broker_refuses_fails_its_batch(kafka_bootstrap):
     topic = f"small-{uuid.uuid4().hex[:8]}"
-    ensure_topics([kafka_bootstrap], [topic], 1, {"max.message.bytes": "2000"})
+    ensure_topics(Connection.to(kafka_bootstrap), [topic], 1, {"max.message.bytes": "2000"})
     publisher = _publisher(kafka_bootstrap)
     batch = [OutRecord(topic, b"k", b"fits", []), OutRecord(topic, b"k", b"x" * 20_000, [])]
 

@@ -13,7 +13,7 @@ from stream_clf import __version__
 from stream_clf.cli import benchmarks, control, modelling, peers, streaming
 from stream_clf.cli.common import Parser
 from stream_clf.errors import ConfigError, ModelError, StreamClfError
-from stream_clf.kafka.clients import client_logger
+from stream_clf.kafka.connection import client_logger
 from stream_clf.ops.logs import configure_logging
 
 __all__ = ["build_parser", "main"]

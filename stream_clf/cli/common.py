@@ -8,13 +8,16 @@ from typing import NoReturn
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from stream_clf.errors import ConfigError, StreamClfError
-from stream_clf.settings import Option
+from stream_clf.kafka.connection import Connection
+from stream_clf.settings import ConnectionSettings, Option, options
 
 __all__ = [
     "Parser",
+    "add_connection",
     "add_data_columns",
     "add_labelled_data",
     "add_option",
+    "connection_from",
     "needs_extra",
     "parse_label_map",
     "positive_int",
@@ -41,6 +44,17 @@ def add_option(parser: argparse.ArgumentParser, option: Option) -> None:
         action="append" if option.repeatable else "store",
         help=f"{option.help} (default: {option.describe_default()}; env {option.env})",
     )
+
+
+def add_connection(parser: argparse.ArgumentParser) -> None:
+    """The flags of how to reach Kafka (brokers and security), as the worker has them."""
+    for option in options(ConnectionSettings):
+        add_option(parser, option)
+
+
+def connection_from(args: argparse.Namespace) -> Connection:
+    """The connection the flags of :func:`add_connection` (or their environment variables) describe."""
+    return ConnectionSettings.resolve(vars(args))
 
 
 def whole_number(minimum: int) -> Callable[[str], int]:

@@ -6,16 +6,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stream_clf.cli.common import Parser, add_option, positive_int, progress_bars, whole_number
-from stream_clf.errors import ConfigError, ModelError
-from stream_clf.settings import (
-    BROKERS_OPTION,
-    SECURITY_OPTIONS,
-    WORKER_OPTIONS,
-    Option,
-    resolve_security,
-    usable_cores,
+from stream_clf.cli.common import (
+    Parser,
+    add_connection,
+    add_option,
+    connection_from,
+    positive_int,
+    progress_bars,
+    whole_number,
 )
+from stream_clf.errors import ConfigError, ModelError
+from stream_clf.settings import WORKER_OPTIONS, Option, usable_cores
 
 if TYPE_CHECKING:
     from stream_clf.kafka.control_records import MalformedRecordError, WorkerStatus
@@ -52,12 +53,6 @@ def _resolve(args: argparse.Namespace, name: str) -> object:
     return option.resolve(getattr(args, name), os.environ)
 
 
-def _kafka_options(parser: Parser) -> None:
-    add_option(parser, BROKERS_OPTION)
-    for option in SECURITY_OPTIONS:
-        add_option(parser, option)
-
-
 def _swap(parser: Parser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="the bundle to serve (a path the workers can read, or a built model's name)")
@@ -74,7 +69,7 @@ def _swap(parser: Parser) -> None:
     parser.add_argument(
         "--wait", type=float, default=60.0, help="seconds to wait for the workers' answers; 0: do not (default: 60)"
     )
-    _kafka_options(parser)
+    add_connection(parser)
 
     def run(args: argparse.Namespace) -> int:
         from stream_clf.kafka.control import ask_swap
@@ -90,13 +85,12 @@ def _swap(parser: Parser) -> None:
         control = _resolve(args, "control_topic")
         status = _resolve(args, "status_topic") or f"{control}.status"
         swap = ask_swap(
-            BROKERS_OPTION.resolve(args.brokers, os.environ),
+            connection_from(args),
             (control, status),
             group,
             target=args.topic or "*",
             model=model,
             expect=expect,
-            security=resolve_security(vars(args), os.environ),
             wait=args.wait,
             skipped=_warn_skipped,
         )
@@ -179,7 +173,7 @@ def _replay(parser: Parser) -> None:
     parser.add_argument("--threads", type=positive_int, default=usable_cores(), help="(default: usable cores)")
     parser.add_argument("--top-k", type=whole_number(0), default=0, help="add the k most probable labels (default: 0)")
     add_option(parser, _OPTIONS["truncation"])
-    _kafka_options(parser)
+    add_connection(parser)
 
     def run(args: argparse.Namespace) -> int:
         from stream_clf.model.classifier import Classifier
@@ -194,7 +188,7 @@ def _replay(parser: Parser) -> None:
             lambda bundle: Classifier(bundle, threads=args.threads, lanes=args.threads, windowing=Windowing(truncation))
         )(str(args.model))
         options = ReplayOptions(
-            brokers=BROKERS_OPTION.resolve(args.brokers, os.environ),
+            connection=connection_from(args),
             input=args.input,
             output=args.output,
             dlq=args.dlq or f"{args.output}.dlq",
@@ -202,7 +196,6 @@ def _replay(parser: Parser) -> None:
             end=args.end,
             max_batch=args.max_batch,
             top_k=args.top_k,
-            security=resolve_security(vars(args), os.environ),
         )
         with progress_bars() as progress:
             task = progress.add_task(f"replaying {args.input} with {model.name}", total=None)

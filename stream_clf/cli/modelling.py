@@ -1,7 +1,6 @@
 """Subcommands that make and measure model bundles: export, quantize, models, eval."""
 
 import argparse
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,9 +8,10 @@ import orjson
 
 from stream_clf.cli.common import (
     Parser,
+    add_connection,
     add_data_columns,
     add_labelled_data,
-    add_option,
+    connection_from,
     needs_extra,
     positive_int,
     progress_bars,
@@ -20,7 +20,6 @@ from stream_clf.cli.common import (
 )
 from stream_clf.errors import ConfigError
 from stream_clf.model.windows import Truncation, Windowing
-from stream_clf.settings import BROKERS_OPTION, SECURITY_OPTIONS, resolve_security
 from stream_clf.tools.build.quantization import QuantizationReport
 
 if TYPE_CHECKING:
@@ -251,9 +250,7 @@ def _eval(parser: Parser) -> None:
     parser.add_argument("--max-windows", type=positive_int, default=16, help="(default: 16)")
     parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
     parser.add_argument("--through-kafka", action="store_true", help="classify through a running worker as well")
-    add_option(parser, BROKERS_OPTION)
-    for option in SECURITY_OPTIONS:
-        add_option(parser, option)
+    add_connection(parser)
     parser.add_argument("--input", default="texts", help="the worker's input topic (default: texts)")
     parser.add_argument("--output", default="texts.labeled", help="the worker's output (default: texts.labeled)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the results (default: 600)")
@@ -306,14 +303,13 @@ def _run_eval(args: argparse.Namespace) -> int:
         if args.through_kafka:
             task = progress.add_task("classifying through Kafka", total=len(dataset.texts))
             streamed = predict_through_kafka(
-                BROKERS_OPTION.resolve(args.brokers, os.environ),
+                connection_from(args),
                 args.input,
                 args.output,
                 dataset.texts,
                 model_version=bundle.version,
                 timeout=args.timeout,
                 advance=lambda n: progress.advance(task, n),
-                security=resolve_security(vars(args), os.environ),
             )
             predicted = [r["label"] for r in streamed]
             same = agreement(direct, streamed)

@@ -7,9 +7,9 @@ import signal
 import sys
 from pathlib import Path
 
-from stream_clf.cli.common import Parser, add_option, positive_int, raise_interrupt
+from stream_clf.cli.common import Parser, add_connection, add_option, connection_from, positive_int, raise_interrupt
 from stream_clf.errors import BrokerError, ConfigError
-from stream_clf.settings import BROKERS_OPTION, SECURITY_OPTIONS, WORKER_OPTIONS, WorkerSettings, resolve_security
+from stream_clf.settings import WORKER_OPTIONS, WorkerSettings
 
 __all__ = ["register"]
 
@@ -87,9 +87,7 @@ def _broker(parser: Parser) -> None:
 
 
 def _produce(parser: Parser) -> None:
-    add_option(parser, BROKERS_OPTION)
-    for option in SECURITY_OPTIONS:
-        add_option(parser, option)
+    add_connection(parser)
     parser.add_argument("--topic", required=True, help="topic to write to")
     parser.add_argument("file", nargs="?", default="-", help="file of lines, or - for stdin (default: -)")
     parser.add_argument("--key-field", help="set the Kafka key from this field of each JSON line")
@@ -100,7 +98,7 @@ def _produce(parser: Parser) -> None:
 
         from stream_clf.tools.produce import produce_lines
 
-        brokers = BROKERS_OPTION.resolve(args.brokers, os.environ)
+        connection = connection_from(args)
         reading_stdin = args.file == "-"
         stream = sys.stdin.buffer if reading_stdin else open(args.file, "rb")  # noqa: SIM115 (closed below)
         size = None if reading_stdin else os.fstat(stream.fileno()).st_size
@@ -109,13 +107,12 @@ def _produce(parser: Parser) -> None:
         with stream, Progress(*columns, disable=not show, transient=True) as progress:
             task = progress.add_task("lines", total=size)
             report = produce_lines(
-                brokers,
+                connection,
                 args.topic,
                 stream,
                 key_field=args.key_field,
                 raw=args.raw,
                 on_line=lambda n: progress.advance(task, n),
-                security=resolve_security(vars(args), os.environ),
             )
         skipped = f", skipped {report.skipped} blank lines" if report.skipped else ""
         print(f"sent {report.sent} events to {args.topic}{skipped}")
@@ -127,9 +124,7 @@ def _produce(parser: Parser) -> None:
 
 
 def _tail(parser: Parser) -> None:
-    add_option(parser, BROKERS_OPTION)
-    for option in SECURITY_OPTIONS:
-        add_option(parser, option)
+    add_connection(parser)
     parser.add_argument("--topic", required=True, help="topic to read")
     parser.add_argument("--from-beginning", action="store_true", help="start at the oldest record, not the newest")
     parser.add_argument("--max", type=positive_int, help="stop after this many records")
@@ -139,18 +134,17 @@ def _tail(parser: Parser) -> None:
     def run(args: argparse.Namespace) -> int:
         from stream_clf.tools.tail import tail
 
-        brokers = BROKERS_OPTION.resolve(args.brokers, os.environ)
+        connection = connection_from(args)
         signal.signal(signal.SIGTERM, raise_interrupt)
         with contextlib.suppress(KeyboardInterrupt):
             tail(
-                brokers,
+                connection,
                 args.topic,
                 write=lambda line: print(line, flush=True),
                 from_beginning=args.from_beginning,
                 max_records=args.max,
                 as_json=args.json,
                 idle_timeout=args.idle_timeout,
-                security=resolve_security(vars(args), os.environ),
             )
         return 0
 

@@ -1,1 +1,2 @@
-"""Kafka: the clients' settings, security, topics, the CLI's producer and tail, and the local broker."""
+"""Kafka in the serving core: the connection that makes every client, security, topics and their limits,
+and the control plane's records and protocol."""

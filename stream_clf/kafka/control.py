@@ -24,18 +24,20 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from stream_clf.errors import BrokerError, ConfigError
-from stream_clf.kafka import clients
+from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.control_records import ControlState, MalformedRecordError, SwapRequest, WorkerStatus
-from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
 from stream_clf.kafka.topics import Replication, ensure_topics
 
 __all__ = [
     "CLIENT_ID_PREFIX",
+    "ControlFeed",
+    "ControlRecord",
+    "KafkaControlFeed",
     "SwapAnswers",
     "ask_swap",
     "control_producer",
@@ -67,25 +69,23 @@ def log_skipped(topic: str, offset: int, error: MalformedRecordError) -> None:
 
 
 def ensure_control_topics(
-    brokers: Sequence[str],
+    connection: Connection,
     topics: Sequence[str],
-    security: KafkaSecurity = PLAINTEXT,
     replication: Replication | None = None,
 ) -> None:
     """Create the control and status topics if missing: compacted, one partition (one order for every record)."""
-    ensure_topics(brokers, topics, 1, _CONTROL_CONFIG, security=security, replication=replication)
+    ensure_topics(connection, topics, 1, _CONTROL_CONFIG, replication=replication)
 
 
 def read_control(
-    brokers: Sequence[str],
+    connection: Connection,
     topic: str,
-    security: KafkaSecurity = PLAINTEXT,
     timeout: float = 30.0,
     skipped: Skipped = log_skipped,
 ) -> ControlState:
     """Read a control-plane topic from its start to its end as of now; ``skipped`` is told of each
     malformed record, which is left out."""
-    consumer = clients.reader(brokers, "control", security)
+    consumer = connection.reader("control")
     state = ControlState()
     deadline = time.monotonic() + timeout
     try:
@@ -134,14 +134,14 @@ def _watermarks(consumer: Any, topic: str, deadline: float) -> tuple[int, int]:
             time.sleep(0.2)
 
 
-def control_producer(brokers: Sequence[str], security: KafkaSecurity = PLAINTEXT) -> Any:
+def control_producer(connection: Connection) -> Any:
     """A producer for control records: idempotent, every write acknowledged by all replicas."""
-    return clients.producer(brokers, security, {"enable.idempotence": True, "acks": "all", "linger.ms": 0})
+    return connection.producer({"enable.idempotence": True, "acks": "all", "linger.ms": 0})
 
 
-def group_workers(brokers: Sequence[str], group: str, security: KafkaSecurity = PLAINTEXT) -> list[str]:
+def group_workers(connection: Connection, group: str) -> list[str]:
     """The stream-clf workers that are members of ``group`` now, by name."""
-    admin = clients.admin_client(brokers, security)
+    admin = connection.admin()
     try:
         (future,) = admin.describe_consumer_groups([group], request_timeout=30).values()
         description = future.result()
@@ -163,14 +163,13 @@ class SwapAnswers:
 
 
 def ask_swap(
-    brokers: Sequence[str],
+    connection: Connection,
     topics: tuple[str, str],
     group: str,
     *,
     target: str,
     model: str | None,
     expect: str | None,
-    security: KafkaSecurity = PLAINTEXT,
     wait: float = 60.0,
     skipped: Skipped = log_skipped,
 ) -> SwapAnswers:
@@ -178,10 +177,10 @@ def ask_swap(
     to what the last swap replaced), then wait up to ``wait`` seconds for every running worker of
     the group to answer. ``topics`` are the control and the status topic."""
     control, status_topic = topics
-    ensure_control_topics(brokers, topics, security)
-    state = read_control(brokers, control, security, skipped=skipped)
-    statuses = read_control(brokers, status_topic, security, skipped=skipped)
-    workers = group_workers(brokers, group, security)
+    ensure_control_topics(connection, topics)
+    state = read_control(connection, control, skipped=skipped)
+    statuses = read_control(connection, status_topic, skipped=skipped)
+    workers = group_workers(connection, group)
     live = [status for worker, status in statuses.group_statuses(group).items() if worker in workers]
     last = state.swaps.get((group, target))
     if model is None:
@@ -201,7 +200,7 @@ def ask_swap(
         previous_version=serving[0]["version"] if serving else (last.expect if last else None),
         configured=configured[0] if configured else (last.configured if last else None),
     )
-    producer = control_producer(brokers, security)
+    producer = control_producer(connection)
     producer.produce(control, key=request.key, value=request.encode())
     if producer.flush(30):
         raise BrokerError(f"control topic {control!r}: the swap was not acknowledged within 30s")
@@ -212,9 +211,8 @@ def ask_swap(
             answers[worker] = known
     if any(answer is None for answer in answers.values()) and wait > 0:
         _await_answers(
-            brokers,
+            connection,
             status_topic,
-            security,
             request,
             answers=answers,
             offset=statuses.offset,
@@ -225,9 +223,8 @@ def ask_swap(
 
 
 def _await_answers(
-    brokers: Sequence[str],
+    connection: Connection,
     topic: str,
-    security: KafkaSecurity,
     request: SwapRequest,
     *,
     answers: dict[str, WorkerStatus | None],
@@ -235,7 +232,7 @@ def _await_answers(
     wait: float,
     skipped: Skipped,
 ) -> None:
-    consumer = clients.reader(brokers, "control", security)
+    consumer = connection.reader("control")
     consumer.assign([TopicPartition(topic, 0, offset)])
     state = ControlState()
     deadline = time.monotonic() + wait
@@ -253,6 +250,78 @@ def _await_answers(
                 answers[status.worker] = status
     finally:
         consumer.close()
+
+
+@dataclass(frozen=True)
+class ControlRecord:
+    """One record of the control topic as read: where it was, its key and its value (None: a tombstone)."""
+
+    topic: str
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class ControlFeed(Protocol):
+    """Where a worker's swap follower reads requests and reports its status: the control and status
+    topics (:class:`KafkaControlFeed`), or a stand-in in memory for a test."""
+
+    def read_to_end(self, skipped: Skipped) -> ControlState:
+        """The control topic read from its start to its end as of now; ``skipped`` hears of each malformed record."""
+        ...
+
+    def open(self, offset: int) -> None:
+        """Start reading requests from ``offset`` on."""
+        ...
+
+    def poll(self, timeout: float) -> ControlRecord | None:
+        """The next request record, or None when none came within ``timeout`` seconds."""
+        ...
+
+    def report(self, key: bytes, value: bytes | None) -> None:
+        """Write (or with None delete) a status record, and wait for it to be acknowledged."""
+        ...
+
+    def close(self) -> None:
+        """Stop reading requests."""
+        ...
+
+
+class KafkaControlFeed:
+    """The control plane on Kafka: requests read from ``topics[0]``, statuses written to ``topics[1]``."""
+
+    def __init__(self, connection: Connection, topics: tuple[str, str]) -> None:
+        self._connection = connection
+        self._control, self._status = topics
+        self._producer = control_producer(connection)
+        self._consumer: Any = None
+
+    def read_to_end(self, skipped: Skipped) -> ControlState:
+        return read_control(self._connection, self._control, skipped=skipped)
+
+    def open(self, offset: int) -> None:
+        self._consumer = self._connection.reader("swaps")
+        self._consumer.assign([TopicPartition(self._control, 0, offset)])
+
+    def poll(self, timeout: float) -> ControlRecord | None:
+        message = self._consumer.poll(timeout)
+        if message is None or message.error():
+            return None
+        return ControlRecord(self._control, message.offset() or 0, message.key(), message.value())
+
+    def report(self, key: bytes, value: bytes | None) -> None:
+        self._producer.produce(self._status, key=key, value=value, on_delivery=_status_written)
+        self._producer.flush(10)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def _status_written(error: KafkaError | None, message: Any) -> None:
+    if error is not None:
+        log.error("event=status_not_written topic=%s error=%r", message.topic(), error.str())
 
 
 def _target_name(target: str) -> str:

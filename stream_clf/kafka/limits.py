@@ -14,8 +14,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ConfigResource, ResourceType
 
 from stream_clf.errors import BrokerError
-from stream_clf.kafka.clients import admin_client
-from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
+from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.topics import KAFKA_DEFAULT_RECORD_LIMIT, retry_unknown_topic
 
 __all__ = ["RECORD_ERRORS", "Refusal", "TopicLimit", "producer_limits", "read_limits", "wire_size"]
@@ -83,11 +82,9 @@ class TopicLimit:
         return None
 
 
-def read_limits(
-    brokers: Sequence[str], topics: Iterable[str], security: KafkaSecurity = PLAINTEXT
-) -> dict[str, TopicLimit]:
+def read_limits(connection: Connection, topics: Iterable[str]) -> dict[str, TopicLimit]:
     """Each topic's ``max.message.bytes`` and ``cleanup.policy``, as the cluster has them now."""
-    admin = admin_client(brokers, security)
+    admin = connection.admin()
     names = list(dict.fromkeys(topics))
 
     def describe() -> dict[str, TopicLimit]:

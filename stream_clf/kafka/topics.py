@@ -8,7 +8,7 @@ where a request may still meet a broker that lags.
 """
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -16,8 +16,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from stream_clf.errors import BrokerError, ConfigError
-from stream_clf.kafka.clients import COMPRESSION_CODECS, admin_client
-from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
+from stream_clf.kafka.connection import COMPRESSION_CODECS, Connection
 
 __all__ = [
     "Replication",
@@ -88,9 +87,9 @@ def retry_unknown_topic(call: Callable[[], T], timeout: float = TOPIC_WAIT_SECON
             time.sleep(0.2)
 
 
-def wait_for_broker(brokers: Sequence[str], timeout: float, security: KafkaSecurity = PLAINTEXT) -> None:
+def wait_for_broker(connection: Connection, timeout: float) -> None:
     """Return once a metadata request succeeds; raise :class:`BrokerError` after ``timeout`` seconds."""
-    admin = admin_client(brokers, security)
+    admin = connection.admin()
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -99,24 +98,23 @@ def wait_for_broker(brokers: Sequence[str], timeout: float, security: KafkaSecur
         except KafkaException as error:
             if time.monotonic() >= deadline:
                 raise BrokerError(
-                    f"cannot reach Kafka at {','.join(brokers)} after {timeout:.0f}s ({error.args[0].str()});"
+                    f"cannot reach Kafka at {connection.bootstrap} after {timeout:.0f}s ({error.args[0].str()});"
                     " start one with `stream-clf broker` or set --brokers"
                 ) from None
             time.sleep(0.5)
 
 
 def ensure_topics(
-    brokers: Sequence[str],
+    connection: Connection,
     names: Iterable[str],
     partitions: int,
     config: dict[str, str] | None = None,
     *,
-    security: KafkaSecurity = PLAINTEXT,
     replication: Replication | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet (with ``replication``: by default the cluster's) and
     wait until every broker knows them; return the names created."""
-    admin = admin_client(brokers, security)
+    admin = connection.admin()
     wanted = list(dict.fromkeys(names))
     try:
         existing = set(admin.list_topics(timeout=10).topics)
@@ -141,16 +139,16 @@ def ensure_topics(
         except KafkaException as error:
             if error.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise BrokerError(f"cannot create topic {name!r}: {error.args[0].str()}") from None
-    _await_everywhere(admin, security, wanted)
+    _await_everywhere(admin, connection, wanted)
     return created
 
 
-def _await_everywhere(admin: AdminClient, security: KafkaSecurity, topics: list[str]) -> None:
+def _await_everywhere(admin: AdminClient, connection: Connection, topics: list[str]) -> None:
     """Return once each broker of the cluster answers metadata with a leader for every partition of ``topics``."""
     deadline = time.monotonic() + TOPIC_WAIT_SECONDS
     members = admin.list_topics(timeout=10).brokers
     for member in members.values():
-        one = admin_client([f"{member.host}:{member.port}"], security)
+        one = Connection.to(f"{member.host}:{member.port}", security=connection.security).admin()
         while not _known(one, topics):
             if time.monotonic() > deadline:
                 raise BrokerError(
@@ -174,12 +172,10 @@ def _known(admin: AdminClient, topics: list[str]) -> bool:
     )
 
 
-def publish_compression(
-    brokers: Sequence[str], topic: str, security: KafkaSecurity = PLAINTEXT, fallback: str = "lz4"
-) -> str:
+def publish_compression(connection: Connection, topic: str, fallback: str = "lz4") -> str:
     """The codec to publish to ``topic`` with: the topic's own ``compression.type`` when it names one
     (so the broker stores batches as they come instead of recompressing them), else ``fallback``."""
-    admin = admin_client(brokers, security)  # kept alive until the answer is in
+    admin = connection.admin()  # kept alive until the answer is in
 
     def describe() -> object:
         (future,) = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()

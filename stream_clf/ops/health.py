@@ -14,8 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from stream_clf.kafka.clients import admin_client
-from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
+from stream_clf.kafka.connection import Connection
 
 __all__ = ["STALL_SECONDS", "ConsumerState", "Readiness"]
 
@@ -84,14 +83,13 @@ class Readiness:
 
     def __init__(
         self,
-        brokers: Sequence[str],
+        connection: Connection,
         state: ConsumerState,
         *,
-        security: KafkaSecurity = PLAINTEXT,
         stall_seconds: float = STALL_SECONDS,
         vital: Sequence[Callable[[], str | None]] = (),
     ) -> None:
-        self._admin = admin_client(brokers, security)
+        self._admin = connection.admin()
         self._state = state
         self._stall_seconds = stall_seconds
         self._vital = vital

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from stream_clf.cache import cache_root
 from stream_clf.errors import BrokerError
+from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.topics import wait_for_broker
 from stream_clf.tools.maven import fetch_pinned, read_lock
 
@@ -203,7 +204,7 @@ class LocalKafka:
         deadline = time.monotonic() + timeout
         while self._process.poll() is None and time.monotonic() < deadline:
             try:
-                wait_for_broker([self.bootstrap], timeout=1.0)
+                wait_for_broker(Connection.to(self.bootstrap), timeout=1.0)
                 return
             except BrokerError:
                 continue

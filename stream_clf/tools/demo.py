@@ -23,7 +23,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from stream_clf.errors import StreamClfError
-from stream_clf.kafka import clients
+from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.model.catalog import bundle_name, models_dir, resolve_model
 from stream_clf.tools.broker import LocalKafka, free_port, resolve_jars
@@ -76,7 +76,7 @@ def run_demo(model: Path | None = None) -> int:
         codes: list[int | None] = []
         try:
             for stream in streams:
-                ensure_topics([kafka.bootstrap], [stream.input, stream.output, stream.dlq], partitions=3)
+                ensure_topics(Connection.to(kafka.bootstrap), [stream.input, stream.output, stream.dlq], partitions=3)
                 workers.append(_start_worker(kafka.bootstrap, stream, root / f"{stream.input}.log"))
                 console.print(f"[green]worker[/] for {stream.title} started (pid {workers[-1].pid})")
             for stream in streams:
@@ -84,7 +84,10 @@ def run_demo(model: Path | None = None) -> int:
                     orjson.dumps({"id": f"{stream.id_prefix}-{i}", "text": t}) for i, t in enumerate(stream.texts, 1)
                 ]
                 produce_lines(
-                    [kafka.bootstrap], stream.input, [*lines, _MALFORMED] if stream.malformed else lines, raw=True
+                    Connection.to(kafka.bootstrap),
+                    stream.input,
+                    [*lines, _MALFORMED] if stream.malformed else lines,
+                    raw=True,
                 )
             for stream, worker in zip(streams, workers, strict=True):
                 with console.status(f"waiting for the {stream.title} results..."):
@@ -189,8 +192,8 @@ def _stop_worker(worker: subprocess.Popen[bytes] | None) -> int | None:
 def _collect(
     bootstrap: str, stream: _Stream, worker: subprocess.Popen[bytes]
 ) -> tuple[dict[str, dict], list[tuple[str, str]]]:
-    consumer = clients.consumer(
-        [bootstrap], overrides={"group.id": f"stream-clf-demo-reader-{stream.input}", "auto.offset.reset": "earliest"}
+    consumer = Connection.to(bootstrap).consumer(
+        {"group.id": f"stream-clf-demo-reader-{stream.input}", "auto.offset.reset": "earliest"}
     )
     consumer.subscribe([stream.output, stream.dlq])
     expected = len(stream.texts)

@@ -5,14 +5,13 @@ lines are skipped. With ``raw`` every line's bytes are sent unchanged, blank or 
 to exercise the dead-letter path.
 """
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from stream_clf.kafka.clients import client_config
-from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
+from stream_clf.kafka.connection import Connection
 
 __all__ = ["ProduceReport", "event_for_line", "produce_lines", "producer_config"]
 
@@ -27,11 +26,9 @@ class ProduceReport:
     first_error: str | None = None
 
 
-def producer_config(brokers: Sequence[str], security: KafkaSecurity = PLAINTEXT) -> dict[str, object]:
+def producer_config(connection: Connection) -> dict[str, object]:
     """An idempotent producer that partitions keys like the Java client and Faust (murmur2)."""
-    return client_config(
-        brokers, security, {"enable.idempotence": True, "linger.ms": 10, "partitioner": "murmur2_random"}
-    )
+    return connection.config({"enable.idempotence": True, "linger.ms": 10, "partitioner": "murmur2_random"})
 
 
 def event_for_line(line: bytes, *, key_field: str | None, raw: bool) -> tuple[bytes | None, bytes] | None:
@@ -58,18 +55,17 @@ def event_for_line(line: bytes, *, key_field: str | None, raw: bool) -> tuple[by
 
 
 def produce_lines(
-    brokers: Sequence[str],
+    connection: Connection,
     topic: str,
     lines: Iterable[bytes],
     *,
     key_field: str | None = None,
     raw: bool = False,
     on_line: Callable[[int], None] | None = None,
-    security: KafkaSecurity = PLAINTEXT,
 ) -> ProduceReport:
     """Send one event per line and wait until the broker has acknowledged (or refused) each."""
     report = ProduceReport()
-    producer = Producer(producer_config(brokers, security))
+    producer = Producer(producer_config(connection))
 
     def delivered(error: KafkaError | None, _message: Message) -> None:
         if error is None:

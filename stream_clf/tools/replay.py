@@ -16,7 +16,7 @@ every result was acknowledged; each event in the range gets exactly one result o
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,9 +24,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from stream_clf.errors import BrokerError
-from stream_clf.kafka import clients
+from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.limits import producer_limits, read_limits
-from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.ops.metrics import WorkerMetrics
 from stream_clf.worker.core import BatchStep
@@ -74,7 +73,7 @@ def parse_bound(text: str) -> Bound:
 
 @dataclass(frozen=True)
 class ReplayOptions:
-    brokers: Sequence[str]
+    connection: Connection
     input: str
     output: str
     dlq: str
@@ -83,7 +82,6 @@ class ReplayOptions:
     max_batch: int = 64
     max_event_bytes: int = 1_048_576
     top_k: int = 0
-    security: KafkaSecurity = PLAINTEXT
 
 
 @dataclass
@@ -103,13 +101,11 @@ class ReplayReport:
 def run_replay(options: ReplayOptions, model: ServedModel, progress: Callable[[int, int], None]) -> ReplayReport:
     """Replay the range; ``progress(done, total)`` is told the offsets covered so far of all partitions."""
     started = time.monotonic()
-    consumer = clients.reader(
-        options.brokers, "replay", options.security, {"isolation.level": "read_committed", "enable.partition.eof": True}
-    )
+    consumer = options.connection.reader("replay", {"isolation.level": "read_committed", "enable.partition.eof": True})
     try:
         ranges = _resolve_ranges(consumer, options)
         report = ReplayReport(ranges=ranges)
-        ensure_topics(options.brokers, [options.output, options.dlq], len(ranges), security=options.security)
+        ensure_topics(options.connection, [options.output, options.dlq], len(ranges))
         pending = {partition for partition, (first, end) in ranges.items() if first < end}
         total = sum(end - first for first, end in ranges.values())
         progress(0, total)
@@ -142,15 +138,13 @@ def _replay(
     report: ReplayReport,
     progress: Callable[[int], None],
 ) -> None:
-    limits = read_limits(options.brokers, [options.output, options.dlq], options.security)
+    limits = read_limits(options.connection, [options.output, options.dlq])
     step = BatchStep(
         ModelHolder(ModelSet(default=model)),
         Routing(options.output, options.dlq, options.top_k, limits=limits),
         WorkerMetrics(max_batch=options.max_batch),
     )
-    producer = clients.producer(
-        options.brokers,
-        options.security,
+    producer = options.connection.producer(
         {
             "enable.idempotence": True,
             "acks": "all",

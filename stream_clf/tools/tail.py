@@ -7,19 +7,18 @@ and its value as text when it is UTF-8, else base64).
 
 import base64
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import orjson
 from confluent_kafka import Message
 
-from stream_clf.kafka import clients
-from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
+from stream_clf.kafka.connection import Connection
 
 __all__ = ["format_record", "tail"]
 
 
 def tail(
-    brokers: Sequence[str],
+    connection: Connection,
     topic: str,
     *,
     write: Callable[[str], None],
@@ -27,12 +26,9 @@ def tail(
     max_records: int | None = None,
     as_json: bool = False,
     idle_timeout: float | None = None,
-    security: KafkaSecurity = PLAINTEXT,
 ) -> int:
     """Print records until ``max_records`` were printed or ``idle_timeout`` seconds pass without one."""
-    consumer = clients.reader(
-        brokers, "tail", security, {"auto.offset.reset": "earliest" if from_beginning else "latest"}
-    )
+    consumer = connection.reader("tail", {"auto.offset.reset": "earliest" if from_beginning else "latest"})
     consumer.subscribe([topic])
     printed = 0
     last = time.monotonic()

@@ -31,6 +31,7 @@ from aiokafka.errors import ConsumerStoppedError, KafkaError
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
 from faust.types import TP, EventT, StreamT
 
+from stream_clf.kafka.connection import Connection
 from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.settings import WorkerSettings
@@ -98,11 +99,12 @@ class _Transport(Transport):
 
 def create_app(
     settings: WorkerSettings,
+    connection: Connection,
     step: BatchStep,
     metrics: WorkerMetrics,
     state: ConsumerState,
-    fail: Callable[[str], None],
     *,
+    fail: Callable[[str], None],
     publish: Sender,
     datadir: Path,
     client_id: str,
@@ -119,11 +121,12 @@ def create_app(
     ``--max-buffered-bytes`` is shared: half for the pipeline (bytes, exactly), half for Faust's
     stream buffer, which counts events, so it holds as many as fit at ``input_record_bytes`` each.
     """
-    session_timeout = settings.session_timeout_ms / 1000
-    buffered = max(MIN_STREAM_BUFFER, min(FAUST_STREAM_BUFFER, settings.max_buffered_bytes // 2 // input_record_bytes))
+    delivery = settings.delivery
+    session_timeout = delivery.session_timeout_ms / 1000
+    buffered = max(MIN_STREAM_BUFFER, min(FAUST_STREAM_BUFFER, delivery.max_buffered_bytes // 2 // input_record_bytes))
     app = _App(
-        settings.group,
-        broker=[f"kafka://{address}" for address in settings.brokers],
+        delivery.group,
+        broker=connection.faust_brokers(),
         key_serializer="raw",
         value_serializer="raw",
         datadir=datadir,
@@ -131,37 +134,53 @@ def create_app(
         broker_session_timeout=session_timeout,
         broker_heartbeat_interval=max(0.5, session_timeout / 10),
         broker_commit_interval=1.0,
-        topic_partitions=settings.partitions,
+        topic_partitions=settings.topics.partitions,
         web_enabled=False,  # the endpoints are served by stream_clf.ops.web.server, in every mode
-        broker_credentials=settings.security.faust_credentials(),
+        broker_credentials=connection.faust_credentials(),
         broker_client_id=client_id,
         stream_buffer_maxsize=buffered,
     )
-    app.isolation = settings.isolation
+    app.isolation = delivery.isolation
     app.consumer_state = state
     app.fail = fail
-    source = app.topic(*settings.input)
-    pipeline = Pipeline(
+    pipeline = _pipeline(settings, step, publish, metrics, state)
+    _consume_and_classify(app, settings, pipeline, metrics, fail)
+    _track_partitions(app, set(settings.topics.input), metrics, state)
+    return app
+
+
+def _pipeline(
+    settings: WorkerSettings, step: BatchStep, publish: Sender, metrics: WorkerMetrics, state: ConsumerState
+) -> Pipeline:
+    batching = settings.batching
+    return Pipeline(
         step,
         publish,
         metrics,
         state,
-        max_batch=settings.max_batch,
-        max_wait=settings.max_wait_ms / 1000,
-        max_tokens=settings.max_tokens,
-        max_bytes=settings.max_buffered_bytes // 2,
+        max_batch=batching.max_batch,
+        max_wait=batching.max_wait_ms / 1000,
+        max_tokens=batching.max_tokens,
+        max_bytes=settings.delivery.max_buffered_bytes // 2,
         tokenization=ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize"),
         inference=ThreadPoolExecutor(max_workers=INFERENCES_IN_FLIGHT, thread_name_prefix="inference"),
     )
 
-    @app.agent(source, name="stream_clf.consume")
+
+def _consume_and_classify(
+    app: faust.App, settings: WorkerSettings, pipeline: Pipeline, metrics: WorkerMetrics, fail: Callable[[str], None]
+) -> None:
+    """The agent that feeds the pipeline events, and the task that runs it."""
+    max_event_bytes = settings.delivery.max_event_bytes
+
+    @app.agent(app.topic(*settings.topics.input), name="stream_clf.consume")
     async def consume(stream: StreamT) -> None:
         manual = stream.noack()
         clock = metrics.stage("consume")
         async for event in manual.events():
             clock.enter("busy")
             metrics.consumed(event.message.topic)
-            record = _in_flight(event, manual, settings.max_event_bytes)
+            record = _in_flight(event, manual, max_event_bytes)
             clock.enter("blocked")
             await pipeline.feed(record)
             clock.enter("starved")
@@ -178,8 +197,12 @@ def create_app(
             log.exception("event=pipeline_failed error=%r", error)
             fail(f"a batch could not be delivered: {_first_cause(error)}")
 
+
+def _track_partitions(app: faust.App, inputs: set[str], metrics: WorkerMetrics, state: ConsumerState) -> None:
+    """Keep the consumer state's assignment and each input partition's lag up to date."""
+
     def assigned() -> list[TP]:
-        return sorted(tp for tp in app.consumer.assignment() if tp.topic in settings.input)
+        return sorted(tp for tp in app.consumer.assignment() if tp.topic in inputs)
 
     @app.on_partitions_revoked.connect
     async def revoked(sender: faust.App, revoked: set[TP], **_: Any) -> None:
@@ -187,7 +210,7 @@ def create_app(
 
     @app.on_partitions_assigned.connect
     async def now_assigned(sender: faust.App, assigned: set[TP], **_: Any) -> None:
-        state.assigned = sum(1 for tp in assigned if tp.topic in settings.input)
+        state.assigned = sum(1 for tp in assigned if tp.topic in inputs)
         metrics.assignments.inc()
 
     @app.timer(LAG_INTERVAL_SECONDS)
@@ -204,8 +227,6 @@ def create_app(
             lag[tp.topic, tp.partition] = max(0, (ends.get(tp) or 0) - offset)
         metrics.partitions(lag)
         state.waiting(lag=lag)
-
-    return app
 
 
 def _in_flight(event: EventT, stream: StreamT, max_bytes: int) -> InFlight:

@@ -1,34 +1,28 @@
 """Start-up of the worker: check everything, build the shared parts once, run the loop of its guarantee.
 
 Everything that can be wrong with the configuration is found here, before any loop starts, and
-reported as one line (see :mod:`stream_clf.cli`). The batch step, the metrics, the consumer state
-and the web server are built here, once, and handed to whichever loop runs: Faust's agent
-(at-least-once) or the transactional loop (exactly-once).
-
-How the worker ends: SIGTERM or SIGINT stops it cleanly (exit 0) after the batches in flight are
-delivered and committed; a loop that fails for good ends it with one ``event=worker_failed`` line
-and exit 1, so that an orchestrator restarts it. Either way, a stop that has not finished within
-:data:`STOP_DEADLINE_SECONDS` ends the process at once (exit 1): nothing acked is lost, and the
-next worker re-reads whatever was not committed.
+reported as one line (see :mod:`stream_clf.cli`). The connection, the batch step, the metrics, the
+consumer state and the web server are built here, once, and handed to whichever loop runs:
+Faust's agent (at-least-once) or the transactional loop (exactly-once). How the worker ends is
+:mod:`~stream_clf.worker.stopping`'s.
 """
 
 import logging
-import os
 import signal
-import socket
 import sys
 import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import faust
 from confluent_kafka import KafkaException
 
 from stream_clf.errors import BrokerError, ConfigError
-from stream_clf.kafka import clients
-from stream_clf.kafka.control import CLIENT_ID_PREFIX, ensure_control_topics, new_worker_id
+from stream_clf.kafka.connection import Connection
+from stream_clf.kafka.control import CLIENT_ID_PREFIX, KafkaControlFeed, ensure_control_topics, new_worker_id
 from stream_clf.kafka.limits import TopicLimit, producer_limits, read_limits
 from stream_clf.kafka.topics import ensure_topics, publish_compression, wait_for_broker
 from stream_clf.model.bundle import ModelBundle
@@ -45,16 +39,15 @@ from stream_clf.worker.model_roots import ModelRoots
 from stream_clf.worker.models import ModelHolder, ModelLoader, ModelSet
 from stream_clf.worker.publisher import PRODUCER_SETTINGS, BatchPublisher
 from stream_clf.worker.routing import Routing
+from stream_clf.worker.stopping import Stop, watch_signals
 from stream_clf.worker.swaps import SwapFollower
 from stream_clf.worker.transactional import run_exactly_once
 
-__all__ = ["BROKER_WAIT_SECONDS", "STOP_DEADLINE_SECONDS", "run_worker"]
+__all__ = ["BROKER_WAIT_SECONDS", "run_worker"]
 
 log = logging.getLogger(__name__)
 
 BROKER_WAIT_SECONDS = 30.0
-# Within Kubernetes' default termination grace (30 s) and far above a clean stop (a batch or two).
-STOP_DEADLINE_SECONDS = 25.0
 # How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). A lane
 # returning from ONNX Runtime, or the tokenizer, waited behind the event loop for that long; at
 # 200 paced short texts/s p99 latency fell from 0.8-1.0 s to 0.2-0.6 s with 0.5 ms.
@@ -66,96 +59,33 @@ _RECORD_OVERHEAD = 64 * 1024
 def run_worker(settings: WorkerSettings) -> int:
     """Run the worker until SIGTERM or SIGINT, or until its loop fails for good; return the exit code."""
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
-    configure_logging(settings.log_level, settings.log_format)
-    options = settings.classifier_options()
-
-    def build(bundle: ModelBundle) -> Classifier:
-        return Classifier(bundle, **options)
-
-    load = ModelLoader(build, _label_check(settings))
-    # The shadow model only answers beside the others: the bounds of --min-confidence are not its.
-    load_shadow = ModelLoader(build)
-    models = ModelSet(
-        default=load(str(settings.model)),
-        routes={topic: load(source) for topic, source in settings.route.items()},
-        canary=load(settings.canary_model) if settings.canary_model else None,
-        canary_share=settings.canary_share if settings.canary_model else 0.0,
-        shadow=load_shadow(settings.shadow_model) if settings.shadow_model else None,
-    )
-    security = settings.security
-    topics = _prepare_topics(settings)
-    metrics = WorkerMetrics(max_batch=settings.max_batch)
+    configure_logging(settings.logs.log_level, settings.logs.log_format)
+    connection = settings.connection.connect()
+    load = ModelLoader(_builder(settings), _label_check(settings))
+    models = _load_models(settings, load)
+    topics = _prepare_topics(settings, connection)
+    metrics = WorkerMetrics(max_batch=settings.batching.max_batch)
     holder = ModelHolder(models, on_change=lambda current: metrics.in_service(_in_service(current)))
     metrics.lanes.set(models.default.classifier.lanes)
-    worker_id = new_worker_id(settings.instance)
-    roots = (
-        ModelRoots(settings.model_root)
-        if settings.model_root
-        else ModelRoots.default([str(settings.model), *settings.route.values(), *_extra_models(settings)])
-    )
-    swaps = SwapFollower(
-        brokers=settings.brokers,
-        security=security,
-        topics=(settings.control_topic, settings.status_output),
-        group=settings.group,
-        worker=worker_id,
-        inputs=settings.input,
-        holder=holder,
-        load=load,
-        roots=roots,
-        metrics=metrics,
-        follows=settings.swaps,
-    )
-    try:
-        swaps.catch_up()
-    except KafkaException as error:
-        raise BrokerError(f"the control topics cannot be read or written: {error.args[0].str()}") from None
+    worker_id = new_worker_id(settings.delivery.instance)
+    swaps = _follow_swaps(settings, connection, worker_id=worker_id, holder=holder, load=load, metrics=metrics)
     routing = Routing(
-        settings.output,
-        settings.dlq,
-        settings.top_k,
-        review=settings.review_output if settings.min_confidence else None,
-        shadow=settings.shadow_output if settings.shadow_model else None,
-        min_confidence=settings.min_confidence,
+        settings.topics.output,
+        settings.topics.dlq,
+        settings.models.top_k,
+        review=settings.review_output if settings.models.min_confidence else None,
+        shadow=settings.shadow_output if settings.models.shadow_model else None,
+        min_confidence=settings.models.min_confidence,
         limits=topics.limits,
         dropped=metrics.dropped,
     )
-    step = BatchStep(holder, routing, metrics)
     state = ConsumerState()
-    readiness = Readiness(
-        settings.brokers, state, security=security, stall_seconds=settings.stall_seconds, vital=[swaps.failure]
-    )
-    try:
-        server = serve_in_thread(settings.web_host, settings.web_port, Routes(metrics, readiness))
-    except OSError as error:
-        raise ConfigError(
-            f"--web-port {settings.web_port}: cannot listen on {settings.web_host}: {error.strerror}"
-        ) from None
-    default = holder.current.default
-    log.info(
-        "event=worker_start worker=%s model=%s model_version=%s precision=%s provider=%s labels=%s models=%s"
-        " input=%s output=%s dlq=%s group=%s guarantee=%s isolation=%s compression=%s security=%s swaps=%s"
-        " model_roots=%s",
-        worker_id,
-        default.name,
-        default.version,
-        default.bundle.precision,
-        default.classifier.provider,
-        ",".join(default.bundle.labels),
-        ",".join(f"{role}:{topic}:{model.version}" for role, topic, model in holder.current.in_service()),
-        ",".join(settings.input),
-        settings.output,
-        settings.dlq,
-        settings.group,
-        settings.guarantee,
-        settings.isolation,
-        topics.compression,
-        security.protocol + (f"/{security.mechanism}" if security.sasl else ""),
-        "on" if settings.swaps else "off",
-        roots,
-    )
+    readiness = Readiness(connection, state, stall_seconds=settings.delivery.stall_seconds, vital=[swaps.failure])
+    server = _serve_web(settings, Routes(metrics, readiness))
+    _log_start(settings, connection, swaps, holder, topics.compression)
     parts = _Parts(
-        step,
+        connection,
+        BatchStep(holder, routing, metrics),
         metrics,
         state,
         topics.compression,
@@ -163,18 +93,105 @@ def run_worker(settings: WorkerSettings) -> int:
         topics.input_record_bytes,
         CLIENT_ID_PREFIX + worker_id,
     )
-    stop = _Stop()
+    stop = Stop()
     swaps.start()
     try:
-        if settings.guarantee == "exactly-once":
-            _run_transactional(settings, parts, stop)
-        else:
-            _run_faust(settings, parts, stop)
+        run = _run_transactional if settings.delivery.exactly_once else _run_faust
+        run(settings, parts, stop)
     finally:
         swaps.close()
         server.shutdown()
-    log.info("event=worker_stop guarantee=%s exit_code=%d", settings.guarantee, stop.exit_code)
+    log.info("event=worker_stop guarantee=%s exit_code=%d", settings.delivery.guarantee, stop.exit_code)
     return stop.exit_code
+
+
+def _builder(settings: WorkerSettings) -> Callable[[ModelBundle], Classifier]:
+    options = settings.classifier_options()
+    return lambda bundle: Classifier(bundle, **options)
+
+
+def _load_models(settings: WorkerSettings, load: ModelLoader) -> ModelSet:
+    """Every model the worker starts with, loaded and checked."""
+    models = settings.models
+    # The shadow model only answers beside the others: the bounds of --min-confidence are not its.
+    load_shadow = ModelLoader(_builder(settings))
+    return ModelSet(
+        default=load(str(models.model)),
+        routes={topic: load(source) for topic, source in models.route.items()},
+        canary=load(models.canary_model) if models.canary_model else None,
+        canary_share=models.canary_share if models.canary_model else 0.0,
+        shadow=load_shadow(models.shadow_model) if models.shadow_model else None,
+    )
+
+
+def _follow_swaps(
+    settings: WorkerSettings,
+    connection: Connection,
+    *,
+    worker_id: str,
+    holder: ModelHolder,
+    load: ModelLoader,
+    metrics: WorkerMetrics,
+) -> SwapFollower:
+    """The swap follower, caught up with the control topic (before the worker consumes)."""
+    models, control = settings.models, settings.control
+    roots = (
+        ModelRoots(control.model_root)
+        if control.model_root
+        else ModelRoots.default([str(models.model), *models.route.values(), *models.extra_models()])
+    )
+    swaps = SwapFollower(
+        feed=KafkaControlFeed(connection, control.topics),
+        group=settings.delivery.group,
+        worker=worker_id,
+        inputs=settings.topics.input,
+        holder=holder,
+        load=load,
+        roots=roots,
+        metrics=metrics,
+        follows=control.swaps,
+    )
+    try:
+        swaps.catch_up()
+    except KafkaException as error:
+        raise BrokerError(f"the control topics cannot be read or written: {error.args[0].str()}") from None
+    return swaps
+
+
+def _serve_web(settings: WorkerSettings, routes: Routes) -> ThreadingHTTPServer:
+    web = settings.web
+    try:
+        return serve_in_thread(web.web_host, web.web_port, routes)
+    except OSError as error:
+        raise ConfigError(f"--web-port {web.web_port}: cannot listen on {web.web_host}: {error.strerror}") from None
+
+
+def _log_start(
+    settings: WorkerSettings, connection: Connection, swaps: SwapFollower, holder: ModelHolder, compression: str
+) -> None:
+    default, security = holder.current.default, connection.security
+    log.info(
+        "event=worker_start worker=%s model=%s model_version=%s precision=%s provider=%s labels=%s models=%s"
+        " input=%s output=%s dlq=%s group=%s guarantee=%s isolation=%s compression=%s security=%s swaps=%s"
+        " model_roots=%s",
+        swaps.worker,
+        default.name,
+        default.version,
+        default.bundle.precision,
+        default.classifier.provider,
+        ",".join(default.bundle.labels),
+        ",".join(f"{role}:{topic}:{model.version}" for role, topic, model in holder.current.in_service()),
+        ",".join(settings.topics.input),
+        settings.topics.output,
+        settings.topics.dlq,
+        settings.delivery.group,
+        settings.delivery.guarantee,
+        settings.delivery.isolation,
+        compression,
+        security.protocol + (f"/{security.mechanism}" if security.sasl else ""),
+        "on" if settings.control.swaps else "off",
+        swaps.roots,
+    )
 
 
 @dataclass(frozen=True)
@@ -186,32 +203,23 @@ class _Topics:
     compression: str
 
 
-def _prepare_topics(settings: WorkerSettings) -> _Topics:
+def _prepare_topics(settings: WorkerSettings, connection: Connection) -> _Topics:
     """Reach the cluster, create the topics that are missing and read the limits of all of them."""
-    security, replication = settings.security, settings.replication
-    wait_for_broker(settings.brokers, BROKER_WAIT_SECONDS, security)
+    topics, replication = settings.topics, settings.topics.replication
+    wait_for_broker(connection, BROKER_WAIT_SECONDS)
     try:
-        ensure_topics(settings.brokers, settings.input, settings.partitions, security=security, replication=replication)
-        record_limit = max(
-            limit.max_bytes for limit in read_limits(settings.brokers, settings.input, security).values()
-        )
+        ensure_topics(connection, topics.input, topics.partitions, replication=replication)
+        record_limit = max(limit.max_bytes for limit in read_limits(connection, topics.input).values())
         # Dead letters carry the original value and results echo its meta (review copies also the
         # text), so the topics the worker creates take records as large as the inputs do, plus room
         # for headers and the result's own fields; topics that exist keep their own limits.
-        wanted = record_limit + _RECORD_OVERHEAD
-        ensure_topics(
-            settings.brokers,
-            settings.published_topics,
-            settings.partitions,
-            {"max.message.bytes": str(wanted)},
-            security=security,
-            replication=replication,
-        )
-        ensure_control_topics(settings.brokers, [settings.control_topic, settings.status_output], security, replication)
-        limits = read_limits(settings.brokers, settings.published_topics, security)
-        compression = settings.compression
+        wanted = {"max.message.bytes": str(record_limit + _RECORD_OVERHEAD)}
+        ensure_topics(connection, settings.published_topics, topics.partitions, wanted, replication=replication)
+        ensure_control_topics(connection, settings.control.topics, replication)
+        limits = read_limits(connection, settings.published_topics)
+        compression = settings.delivery.compression
         if compression == "auto":
-            compression = publish_compression(settings.brokers, settings.output, security)
+            compression = publish_compression(connection, topics.output)
     except KafkaException as error:
         raise BrokerError(f"the worker's topics cannot be prepared: {error.args[0].str()}") from None
     for topic, limit in limits.items():
@@ -226,16 +234,13 @@ def _prepare_topics(settings: WorkerSettings) -> _Topics:
     return _Topics(limits, record_limit, compression)
 
 
-def _extra_models(settings: WorkerSettings) -> list[str]:
-    return [model for model in (settings.canary_model, settings.shadow_model) if model]
-
-
 def _label_check(settings: WorkerSettings) -> Callable[[ModelBundle], None]:
     """What a served model's labels must fit: the bounds of --min-confidence."""
+    bounds = settings.models.min_confidence
 
     def check(bundle: ModelBundle) -> None:
-        if settings.min_confidence is not None:
-            settings.min_confidence.check(bundle.labels, bundle.name)
+        if bounds is not None:
+            bounds.check(bundle.labels, bundle.name)
 
     return check
 
@@ -248,6 +253,7 @@ def _in_service(models: ModelSet) -> list[tuple[str, str, str, str, str]]:
 class _Parts:
     """What start-up builds once and hands to the loop of either guarantee."""
 
+    connection: Connection
     step: BatchStep
     metrics: WorkerMetrics
     state: ConsumerState
@@ -257,51 +263,15 @@ class _Parts:
     client_id: str  # the consumer's name in its group
 
 
-class _Stop:
-    """How the worker is asked to end: by a signal (exit 0) or a failure (exit 1), with a deadline."""
-
-    def __init__(self) -> None:
-        self.exit_code = 0
-        self._request: Callable[[], None] = lambda: None
-        self._deadline: threading.Timer | None = None
-
-    def on_request(self, request: Callable[[], None]) -> None:
-        """What the running loop does to begin a clean stop."""
-        self._request = request
-
-    def signalled(self, signum: int) -> None:
-        log.info("event=stop_requested signal=%s", signal.Signals(signum).name)
-        self._begin()
-
-    def fail(self, reason: str) -> None:
-        """End the worker because its loop failed for good: one line, exit code 1."""
-        log.error("event=worker_failed reason=%r", reason)
-        self.exit_code = 1
-        self._begin()
-
-    def _begin(self) -> None:
-        if self._deadline is None:
-            self._deadline = threading.Timer(STOP_DEADLINE_SECONDS, self._expire)
-            self._deadline.daemon = True
-            self._deadline.start()
-        self._request()
-
-    def _expire(self) -> None:
-        log.error(
-            "event=stop_timeout seconds=%.0f: the worker did not stop in time; exiting now", STOP_DEADLINE_SECONDS
-        )
-        logging.shutdown()
-        os._exit(1)
-
-
-def _run_transactional(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> None:
+def _run_transactional(settings: WorkerSettings, parts: _Parts, stop: Stop) -> None:
     """The exactly-once loop, stopped by SIGTERM or SIGINT after the batch in flight commits."""
     stopping = threading.Event()
     stop.on_request(stopping.set)
-    _watch_signals(stop)
+    watch_signals(stop)
     try:
         run_exactly_once(
             settings,
+            parts.connection,
             parts.step,
             parts.metrics,
             parts.state,
@@ -314,33 +284,9 @@ def _run_transactional(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> 
         stop.fail(str(error))
 
 
-def _watch_signals(stop: _Stop) -> None:
-    """Act on SIGTERM and SIGINT from a thread of their own.
-
-    A Python signal handler runs only when the main thread comes back to the interpreter, and the
-    exactly-once loop's main thread can sit inside librdkafka for a minute (a transaction commit to
-    a broker that stopped answering). The C-level handler writes the signal's number to the wakeup
-    socket at once; this thread reads it and starts the stop, and its deadline.
-    """
-    reader, writer = socket.socketpair()
-    writer.setblocking(False)
-    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: None)  # the watcher acts; the handler only lets the byte be written
-
-    def watch() -> None:
-        with reader, writer:  # held open for as long as the process runs
-            while received := reader.recv(1):
-                stop.signalled(received[0])
-
-    threading.Thread(target=watch, name="signals", daemon=True).start()
-
-
-def _run_faust(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> None:
+def _run_faust(settings: WorkerSettings, parts: _Parts, stop: Stop) -> None:
     """The Faust app, stopped by SIGTERM or SIGINT once every event it handed out is acked."""
-    producer = clients.producer(
-        settings.brokers,
-        settings.security,
+    producer = parts.connection.producer(
         {
             **PRODUCER_SETTINGS,
             "acks": "all",
@@ -353,10 +299,11 @@ def _run_faust(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> None:
     with tempfile.TemporaryDirectory(prefix="stream-clf-faust-") as scratch:
         app = create_app(
             settings,
+            parts.connection,
             parts.step,
             parts.metrics,
             parts.state,
-            stop.fail,
+            fail=stop.fail,
             publish=publisher,
             datadir=Path(scratch),
             client_id=parts.client_id,
@@ -367,8 +314,8 @@ def _run_faust(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> None:
             stop,
             quiet=True,
             redirect_stdouts=False,
-            loglevel=settings.log_level,
-            logging_config=logging_config(settings.log_level, settings.log_format),
+            loglevel=settings.logs.log_level,
+            logging_config=logging_config(settings.logs.log_level, settings.logs.log_format),
         )
         stop.on_request(lambda: worker.loop.call_soon_threadsafe(worker.stop_on_request))
         try:
@@ -383,9 +330,9 @@ def _run_faust(settings: WorkerSettings, parts: _Parts, stop: _Stop) -> None:
 
 
 class _FaustWorker(faust.Worker):
-    """Faust's worker, whose signals go through :class:`_Stop` (for its deadline)."""
+    """Faust's worker, whose signals go through :class:`Stop` (for its deadline)."""
 
-    def __init__(self, app: faust.App, stop: _Stop, **kwargs: object) -> None:
+    def __init__(self, app: faust.App, stop: Stop, **kwargs: object) -> None:
         super().__init__(app, **kwargs)
         self._stop_control = stop
 

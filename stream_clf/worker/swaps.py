@@ -26,13 +26,9 @@ import threading
 import time
 from collections.abc import Sequence
 
-from confluent_kafka import KafkaError, Message, TopicPartition
-
 from stream_clf.errors import fails_alone
-from stream_clf.kafka import clients
-from stream_clf.kafka.control import control_producer, log_skipped, read_control
+from stream_clf.kafka.control import ControlFeed, ControlRecord, log_skipped
 from stream_clf.kafka.control_records import ControlState, MalformedRecordError, SwapRequest, WorkerStatus
-from stream_clf.kafka.security import KafkaSecurity
 from stream_clf.model.bundle import load_bundle
 from stream_clf.ops.metrics import WorkerMetrics
 from stream_clf.worker.model_roots import ModelRoots
@@ -51,16 +47,14 @@ class SwapFollower:
     """Applies the swaps the control topic asks of this worker's group, in the order they were asked,
     and reports this worker's status on the status topic.
 
-    ``topics`` are the control (requests) and status topics; ``follows`` False (``--swaps off``)
-    applies nothing and only reports.
+    ``feed`` carries the requests and the statuses (:class:`~stream_clf.kafka.control.KafkaControlFeed`:
+    the control and status topics); ``follows`` False (``--swaps off``) applies nothing and only reports.
     """
 
     def __init__(
         self,
         *,
-        brokers: Sequence[str],
-        security: KafkaSecurity,
-        topics: tuple[str, str],
+        feed: ControlFeed,
         group: str,
         worker: str,
         inputs: Sequence[str],
@@ -70,9 +64,7 @@ class SwapFollower:
         metrics: WorkerMetrics,
         follows: bool = True,
     ) -> None:
-        self._brokers = brokers
-        self._security = security
-        self._control, self._status = topics
+        self._feed = feed
         self._group = group
         self.worker = worker
         self._inputs = set(inputs)
@@ -82,7 +74,6 @@ class SwapFollower:
         self._metrics = metrics
         self._follows = follows
         self._configured = _describe_targets(holder)
-        self._producer = control_producer(brokers, security)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._offset = 0
@@ -93,7 +84,7 @@ class SwapFollower:
         was started with; then say what it serves. Call before the worker consumes."""
         outcome = None
         if self._follows:
-            state = read_control(self._brokers, self._control, self._security, skipped=self._skipped)
+            state = self._feed.read_to_end(self._skipped)
             self._offset = state.offset
             for request in _latest_swaps(state, self._group):
                 configured = self._configured.get(request.target)
@@ -118,6 +109,11 @@ class SwapFollower:
             self._thread = threading.Thread(target=self._guarded, name="swaps", daemon=True)
             self._thread.start()
 
+    @property
+    def roots(self) -> ModelRoots:
+        """Where a swap may load bundles from."""
+        return self._roots
+
     def failure(self) -> str | None:
         """Why the follower stopped following though it was not asked to; None while it follows."""
         return self._failure
@@ -127,8 +123,8 @@ class SwapFollower:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self._producer.produce(self._status, key=WorkerStatus(self._group, self.worker, {}, {}).key, value=None)
-        self._producer.flush(5)
+        self._feed.close()
+        self._feed.report(WorkerStatus(self._group, self.worker, {}, {}).key, None)
 
     def _guarded(self) -> None:
         try:
@@ -140,26 +136,22 @@ class SwapFollower:
                 raise
 
     def _follow(self) -> None:
-        consumer = clients.reader(self._brokers, "swaps", self._security)
-        consumer.assign([TopicPartition(self._control, 0, self._offset)])
+        self._feed.open(self._offset)
         state = ControlState()
-        try:
-            while not self._stop.is_set():
-                try:
-                    self._take(state, consumer.poll(POLL_SECONDS))
-                except Exception:  # a bug or a broker error must not end following: log it, read on
-                    log.exception("event=swap_follower_error")
-                    self._stop.wait(RETRY_SECONDS)
-        finally:
-            consumer.close()
+        while not self._stop.is_set():
+            try:
+                self._take(state, self._feed.poll(POLL_SECONDS))
+            except Exception:  # a bug or a broker error must not end following: log it, read on
+                log.exception("event=swap_follower_error")
+                self._stop.wait(RETRY_SECONDS)
 
-    def _take(self, state: ControlState, message: Message | None) -> None:
-        if message is None or message.error():
+    def _take(self, state: ControlState, record: ControlRecord | None) -> None:
+        if record is None:
             return
         try:
-            request = state.read(message.key(), message.value())
+            request = state.read(record.key, record.value)
         except MalformedRecordError as error:
-            self._skipped(self._control, message.offset() or 0, error)
+            self._skipped(record.topic, record.offset, error)
             return
         if isinstance(request, SwapRequest) and request.group == self._group:
             self._apply(request)
@@ -232,13 +224,7 @@ class SwapFollower:
             seconds=seconds,
             follows=self._follows,
         )
-        self._producer.produce(self._status, key=status.key, value=status.encode(), on_delivery=_status_written)
-        self._producer.flush(10)
-
-
-def _status_written(error: KafkaError | None, message: Message) -> None:
-    if error is not None:
-        log.error("event=status_not_written topic=%s error=%r", message.topic(), error.str())
+        self._feed.report(status.key, status.encode())
 
 
 def _describe_targets(holder: ModelHolder) -> dict[str, dict[str, str]]:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from stream_clf.errors import BrokerError
-from stream_clf.kafka import clients
+from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.limits import RECORD_ERRORS, Refusal
 from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
@@ -94,6 +94,7 @@ class Transaction:
 
 def run_exactly_once(
     settings: WorkerSettings,
+    connection: Connection,
     step: BatchStep,
     metrics: WorkerMetrics,
     state: ConsumerState,
@@ -108,27 +109,24 @@ def run_exactly_once(
     ``producer_limits`` keep the producer inside the published topics' limits; ``client_id`` names
     the consumer in its group (so ``stream-clf swap`` knows the running workers).
     """
-    consumer = clients.consumer(
-        settings.brokers,
-        settings.security,
+    delivery = settings.delivery
+    consumer = connection.consumer(
         {
-            "group.id": settings.group,
+            "group.id": delivery.group,
             "enable.auto.commit": False,
-            "isolation.level": settings.isolation,
+            "isolation.level": delivery.isolation,
             "auto.offset.reset": "earliest",
-            "session.timeout.ms": settings.session_timeout_ms,
+            "session.timeout.ms": delivery.session_timeout_ms,
             "client.id": client_id,
             # librdkafka prefetches up to this much (and fetches this much at once): its share of
             # --max-buffered-bytes, the other half being the batches read and not committed.
-            "queued.max.messages.kbytes": max(1024, settings.max_buffered_bytes // 4 // 1024),
-            "fetch.max.bytes": max(1 << 20, min(52_428_800, settings.max_buffered_bytes // 4)),
+            "queued.max.messages.kbytes": max(1024, delivery.max_buffered_bytes // 4 // 1024),
+            "fetch.max.bytes": max(1 << 20, min(52_428_800, delivery.max_buffered_bytes // 4)),
         },
     )
-    producer = clients.producer(
-        settings.brokers,
-        settings.security,
+    producer = connection.producer(
         {
-            "transactional.id": f"{settings.group}-{settings.instance}",
+            "transactional.id": delivery.transactional_id,
             "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_SECONDS * 1000),
             "compression.type": compression,
             **producer_limits,
@@ -136,14 +134,14 @@ def run_exactly_once(
         },
     )
     producer.init_transactions(30)
-    log.info("event=transactions_ready transactional_id=%s-%s", settings.group, settings.instance)
+    log.info("event=transactions_ready transactional_id=%s", delivery.transactional_id)
     loop = TransactionalLoop(
-        step, producer, consumer, metrics, state, max_event_bytes=settings.max_event_bytes, pause=stop.wait
+        step, producer, consumer, metrics, state, max_event_bytes=settings.delivery.max_event_bytes, pause=stop.wait
     )
     # Half of --max-buffered-bytes for the batches read and not committed; the rest is librdkafka's.
-    held_bytes = settings.max_buffered_bytes // 2
+    held_bytes = settings.delivery.max_buffered_bytes // 2
     consumer.subscribe(
-        list(settings.input),
+        list(settings.topics.input),
         on_assign=lambda *_: metrics.assignments.inc(),
         on_revoke=lambda *_: loop.settle_all(),
         on_lost=lambda *_: loop.drop(),
@@ -156,7 +154,7 @@ def run_exactly_once(
                 loop.settle(keep=0)
             state.polled()
             messages = loop.consume(
-                settings.max_batch, settings.max_wait_ms / 1000 or 0.01, held_bytes - loop.held_bytes
+                settings.batching.max_batch, settings.batching.max_wait_ms / 1000 or 0.01, held_bytes - loop.held_bytes
             )
             state.assigned = len(consumer.assignment())
             if time.monotonic() - measured >= LAG_INTERVAL_SECONDS:

@@ -29,6 +29,7 @@ import orjson
 from rich.console import Group
 from rich.table import Table
 
+from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.control import ask_swap
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.catalog import resolve_model
@@ -293,7 +294,7 @@ def _measure_swap(run: _Run, bundle: Path, texts: list[str], pace: float, new: P
 
     def swap() -> float | None:
         answers = ask_swap(
-            [run.bootstrap],
+            Connection.to(run.bootstrap),
             ("stream-clf.control", "stream-clf.control.status"),
             worker.group,
             target="*",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from stream_clf.errors import PeerError, StreamClfError
+from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.model.bundle import load_bundle
 from stream_clf.tools.bench.streaming import (
@@ -70,7 +71,7 @@ def measure_spark_nlp(
     advance(1)
     tag = uuid.uuid4().hex[:8]
     topics = (f"bench-spark-in-{tag}", f"bench-spark-out-{tag}")
-    ensure_topics([bootstrap], topics, 4)
+    ensure_topics(Connection.to(bootstrap), topics, 4)
     ready, stop = root / "spark-ready", root / "spark-stop"
     spec = {
         "cores": threads,

@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_clf.errors import StreamClfError
-from stream_clf.kafka import clients
+from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.topics import ensure_topics
 from stream_clf.tools.broker import free_port
 from stream_clf.worker.publisher import produce
@@ -193,7 +193,7 @@ def start_service(module_args: Sequence[str], bootstrap: str, partitions: int, l
     """Create fresh topics and start ``python -m <module_args> --brokers ... --input ... --output ...``."""
     tag = uuid.uuid4().hex[:8]
     topics = (f"bench-in-{tag}", f"bench-out-{tag}", f"bench-dlq-{tag}")
-    ensure_topics([bootstrap], topics, partitions)
+    ensure_topics(Connection.to(bootstrap), topics, partitions)
     web_port = free_port()
     command = [
         sys.executable, "-m", *module_args, "--brokers", bootstrap, "--input", topics[0], "--output", topics[1],
@@ -210,7 +210,7 @@ def _produce(
     """Send (id, text) events; with ``pace`` (events/s), evenly spaced. Returns each id's send time."""
     # The topic's own limit decides what it takes; the producer's default (1,000,000 bytes) would
     # refuse a megabyte text before the broker could take it.
-    producer = clients.producer([bootstrap], overrides={"linger.ms": 5, "message.max.bytes": 64 << 20})
+    producer = Connection.to(bootstrap).producer({"linger.ms": 5, "message.max.bytes": 64 << 20})
     sent: dict[str, float] = {}
     started = time.monotonic()
     for index, (event_id, text) in enumerate(events):
@@ -227,7 +227,7 @@ def _produce(
 
 
 def _consumer(bootstrap: str, topic: str) -> Consumer:
-    consumer = clients.reader([bootstrap], "bench")
+    consumer = Connection.to(bootstrap).reader("bench")
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     return consumer

@@ -17,8 +17,7 @@ import orjson
 from confluent_kafka import TopicPartition
 
 from stream_clf.errors import ConfigError, StreamClfError
-from stream_clf.kafka import clients
-from stream_clf.kafka.security import PLAINTEXT, KafkaSecurity
+from stream_clf.kafka.connection import Connection
 from stream_clf.model.classifier import Classifier, Prediction
 from stream_clf.tools.produce import produce_lines
 
@@ -115,7 +114,7 @@ def predict_direct(classifier: Classifier, texts: Sequence[str], batch_size: int
 
 
 def predict_through_kafka(
-    brokers: Sequence[str],
+    connection: Connection,
     input_topic: str,
     output_topic: str,
     texts: Sequence[str],
@@ -123,13 +122,12 @@ def predict_through_kafka(
     model_version: str,
     timeout: float,
     advance: Advance,
-    security: KafkaSecurity = PLAINTEXT,
 ) -> list[dict]:
     """Send ``texts`` to a running worker and read its results back, in input order."""
     run = uuid.uuid4().hex[:8]
     ids = [f"eval-{run}-{i}" for i in range(len(texts))]
-    consumer = clients.consumer(brokers, security, {"group.id": f"stream-clf-eval-{run}"})
-    metadata = clients.admin_client(brokers, security).list_topics(output_topic, timeout=10).topics.get(output_topic)
+    consumer = connection.consumer({"group.id": f"stream-clf-eval-{run}"})
+    metadata = connection.admin().list_topics(output_topic, timeout=10).topics.get(output_topic)
     if metadata is None or metadata.error is not None or not metadata.partitions:
         raise StreamClfError(
             f"topic {output_topic!r} does not exist: is a worker running with --output {output_topic}?"
@@ -140,7 +138,7 @@ def predict_through_kafka(
         start.append(TopicPartition(output_topic, partition, high))
     consumer.assign(start)
     events = (orjson.dumps({"id": event_id, "text": text}) for event_id, text in zip(ids, texts, strict=True))
-    report = produce_lines(brokers, input_topic, events, raw=True, security=security)
+    report = produce_lines(connection, input_topic, events, raw=True)
     if report.failed:
         raise StreamClfError(f"{report.failed} events were not delivered to {input_topic}: {report.first_error}")
     wanted, results = set(ids), {}
