@@ -286,3 +286,42 @@ def test_a_secret_is_never_echoed_in_an_error():
     with pytest.raises(ConfigError) as caught:
         WorkerSettings.resolve({"model": "m"}, environ={"STREAM_CLF_SASL_PASSWORD": "   "})
     assert str(caught.value) == "STREAM_CLF_SASL_PASSWORD='***': expected a non-empty value"
+
+
+def test_each_group_takes_its_settings_from_flags_beside_the_environment(tmp_path):
+    """Flags and variables mixed across groups: each setting from its flag if given, else its variable."""
+    environ = {
+        "STREAM_CLF_BROKERS": "env-broker:9092",
+        "STREAM_CLF_MAX_BATCH": "16",
+        "STREAM_CLF_WEB_PORT": "7001",
+        "STREAM_CLF_MODEL_ROOT": f"{tmp_path}/env-root",
+        "STREAM_CLF_LOG_FORMAT": "json",
+    }
+    flags = {"model": "m", "web_port": "7002", "model_root": [str(tmp_path / "a"), str(tmp_path / "b")]}
+    settings = WorkerSettings.resolve(flags, environ)
+    assert settings.connection.brokers == ("env-broker:9092",)
+    assert settings.batching.max_batch == 16
+    assert settings.web.web_port == 7002  # the flag, not the variable
+    assert settings.control.model_root == (tmp_path / "a", tmp_path / "b")  # each value of a repeated flag
+    assert settings.logs.log_format == "json"
+    assert settings.models.model == Path("m")
+    assert settings.connection.connect().bootstrap == "env-broker:9092"
+
+
+def test_every_setting_is_declared_once_with_its_own_flag_and_variable():
+    names = [option.field for option in WORKER_OPTIONS]
+    assert len(names) == len(set(names))
+    assert len({option.env for option in WORKER_OPTIONS}) == len(names)
+    declared = {item.name for group in fields(WorkerSettings) for item in fields(group.type)}
+    assert declared == set(names), "every field of a settings group is a declared setting"
+
+
+def test_the_connection_of_every_other_command_reads_the_same_settings(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("pem")
+    connection = ConnectionSettings.resolve(
+        {"brokers": "k1:9092,k2:9092", "security_protocol": "SSL"}, {"STREAM_CLF_SSL_CA": str(ca)}
+    )
+    assert connection.brokers == ("k1:9092", "k2:9092")
+    assert connection.config()["ssl.ca.location"] == str(ca)
+    assert connection.faust_brokers() == ["kafka://k1:9092", "kafka://k2:9092"]

@@ -7,7 +7,6 @@ import time
 import uuid
 from pathlib import Path
 
-import orjson
 import pytest
 
 from stream_clf.kafka.connection import Connection
@@ -21,6 +20,7 @@ from stream_clf.tools.build.tiny_model import build_tiny_bundle
 from stream_clf.worker.model_roots import ModelRoots
 from stream_clf.worker.models import ModelHolder, ModelLoader, ModelSet
 from stream_clf.worker.swaps import SwapFollower
+from tests.control_records import malformed_requests, malformed_statuses
 from tests.kafka_helpers import collect, ids_seen, keyed_events, produce, results_of
 from tests.test_model_changes_kafka import control_topic, swap, version
 from tests.web_helpers import scrape, wait_for_status
@@ -40,50 +40,6 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (served / "link").symlink_to(built["elsewhere"], target_is_directory=True)
     built["link"] = served / "link"
     return built
-
-
-def malformed_requests(group: str) -> list[tuple[bytes | None, bytes | None]]:
-    """Swap requests that are not ones: every field of the wrong type, keys that lie, values that are not JSON."""
-    good = orjson.loads(SwapRequest(group, "*", "m", "0123456789abcdef").encode())
-
-    def request(key: str | bytes, **fields: object) -> tuple[bytes, bytes]:
-        raw = key if isinstance(key, bytes) else key.encode()
-        return raw, orjson.dumps({**good, **fields})
-
-    return [
-        request(f"swap/{group}/x", target=["a"], model="m"),  # the issue's record: a list where a string goes
-        request(f"swap/{group}", at="yesterday"),
-        request(f"swap/{group}/other", target="other", at={"when": 1}),
-        request(f"swap/{group}", model=123),
-        request(f"swap/{group}", expect=None),
-        request(f"swap/{group}", group=["g"]),
-        request(f"swap/{group}", request=True),
-        request(f"swap/{group}", previous=7),
-        request(f"swap/{group}", at=True),
-        request(f"swap/{group}", group="another-group"),  # the key says one group, the value another
-        request(b"swap/\xff\xfe", target="*"),
-        request("nonsense", target="*"),
-        (f"swap/{group}".encode(), b'{"group": "half a record'),
-        (f"swap/{group}".encode(), b"[1, 2, 3]"),
-        (f"swap/{group}".encode(), b'"a string"'),
-    ]  # (a record with no key cannot be: the broker refuses it on a compacted topic)
-
-
-def malformed_statuses(group: str) -> list[tuple[bytes, bytes]]:
-    good = {"group": group, "worker": "w", "serving": {}, "configured": {}, "at": 1.0}
-
-    def status(**fields: object) -> tuple[bytes, bytes]:
-        return f"status/{group}/w".encode(), orjson.dumps({**good, **fields})
-
-    return [
-        status(group=5),
-        status(worker=None),
-        status(serving="all of them"),
-        status(serving={"*": {"model": 1, "version": "x"}}),
-        status(seconds="3"),
-        status(outcome="exploded"),
-        status(follows="yes"),
-    ]
 
 
 def test_malformed_control_records_are_skipped_and_a_valid_swap_after_them_is_applied(

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import orjson
 
-from stream_clf.cli.common import Parser, needs_extra, positive_int, progress_bars, tracker, whole_number
+from stream_clf.cli.common import (
+    Parser,
+    needs_extra,
+    options_from,
+    positive_int,
+    progress_bars,
+    tracker,
+    whole_number,
+)
 from stream_clf.errors import ConfigError
 
 __all__ = ["register"]
@@ -101,28 +109,14 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     from stream_clf.tools.bench import BenchOptions, render, run_bench
 
-    options = BenchOptions(
-        model=args.model,
+    options = options_from(
+        BenchOptions,
+        args,
         mix=args.mix[0],
         mix_file=_mix_file(args.mix),
-        events=args.events,
-        baseline_events=args.baseline_events,
-        latency_seconds=args.latency_seconds,
-        threads=args.threads,
         lanes=args.lanes or args.threads,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        max_tokens=args.max_tokens,
-        bucket_size=args.bucket_size,
-        bucket_tokens=args.bucket_tokens,
         spinning=args.spinning == "on",
         baseline=not args.no_baseline,
-        exactly_once=args.exactly_once,
-        shadow_model=args.shadow_model,
-        swap_model=args.swap_model,
-        brokers=args.brokers,
-        peer=args.peer,
-        peer_batch_size=args.peer_batch_size,
     )
     if options.baseline:
         try:
@@ -161,16 +155,7 @@ def _run_soak(args: argparse.Namespace) -> int:
 
     if args.minutes <= 0 or args.rate <= 0 or args.interval <= 0:
         raise ConfigError("--minutes, --rate and --interval must be above 0")
-    options = SoakOptions(
-        model=args.model,
-        mix=args.mix[0],
-        mix_file=_mix_file(args.mix),
-        seconds=args.minutes * 60,
-        rate=args.rate,
-        interval=args.interval,
-        threads=args.threads,
-        brokers=args.brokers,
-    )
+    options = options_from(SoakOptions, args, mix=args.mix[0], mix_file=_mix_file(args.mix), seconds=args.minutes * 60)
     with progress_bars() as progress:
         task = progress.add_task(f"soak: {args.minutes:g} min at {args.rate:g} events/s", total=None)
         report = run_soak(options, lambda n: progress.advance(task, n))

@@ -1,9 +1,10 @@
 """What every subcommand shares: the one-line-error parser, env-aware options, progress bars."""
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -19,12 +20,16 @@ __all__ = [
     "add_option",
     "connection_from",
     "needs_extra",
+    "options_from",
     "parse_label_map",
     "positive_int",
     "progress_bars",
     "raise_interrupt",
     "read_texts",
 ]
+
+
+T = TypeVar("T")
 
 
 class Parser(argparse.ArgumentParser):
@@ -55,6 +60,13 @@ def add_connection(parser: argparse.ArgumentParser) -> None:
 def connection_from(args: argparse.Namespace) -> Connection:
     """The connection the flags of :func:`add_connection` (or their environment variables) describe."""
     return ConnectionSettings.resolve(vars(args))
+
+
+def options_from(options: type[T], args: argparse.Namespace, **given: object) -> T:
+    """A command's options dataclass from its parsed flags: each field of the same name as a flag,
+    then ``given`` (the fields whose value is not a flag's as it was typed)."""
+    flags = {name: value for name, value in vars(args).items() if name not in given}
+    return options(**{f.name: flags[f.name] for f in dataclasses.fields(options) if f.name in flags}, **given)
 
 
 def whole_number(minimum: int) -> Callable[[str], int]:

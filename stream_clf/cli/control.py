@@ -11,6 +11,7 @@ from stream_clf.cli.common import (
     add_connection,
     add_option,
     connection_from,
+    options_from,
     positive_int,
     progress_bars,
     whole_number,
@@ -187,15 +188,8 @@ def _replay(parser: Parser) -> None:
         model = ModelLoader(
             lambda bundle: Classifier(bundle, threads=args.threads, lanes=args.threads, windowing=Windowing(truncation))
         )(str(args.model))
-        options = ReplayOptions(
-            connection=connection_from(args),
-            input=args.input,
-            output=args.output,
-            dlq=args.dlq or f"{args.output}.dlq",
-            start=args.start,
-            end=args.end,
-            max_batch=args.max_batch,
-            top_k=args.top_k,
+        options = options_from(
+            ReplayOptions, args, connection=connection_from(args), dlq=args.dlq or f"{args.output}.dlq"
         )
         with progress_bars() as progress:
             task = progress.add_task(f"replaying {args.input} with {model.name}", total=None)

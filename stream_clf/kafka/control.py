@@ -118,7 +118,7 @@ def read_control(
 def _raise_if_denied(topic: str, error: KafkaError) -> None:
     """Stop at once where asking again cannot help: the principal may not read the topic."""
     if error.fatal() or error.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED):
-        raise BrokerError(f"topic {topic!r} cannot be read: {error.str()} (see the README's ACLs)")
+        raise BrokerError(f"topic {topic!r} cannot be read: {error.str()} (see the ACLs in docs/security.md)")
 
 
 def _watermarks(consumer: Any, topic: str, deadline: float) -> tuple[int, int]:

@@ -109,32 +109,8 @@ def run_exactly_once(
     ``producer_limits`` keep the producer inside the published topics' limits; ``client_id`` names
     the consumer in its group (so ``stream-clf swap`` knows the running workers).
     """
-    delivery = settings.delivery
-    consumer = connection.consumer(
-        {
-            "group.id": delivery.group,
-            "enable.auto.commit": False,
-            "isolation.level": delivery.isolation,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": delivery.session_timeout_ms,
-            "client.id": client_id,
-            # librdkafka prefetches up to this much (and fetches this much at once): its share of
-            # --max-buffered-bytes, the other half being the batches read and not committed.
-            "queued.max.messages.kbytes": max(1024, delivery.max_buffered_bytes // 4 // 1024),
-            "fetch.max.bytes": max(1 << 20, min(52_428_800, delivery.max_buffered_bytes // 4)),
-        },
-    )
-    producer = connection.producer(
-        {
-            "transactional.id": delivery.transactional_id,
-            "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_SECONDS * 1000),
-            "compression.type": compression,
-            **producer_limits,
-            **PRODUCER_SETTINGS,
-        },
-    )
-    producer.init_transactions(30)
-    log.info("event=transactions_ready transactional_id=%s", delivery.transactional_id)
+    consumer = _consumer(settings, connection, client_id)
+    producer = _producer(settings, connection, compression, producer_limits)
     loop = TransactionalLoop(
         step, producer, consumer, metrics, state, max_event_bytes=settings.delivery.max_event_bytes, pause=stop.wait
     )
@@ -168,6 +144,41 @@ def run_exactly_once(
     finally:
         loop.drop()  # empty unless the loop failed: then what is in flight is read again
         consumer.close()
+
+
+def _consumer(settings: WorkerSettings, connection: Connection, client_id: str) -> Consumer:
+    delivery = settings.delivery
+    return connection.consumer(
+        {
+            "group.id": delivery.group,
+            "enable.auto.commit": False,
+            "isolation.level": delivery.isolation,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": delivery.session_timeout_ms,
+            "client.id": client_id,
+            # librdkafka prefetches up to this much (and fetches this much at once): its share of
+            # --max-buffered-bytes, the other half being the batches read and not committed.
+            "queued.max.messages.kbytes": max(1024, delivery.max_buffered_bytes // 4 // 1024),
+            "fetch.max.bytes": max(1 << 20, min(52_428_800, delivery.max_buffered_bytes // 4)),
+        },
+    )
+
+
+def _producer(settings: WorkerSettings, connection: Connection, compression: str, limits: dict[str, int]) -> Producer:
+    """The transactional producer, its transactions initialized (fencing an older one of the same id)."""
+    delivery = settings.delivery
+    producer = connection.producer(
+        {
+            "transactional.id": delivery.transactional_id,
+            "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_SECONDS * 1000),
+            "compression.type": compression,
+            **limits,
+            **PRODUCER_SETTINGS,
+        },
+    )
+    producer.init_transactions(30)
+    log.info("event=transactions_ready transactional_id=%s", delivery.transactional_id)
+    return producer
 
 
 @dataclass(frozen=True)

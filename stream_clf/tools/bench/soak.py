@@ -23,8 +23,8 @@ from stream_clf.errors import StreamClfError
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.catalog import resolve_model
 from stream_clf.tools.bench.mixes import load_texts
-from stream_clf.tools.bench.streaming import measure_latency, percentile, start_service
-from stream_clf.tools.broker import LocalKafka, free_port
+from stream_clf.tools.bench.scaffold import Bench, kafka_for
+from stream_clf.tools.bench.streaming import measure_latency, percentile
 
 __all__ = ["MAX_RSS_GROWTH", "SoakOptions", "render_soak", "run_soak"]
 
@@ -94,21 +94,16 @@ def run_soak(options: SoakOptions, advance: Any) -> dict[str, Any]:
     bundle = load_bundle(resolve_model(options.model))
     count = max(1, round(options.rate * options.seconds))
     texts = load_texts(options.mix, min(count, 5000), options.mix_file, bundle=bundle)
-    with tempfile.TemporaryDirectory(prefix="stream-clf-soak-") as scratch:
-        root = Path(scratch)
-        broker = None
-        bootstrap = options.brokers
-        if bootstrap is None:
-            broker = LocalKafka(root / "kafka", port=free_port(), controller_port=free_port())
-            broker.start()
-            bootstrap = broker.bootstrap
-        try:
-            command = ["stream_clf", "worker", "--model", str(bundle.path), "--threads", str(options.threads)]
-            worker = start_service([*command, "--log-level", "warning"], bootstrap, 4, root / "worker.log")
+    command = ["stream_clf", "worker", "--model", str(bundle.path), "--threads", str(options.threads)]
+    with (
+        tempfile.TemporaryDirectory(prefix="stream-clf-soak-") as scratch,
+        kafka_for(options.brokers, Path(scratch)) as (bootstrap, others),
+    ):
+        bench = Bench(bootstrap, Path(scratch), lambda *_: lambda _: None, others, options.seconds + 600)
+        with bench.serving([*command, "--log-level", "warning"], "worker.log", ready=True) as worker:
             sampler = _Sampler(worker.process.pid, options.interval)
+            sampler.start()
             try:
-                worker.wait_ready(timeout=180)
-                sampler.start()
                 latencies = measure_latency(
                     bootstrap,
                     worker,
@@ -119,10 +114,7 @@ def run_soak(options: SoakOptions, advance: Any) -> dict[str, Any]:
                 )
             finally:
                 sampler.stop()
-                exit_code = worker.stop()
-        finally:
-            if broker is not None:
-                broker.stop()
+        exit_code = worker.process.returncode
     return _judge(options, sent=count, latencies=latencies, samples=sampler.samples, exit_code=exit_code,
                   model=bundle.name)  # fmt: skip
 
