@@ -1,5 +1,5 @@
 """An authorized control plane on the real broker: SASL/SCRAM and KRaft's StandardAuthorizer, each
-principal (worker, operator, producer, subscriber) with exactly the ACLs the README grants it. The
+principal (worker, operator, producer, subscriber) with exactly the ACLs docs/security.md grants it. The
 worker serves, reports its status and applies an operator's swap; its own credential cannot ask
 for a swap. And when the worker loses its write permission under exactly-once, its aborts back
 off, are counted, make it unhealthy, and end it after the bound with one line naming the cause."""
@@ -83,7 +83,7 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory):
 
 
 def grants(topics: Topics, control: str, status: str) -> list[AclBinding]:
-    """The ACLs of each principal, as the README lists them (section Security, ACLs)."""
+    """The ACLs of each principal, as docs/security.md lists them (the ACLs of each principal)."""
 
     def allow(principal: str, kind: ResourceType, name: str, operations: tuple[Op, ...], pattern=LITERAL):
         return [

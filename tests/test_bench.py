@@ -1,6 +1,6 @@
 """``stream-clf bench`` in a short form, so that it keeps working: not a timing test.
 
-The benchmark proper (thousands of events, a few minutes) is run by hand; the README records it.
+The benchmark proper (thousands of events, a few minutes) is run by hand; docs/performance.md records it.
 """
 
 import shutil

@@ -1,6 +1,6 @@
 """``stream-clf soak`` in its short form: steady load of every length, nothing lost, memory flat after warm-up.
 
-The 20-minute run is done by hand; the README records it.
+The 20-minute run is done by hand; docs/delivery.md records it.
 """
 
 import subprocess
