@@ -158,8 +158,8 @@ def test_min_confidence_takes_one_bound_per_label_or_for_all():
 def test_worker_flags_for_models_and_their_topics_are_checked_at_start():
     base = {"model": "m"}
     routed = WorkerSettings.resolve({**base, "input": "texts", "route": "reviews=imdb,tweets=sentiment"}, {})
-    assert routed.input == ("texts", "reviews", "tweets"), "a routed topic is consumed too"
-    assert routed.route == {"reviews": "imdb", "tweets": "sentiment"}
+    assert routed.topics.input == ("texts", "reviews", "tweets"), "a routed topic is consumed too"
+    assert routed.models.route == {"reviews": "imdb", "tweets": "sentiment"}
     shadowed = WorkerSettings.resolve({**base, "shadow_model": "b", "min_confidence": "0.6"}, {})
     assert shadowed.published_topics == ["texts.labeled", "texts.dlq", "texts.labeled.shadow", "texts.labeled.review"]
     errors = {
