@@ -15,6 +15,7 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from stream_clf.kafka.connection import Connection
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
 from stream_clf.ops.health import ConsumerState
@@ -422,7 +423,7 @@ def test_routes_answer_the_same_whatever_the_loop(metrics, tmp_path: Path):
             return None
 
     state = ConsumerState()
-    routes = Routes(metrics, BrokerAnswers(["127.0.0.1:1"], state, stall_seconds=0.2))
+    routes = Routes(metrics, BrokerAnswers(Connection.to("127.0.0.1:1"), state, stall_seconds=0.2))
     assert routes.answer("/healthz").status == 200
     ready = routes.answer("/readyz")
     assert ready.status == 503
@@ -450,7 +451,7 @@ def test_liveness_is_progress_events_waiting_and_none_finished_is_a_stall_howeve
             return None
 
     state = ConsumerState()
-    routes = Routes(metrics, BrokerAnswers(["127.0.0.1:1"], state, stall_seconds=0.3))
+    routes = Routes(metrics, BrokerAnswers(Connection.to("127.0.0.1:1"), state, stall_seconds=0.3))
     time.sleep(0.4)
     state.polled()
     assert routes.answer("/healthz").status == 200, "idle with nothing waiting: alive"
@@ -469,5 +470,5 @@ def test_liveness_is_progress_events_waiting_and_none_finished_is_a_stall_howeve
     time.sleep(0.4)
     state.polled()
     assert routes.answer("/healthz").status == 200, "nothing waits: no stall, however long"
-    vital = Routes(metrics, BrokerAnswers(["127.0.0.1:1"], state, vital=[lambda: "the follower died"]))
+    vital = Routes(metrics, BrokerAnswers(Connection.to("127.0.0.1:1"), state, vital=[lambda: "the follower died"]))
     assert orjson.loads(vital.answer("/healthz").body)["reason"] == "the follower died"
