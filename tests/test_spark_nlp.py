@@ -55,10 +55,16 @@ def test_spark_nlp_gives_every_architecture_the_same_labels_with_the_models_pre_
         assert by_model[name, "model"].same_labels == len(PARITY_TEXTS), name
     assert ACCENTED, "the texts hold accented words"
     for name in SAME_PIECES:
-        diffs = by_model[name, "model"].score_diffs
-        assert max(diff for i, diff in enumerate(diffs) if i not in ACCENTED) < 1e-4, name
-        # Spark NLP's default Tokenizer keeps "can't", "U.S.-based" whole: other pieces, other scores.
-        assert by_model[name, "default"].max_score_diff > by_model[name, "model"].max_score_diff, name
+        model, default = (unaccented(by_model[name, tokenizer].score_diffs) for tokenizer in ("model", "default"))
+        assert max(model) < 1e-4, name
+        # Spark NLP's default Tokenizer keeps "can't", "U.S.-based" whole: other pieces, other scores. (Compared on
+        # the same unaccented texts: an accented one can dominate both maxima and tie them.)
+        assert max(default) > max(model), name
+
+
+def unaccented(diffs: tuple[float, ...]) -> list[float]:
+    """The score differences of the texts without accented letters."""
+    return [diff for i, diff in enumerate(diffs) if i not in ACCENTED]
 
 
 @pytest.mark.parametrize("name", ["bert", "distilbert", "roberta", "xlm-roberta", "albert", "deberta-v2"])
