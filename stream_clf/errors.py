@@ -56,6 +56,9 @@ class Reason(StrEnum):
     INFERENCE_ERROR = "inference_error"
     RESULT_TOO_LARGE = "result_too_large"  # its result is over the output topic's limit, even without meta
     RESULT_REFUSED = "result_refused"  # the output topic refused its result for another reason of the record's own
+    UNKNOWN_SCHEMA = "unknown_schema"  # registry-framed with a schema id the registry does not know
+    UNDECODABLE = "undecodable"  # its body does not decode by its schema (or the schema cannot be read)
+    NO_TEXT_FIELD = "no_text_field"  # registry-framed, and its record has none of the text fields
 
 
 class EventError(StreamClfError):

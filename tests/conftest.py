@@ -22,6 +22,7 @@ from tests.kafka_helpers import Topics, WorkerProcess
 
 if TYPE_CHECKING:
     from stream_clf.tools.build.training import BuildReport
+    from stream_clf.tools.registry import LocalSchemaRegistry
 
 # testcontainers' KafkaContainer drives the Confluent image's start scripts; 7.9 ships Kafka 3.9.
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.9.0"
@@ -84,6 +85,24 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator["LocalSchemaRegistry"]:
+    """A real Schema Registry (Apicurio, Confluent's API) on loopback, started once per session by the
+    first test that asks for it. Without Java 21+ the tests that need it are skipped, and under CI fail."""
+    from stream_clf.tools.registry import LocalSchemaRegistry, RegistryError, java_21
+
+    try:
+        java_21()
+    except RegistryError as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs the Schema Registry tests: {error}")
+        pytest.skip(str(error))
+    registry = LocalSchemaRegistry(tmp_path_factory.mktemp("registry") / "registry.log", port=free_port())
+    registry.start()
+    yield registry
+    registry.stop()
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from stream_clf.errors import ConfigError
+from stream_clf.formats.paths import FieldPath
 from stream_clf.kafka.security import KafkaSecurity
 from stream_clf.model.abstain import MinConfidence
 from stream_clf.model.windows import Truncation
@@ -93,6 +94,15 @@ def test_every_setting_reads_its_environment_variable(tmp_path):
         "STREAM_CLF_SSL_CERT": str(pem["cert"]),
         "STREAM_CLF_SSL_KEY": str(pem["key"]),
         "STREAM_CLF_SSL_KEY_PASSWORD": "key-secret",
+        "STREAM_CLF_INPUT_FORMAT": "avro",
+        "STREAM_CLF_TEXT_FIELD": "review.title:review.body",
+        "STREAM_CLF_ID_FIELD": "review.id",
+        "STREAM_CLF_SCHEMA_REGISTRY": "https://registry:8081/",
+        "STREAM_CLF_SCHEMA_REGISTRY_USER": "bob",
+        "STREAM_CLF_SCHEMA_REGISTRY_PASSWORD": "bob-secret",
+        "STREAM_CLF_SCHEMA_REGISTRY_CA": str(pem["ca"]),
+        "STREAM_CLF_SCHEMA_REGISTRY_CERT": str(pem["cert"]),
+        "STREAM_CLF_SCHEMA_REGISTRY_KEY": str(pem["key"]),
     }
     assert {option.env for option in WORKER_OPTIONS} == set(environ)
     settings = WorkerSettings.resolve({}, environ=environ)
@@ -151,6 +161,15 @@ def test_every_setting_reads_its_environment_variable(tmp_path):
         "ssl_cert": pem["cert"],
         "ssl_key": pem["key"],
         "ssl_key_password": "key-secret",
+        "input_format": "avro",
+        "text_field": (FieldPath(("review", "title")), FieldPath(("review", "body"))),
+        "id_field": FieldPath(("review", "id")),
+        "schema_registry": "https://registry:8081",
+        "schema_registry_user": "bob",
+        "schema_registry_password": "bob-secret",
+        "schema_registry_ca": pem["ca"],
+        "schema_registry_cert": pem["cert"],
+        "schema_registry_key": pem["key"],
     }
 
 

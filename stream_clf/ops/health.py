@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from stream_clf.kafka.connection import Connection
 
-__all__ = ["STALL_SECONDS", "ConsumerState", "Readiness"]
+__all__ = ["REGISTRY_WAIT_SECONDS", "STALL_SECONDS", "ConsumerState", "Readiness"]
 
 # How long a broker check is trusted; probes arrive every few seconds from Kubernetes and Docker.
 CHECK_TTL_SECONDS = 5.0
@@ -25,6 +25,9 @@ BROKER_TIMEOUT_SECONDS = 2.0
 # above a slow batch (the fault tests run 12 s ones; 64 reviews of 512 tokens on BERT-base take
 # about 10 s on 2 cores) and a rebalance.
 STALL_SECONDS = 120.0
+# Events waiting for the Schema Registry (it does not answer) count as waiting, not as a stall, this long:
+# a restart would not bring the registry back; past it, one may (a stale address, a broken connection pool).
+REGISTRY_WAIT_SECONDS = 900.0
 
 
 class ConsumerState:
@@ -39,6 +42,7 @@ class ConsumerState:
         self._offsets: dict[tuple[str, int], int] = {}
         self._lag = 0
         self._held = 0
+        self._registry: tuple[str, float] | None = None  # why events wait for the registry, since when
         self._lock = threading.Lock()
 
     def polled(self) -> None:
@@ -68,11 +72,31 @@ class ConsumerState:
             if not waited:  # nothing was waiting until now: the clock of a stall starts here
                 self._progressed = time.monotonic()
 
-    def stalled_for(self) -> float:
-        """Seconds the loop has made no progress: since it last fetched, or, while events wait, since
-        it last finished one (0 while nothing waits)."""
+    def wait_for_registry(self, reason: str | None) -> None:
+        """Events wait for the Schema Registry, which does not answer (``reason``), or no longer (None)."""
         now = time.monotonic()
         with self._lock:
+            if reason is None:
+                if self._registry is not None:  # the wait was no stall: the clocks start again
+                    self._registry, self._progressed, self._polled = None, now, now
+            else:
+                self._registry = (reason, self._registry[1] if self._registry else now)
+
+    @property
+    def registry_waiting(self) -> str | None:
+        """Why events wait for the Schema Registry, or None."""
+        registry = self._registry
+        return None if registry is None else registry[0]
+
+    def stalled_for(self) -> float:
+        """Seconds the loop has made no progress: since it last fetched, or, while events wait, since
+        it last finished one (0 while nothing waits, and while events wait for the Schema Registry, up
+        to :data:`REGISTRY_WAIT_SECONDS`)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._registry is not None:
+                waited = now - self._registry[1]
+                return 0.0 if waited <= REGISTRY_WAIT_SECONDS else waited
             waiting = self._lag or self._held
             idle = now - self._progressed if waiting else 0.0
         return max(now - self._polled, idle)
@@ -118,6 +142,9 @@ class Readiness:
             reasons.append(stalled)
         if self._state.assigned == 0:
             reasons.append("no partitions assigned")
+        registry = self._state.registry_waiting
+        if registry is not None:
+            reasons.append(f"events wait for the Schema Registry: {registry}")
         broker = self._broker()
         if broker is not None:
             reasons.append(f"broker unreachable: {broker}")

@@ -70,8 +70,12 @@ def logging_config(level: str, log_format: str = "kv") -> dict[str, Any]:
             "stderr": {"class": "logging.StreamHandler", "formatter": "structured", "stream": "ext://sys.stderr"}
         },
         "root": {"level": level.upper(), "handlers": ["stderr"]},
-        # aiokafka logs every reconnect attempt at ERROR while a broker restarts; keep the noise down.
-        "loggers": {"aiokafka": {"level": "WARNING" if level in ("debug", "info") else level.upper()}},
+        # aiokafka logs every reconnect attempt at ERROR while a broker restarts, and the registry client's
+        # HTTP library every request at INFO; keep the noise down.
+        "loggers": {
+            name: {"level": "WARNING" if level in ("debug", "info") else level.upper()}
+            for name in ("aiokafka", "httpx", "httpx2")
+        },
     }
 
 

@@ -6,10 +6,13 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from stream_clf.formats.paths import FieldPath, parse_path
 from stream_clf.model.windows import Truncation
 
 __all__ = [
     "brokers",
+    "field_path",
+    "field_paths",
     "one_of",
     "path",
     "paths",
@@ -22,6 +25,7 @@ __all__ = [
     "topic",
     "topics",
     "truncation",
+    "url",
     "usable_cores",
     "whole",
 ]
@@ -95,6 +99,26 @@ def paths(raw: str) -> tuple[Path, ...]:
     if not paths:
         raise ValueError("expected one or more directories")
     return paths
+
+
+def field_paths(raw: str) -> tuple[FieldPath, ...]:
+    """Dotted field paths, separated by commas (or, repeated flags, the path separator)."""
+    parts = [part.strip() for part in raw.replace(os.pathsep, ",").split(",") if part.strip()]
+    if not parts:
+        raise ValueError("expected one or more dotted field paths")
+    return tuple(parse_path(part) for part in parts)
+
+
+def field_path(raw: str) -> FieldPath:
+    return parse_path(text(raw))
+
+
+def url(raw: str) -> str:
+    """An http(s) URL."""
+    value = text(raw).rstrip("/")
+    if not value.startswith(("http://", "https://")) or len(value.split("//", 1)[1]) == 0:
+        raise ValueError("expected an http:// or https:// URL")
+    return value
 
 
 def truncation(raw: str) -> Truncation:

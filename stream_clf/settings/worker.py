@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from stream_clf.errors import ConfigError
+from stream_clf.formats import INPUT_FORMATS
+from stream_clf.formats.paths import FieldPath, Fields
+from stream_clf.formats.registry import RegistryAccess
 from stream_clf.kafka.connection import COMPRESSION_CODECS, Connection
 from stream_clf.kafka.security import MECHANISMS, PROTOCOLS, KafkaSecurity
 from stream_clf.kafka.topics import Replication
@@ -32,6 +35,7 @@ __all__ = [
     "ConnectionSettings",
     "ControlPlane",
     "Delivery",
+    "Events",
     "Inference",
     "Logs",
     "Models",
@@ -124,6 +128,72 @@ class Topics:
     def replication(self) -> Replication:
         """The replication of the topics the worker creates."""
         return Replication(self.replication_factor, self.min_insync_replicas)
+
+
+@dataclass(frozen=True)
+class Events:
+    """How input events are written: the format, where the text and the id are, and the Schema Registry."""
+
+    GROUP: ClassVar[str] = "events"
+    input_format: str = setting(
+        p.one_of(INPUT_FORMATS),
+        "auto",
+        "how input values are written: "
+        + ", ".join(INPUT_FORMATS)
+        + " (auto: registry-framed by its schema, else JSON)",
+        "FORMAT",
+    )
+    text_field: tuple[FieldPath, ...] = setting(
+        p.field_paths,
+        (FieldPath(("text",)),),
+        "dotted path of the text in each event (repeat it to join several fields with a space)",
+        "PATH",
+        "text",
+        repeatable=True,
+    )
+    id_field: FieldPath = setting(p.field_path, FieldPath(("id",)), "dotted path of the event id", "PATH", "id")
+    schema_registry: str | None = setting(
+        p.url, None, "Schema Registry URL (Confluent's API) for registry-framed events", "URL", "none"
+    )
+    schema_registry_user: str | None = setting(p.text, None, "Schema Registry basic-auth user", "USER", "none")
+    schema_registry_password: str | None = setting(
+        p.text,
+        None,
+        "Schema Registry basic-auth password (prefer the environment variable)",
+        "SECRET",
+        "none",
+        secret=True,
+    )
+    schema_registry_ca: Path | None = setting(
+        p.path, None, "CA certificate(s) to verify the Schema Registry, PEM", "FILE", "system CAs"
+    )
+    schema_registry_cert: Path | None = setting(
+        p.path, None, "client certificate for the Schema Registry, PEM (mutual TLS)", "FILE", "none"
+    )
+    schema_registry_key: Path | None = setting(p.path, None, "client key for the Schema Registry, PEM", "FILE", "none")
+
+    def __post_init__(self) -> None:
+        if self.input_format in ("avro", "json-schema", "protobuf") and self.schema_registry is None:
+            raise ConfigError(f"--input-format {self.input_format} needs --schema-registry URL")
+
+    @property
+    def fields(self) -> Fields:
+        """Where the text and the id are."""
+        return Fields(self.text_field, self.id_field)
+
+    @property
+    def registry(self) -> RegistryAccess | None:
+        """How to reach the Schema Registry, if one is named."""
+        if self.schema_registry is None:
+            return None
+        return RegistryAccess(
+            self.schema_registry,
+            self.schema_registry_user,
+            self.schema_registry_password,
+            self.schema_registry_ca,
+            self.schema_registry_cert,
+            self.schema_registry_key,
+        )
 
 
 @dataclass(frozen=True)
@@ -358,7 +428,18 @@ class Logs:
     )
 
 
-GROUPS: tuple[type, ...] = (ConnectionSettings, Topics, Delivery, Batching, Inference, Models, ControlPlane, Web, Logs)
+GROUPS: tuple[type, ...] = (
+    ConnectionSettings,
+    Topics,
+    Events,
+    Delivery,
+    Batching,
+    Inference,
+    Models,
+    ControlPlane,
+    Web,
+    Logs,
+)
 WORKER_OPTIONS: tuple[Option, ...] = tuple(option for group in GROUPS for option in options(group))
 
 
@@ -368,6 +449,7 @@ class WorkerSettings:
 
     connection: ConnectionSettings = field(default_factory=ConnectionSettings)
     topics: Topics = field(default_factory=Topics)
+    events: Events = field(default_factory=Events)
     delivery: Delivery = field(default_factory=Delivery)
     batching: Batching = field(default_factory=Batching)
     inference: Inference = field(default_factory=Inference)

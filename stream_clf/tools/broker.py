@@ -31,7 +31,7 @@ from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.topics import wait_for_broker
 from stream_clf.tools.maven import fetch_pinned, read_lock
 
-__all__ = ["KAFKA_VERSION", "LocalCluster", "LocalKafka", "free_port", "resolve_jars"]
+__all__ = ["KAFKA_VERSION", "LocalCluster", "LocalKafka", "die_with_parent", "free_port", "resolve_jars"]
 
 KAFKA_VERSION = "3.9.2"
 _LOG4J = """\
@@ -107,7 +107,7 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") el
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: ask Linux to SIGTERM it when the process that started it dies.
 
     Without this, a test run or ``stream-clf broker`` killed with SIGKILL leaves a JVM holding
@@ -194,7 +194,7 @@ class LocalKafka:
                 stdout=console,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 (no locks taken, see _die_with_parent)
+                preexec_fn=die_with_parent,  # noqa: PLW1509 (no locks taken, see die_with_parent)
             )  # fmt: skip
 
     def await_ready(self, timeout: float = 90.0) -> None:

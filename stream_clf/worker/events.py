@@ -1,8 +1,9 @@
 """The wire contract: decoding input events, encoding results and dead-letter headers.
 
-Input value: a UTF-8 JSON object ``{"id": str?, "text": str, "meta": any?}``. Anything else is
-rejected with one of the :class:`~stream_clf.errors.Reason` codes, which travel in the dead-letter record's
-``error.reason`` header. Nothing here needs a model or a broker.
+Input value: a UTF-8 JSON object ``{"id": str?, "text": str, "meta": any?}`` (other formats:
+:mod:`stream_clf.worker.decoding`). Anything else is rejected with one of the
+:class:`~stream_clf.errors.Reason` codes, which travel in the dead-letter record's ``error.reason``
+header. Nothing here needs a model or a broker.
 """
 
 from collections.abc import Mapping, Sequence
@@ -12,11 +13,13 @@ from typing import Any, Protocol
 import orjson
 
 from stream_clf.errors import EventError, Reason
+from stream_clf.formats.paths import Fields, kind
 
 __all__ = [
     "Answered",
     "Source",
     "TextEvent",
+    "checked_size",
     "dead_letter_headers",
     "decode_event",
     "encode_result",
@@ -25,6 +28,7 @@ __all__ = [
 ]
 
 _UTF8_BOM = b"\xef\xbb\xbf"
+DEFAULT_FIELDS = Fields()
 
 
 class Answered(Protocol):
@@ -57,17 +61,15 @@ class Source:
         return f"{self.topic}:{self.partition}:{self.offset}"
 
 
-def decode_event(value: bytes | None, max_bytes: int) -> TextEvent:
-    """Parse and validate one record value, or raise :class:`EventError` saying why not.
+def decode_event(value: bytes | None, max_bytes: int, fields: Fields = DEFAULT_FIELDS) -> TextEvent:
+    """Parse and validate one JSON record value, or raise :class:`EventError` saying why not.
 
-    A leading UTF-8 byte order mark is accepted and ignored (RFC 8259 allows parsers to).
-    A non-string ``id`` that is a number or a boolean is kept as its JSON text; ``null`` counts as
-    no id. ``meta`` is echoed whatever JSON it holds. Unknown fields are ignored.
+    A leading UTF-8 byte order mark is accepted and ignored (RFC 8259 allows parsers to). The text and
+    the id are read where ``fields`` say (by default ``text`` and ``id``). A non-string id that is a
+    number or a boolean is kept as its JSON text; ``null`` counts as no id. ``meta`` is echoed whatever
+    JSON it holds. Unknown fields are ignored.
     """
-    if value is None:
-        raise EventError(Reason.INVALID_JSON, "record has no value (a tombstone)")
-    if len(value) > max_bytes:
-        raise EventError(Reason.TOO_LARGE, f"value is {len(value)} bytes, the limit is {max_bytes}")
+    value = checked_size(value, max_bytes)
     if value.startswith(_UTF8_BOM):
         value = value[len(_UTF8_BOM) :]
     try:
@@ -79,15 +81,17 @@ def decode_event(value: bytes | None, max_bytes: int) -> TextEvent:
             raise EventError(Reason.INVALID_UTF8, str(bad)) from None
         raise EventError(Reason.INVALID_JSON, str(error)) from None
     if not isinstance(document, dict):
-        raise EventError(Reason.NOT_AN_OBJECT, f"value is a JSON {_json_type(document)}")
-    if "text" not in document:
-        raise EventError(Reason.MISSING_TEXT, 'the object has no "text" field')
-    text = document["text"]
-    if not isinstance(text, str):
-        raise EventError(Reason.TEXT_NOT_STRING, f'"text" is a JSON {_json_type(text)}')
-    if not text.strip():
-        raise EventError(Reason.EMPTY_TEXT, '"text" is empty or only whitespace')
-    return TextEvent(text=text, id=_event_id(document.get("id")), meta=document.get("meta"))
+        raise EventError(Reason.NOT_AN_OBJECT, f"value is a JSON {kind(document)}")
+    return TextEvent(fields.text_of(document, Reason.MISSING_TEXT), fields.id_of(document), document.get("meta"))
+
+
+def checked_size(value: bytes | None, max_bytes: int) -> bytes:
+    """``value``, or :class:`EventError` for a tombstone or a value over ``max_bytes``."""
+    if value is None:
+        raise EventError(Reason.INVALID_JSON, "record has no value (a tombstone)")
+    if len(value) > max_bytes:
+        raise EventError(Reason.TOO_LARGE, f"value is {len(value)} bytes, the limit is {max_bytes}")
+    return value
 
 
 def encode_result(
@@ -177,24 +181,3 @@ def dead_letter_headers(error: EventError, source: Source) -> list[tuple[str, by
         ("source.partition", str(source.partition).encode()),
         ("source.offset", str(source.offset).encode()),
     ]
-
-
-def _event_id(raw: Any) -> str | None:
-    if raw is None or isinstance(raw, str):
-        return raw
-    if isinstance(raw, int | float | bool):
-        return orjson.dumps(raw).decode()
-    return None
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {
-        bool: "boolean",
-        int: "number",
-        float: "number",
-        str: "string",
-        list: "array",
-        dict: "object",
-    }[type(value)]

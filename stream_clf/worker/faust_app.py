@@ -38,7 +38,8 @@ from stream_clf.settings import WorkerSettings
 from stream_clf.worker.core import BatchStep
 from stream_clf.worker.events import Source
 from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT, Pipeline, Sender
-from stream_clf.worker.records import InFlight
+from stream_clf.worker.records import Decoder, InFlight
+from stream_clf.worker.schema_wait import SchemaWait
 
 __all__ = ["create_app"]
 
@@ -109,6 +110,7 @@ def create_app(
     datadir: Path,
     client_id: str,
     input_record_bytes: int,
+    schemas: SchemaWait,
 ) -> faust.App:
     """Build the worker's Faust app.
 
@@ -116,7 +118,8 @@ def create_app(
     (:class:`~stream_clf.worker.publisher.BatchPublisher`); ``datadir`` is Faust's scratch
     directory (the worker keeps no tables, so nothing there outlives the process); ``client_id``
     names the consumer in its group (so ``stream-clf swap`` knows the running workers);
-    ``input_record_bytes`` is the largest record the input topics take.
+    ``input_record_bytes`` is the largest record the input topics take; ``schemas`` decodes the events,
+    fetching their schemas first where they are registry-framed.
 
     ``--max-buffered-bytes`` is shared: half for the pipeline (bytes, exactly), half for Faust's
     stream buffer, which counts events, so it holds as many as fit at ``input_record_bytes`` each.
@@ -144,7 +147,7 @@ def create_app(
     app.consumer_state = state
     app.fail = fail
     pipeline = _pipeline(settings, step, publish, metrics, state)
-    _consume_and_classify(app, settings, pipeline, metrics, fail)
+    _consume_and_classify(app, settings, pipeline=pipeline, metrics=metrics, fail=fail, schemas=schemas)
     _track_partitions(app, set(settings.topics.input), metrics, state)
     return app
 
@@ -168,7 +171,13 @@ def _pipeline(
 
 
 def _consume_and_classify(
-    app: faust.App, settings: WorkerSettings, pipeline: Pipeline, metrics: WorkerMetrics, fail: Callable[[str], None]
+    app: faust.App,
+    settings: WorkerSettings,
+    *,
+    pipeline: Pipeline,
+    metrics: WorkerMetrics,
+    fail: Callable[[str], None],
+    schemas: SchemaWait,
 ) -> None:
     """The agent that feeds the pipeline events, and the task that runs it."""
     max_event_bytes = settings.delivery.max_event_bytes
@@ -180,7 +189,12 @@ def _consume_and_classify(
         async for event in manual.events():
             clock.enter("busy")
             metrics.consumed(event.message.topic)
-            record = _in_flight(event, manual, max_event_bytes)
+            schema_id = schemas.decoder.pending(event.message.value)
+            if schema_id is not None:  # not cached: fetched first, waiting while the registry is down
+                clock.enter("blocked")
+                await schemas.fetch_async(schema_id)
+                clock.enter("busy")
+            record = _in_flight(event, manual, max_event_bytes, schemas.decoder)
             clock.enter("blocked")
             await pipeline.feed(record)
             clock.enter("starved")
@@ -229,7 +243,7 @@ def _track_partitions(app: faust.App, inputs: set[str], metrics: WorkerMetrics, 
         state.waiting(lag=lag)
 
 
-def _in_flight(event: EventT, stream: StreamT, max_bytes: int) -> InFlight:
+def _in_flight(event: EventT, stream: StreamT, max_bytes: int, decoder: Decoder) -> InFlight:
     message = event.message
     return InFlight.decode(
         Source(message.topic, message.partition, message.offset),
@@ -238,6 +252,7 @@ def _in_flight(event: EventT, stream: StreamT, max_bytes: int) -> InFlight:
         functools.partial(stream.ack, event),
         max_bytes,
         timestamp=message.timestamp,
+        decoder=decoder,
     )
 
 

@@ -20,9 +20,12 @@ from stream_clf.worker.events import Source, TextEvent, decode_event
 if TYPE_CHECKING:
     from stream_clf.worker.models import ServedModel
 
-__all__ = ["Answer", "Form", "Headers", "InFlight", "KafkaMessage", "OutRecord", "Outcome", "Role"]
+__all__ = ["Answer", "Decoder", "Form", "Headers", "InFlight", "KafkaMessage", "OutRecord", "Outcome", "Role"]
 
 Headers = list[tuple[str, bytes]]
+# Turns a record value (at most so many bytes) into its event, or raises EventError: decode_event reads
+# JSON; an EventDecoder (stream_clf.worker.decoding) every input format.
+Decoder = Callable[[bytes | None, int], TextEvent]
 Answer = Prediction | EventError
 
 
@@ -56,9 +59,10 @@ class InFlight:
         max_bytes: int,
         *,
         timestamp: float | None = None,
+        decoder: Decoder = decode_event,
     ) -> "InFlight":
         try:
-            outcome: TextEvent | EventError = decode_event(value, max_bytes)
+            outcome: TextEvent | EventError = decoder(value, max_bytes)
         except EventError as error:
             outcome = error
         weight = len(key or b"") + len(value or b"")
@@ -67,7 +71,7 @@ class InFlight:
         return cls(source=source, key=key, value=value, outcome=outcome, ack=ack, timestamp=timestamp, weight=weight)
 
     @classmethod
-    def unacked(cls, message: "KafkaMessage", max_bytes: int) -> "InFlight":
+    def unacked(cls, message: "KafkaMessage", max_bytes: int, decoder: "Decoder" = decode_event) -> "InFlight":
         """A record librdkafka read, whose offset is not acked (a transaction commits it, or nothing does)."""
         _, timestamp = message.timestamp()
         source = Source(message.topic(), message.partition(), message.offset())
@@ -78,6 +82,7 @@ class InFlight:
             _no_ack,
             max_bytes,
             timestamp=timestamp / 1000 if timestamp else None,
+            decoder=decoder,
         )
 
     @property

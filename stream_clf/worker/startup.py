@@ -21,6 +21,7 @@ import faust
 from confluent_kafka import KafkaException
 
 from stream_clf.errors import BrokerError, ConfigError
+from stream_clf.formats.registry import SchemaBook
 from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.control import CLIENT_ID_PREFIX, KafkaControlFeed, ensure_control_topics, new_worker_id
 from stream_clf.kafka.limits import TopicLimit, producer_limits, read_limits
@@ -34,11 +35,13 @@ from stream_clf.ops.web.routes import Routes
 from stream_clf.ops.web.server import serve_in_thread
 from stream_clf.settings import WorkerSettings
 from stream_clf.worker.core import BatchStep
+from stream_clf.worker.decoding import EventDecoder
 from stream_clf.worker.faust_app import create_app
 from stream_clf.worker.model_roots import ModelRoots
 from stream_clf.worker.models import ModelHolder, ModelLoader, ModelSet
 from stream_clf.worker.publisher import PRODUCER_SETTINGS, BatchPublisher
 from stream_clf.worker.routing import Routing
+from stream_clf.worker.schema_wait import SchemaWait
 from stream_clf.worker.stopping import Stop, watch_signals
 from stream_clf.worker.swaps import SwapFollower
 from stream_clf.worker.transactional import run_exactly_once
@@ -92,6 +95,7 @@ def run_worker(settings: WorkerSettings) -> int:
         producer_limits(topics.limits),
         topics.input_record_bytes,
         CLIENT_ID_PREFIX + worker_id,
+        SchemaWait(_decoder(settings), state, metrics),
     )
     stop = Stop()
     swaps.start()
@@ -103,6 +107,13 @@ def run_worker(settings: WorkerSettings) -> int:
         server.shutdown()
     log.info("event=worker_stop guarantee=%s exit_code=%d", settings.delivery.guarantee, stop.exit_code)
     return stop.exit_code
+
+
+def _decoder(settings: WorkerSettings) -> EventDecoder:
+    """The decoder of the input format, with its Schema Registry client when one is named."""
+    events = settings.events
+    registry = events.registry
+    return EventDecoder(events.input_format, events.fields, SchemaBook(registry.client()) if registry else None)
 
 
 def _builder(settings: WorkerSettings) -> Callable[[ModelBundle], Classifier]:
@@ -261,6 +272,7 @@ class _Parts:
     producer_limits: dict[str, int]  # keep the producer inside the published topics' limits
     input_record_bytes: int  # the largest record the input topics take
     client_id: str  # the consumer's name in its group
+    schemas: SchemaWait  # decodes events, fetching their schemas first
 
 
 def _run_transactional(settings: WorkerSettings, parts: _Parts, stop: Stop) -> None:
@@ -279,6 +291,7 @@ def _run_transactional(settings: WorkerSettings, parts: _Parts, stop: Stop) -> N
             producer_limits=parts.producer_limits,
             client_id=parts.client_id,
             stop=stopping,
+            schemas=parts.schemas,
         )
     except Exception as error:
         stop.fail(str(error))
@@ -308,6 +321,7 @@ def _run_faust(settings: WorkerSettings, parts: _Parts, stop: Stop) -> None:
             datadir=Path(scratch),
             client_id=parts.client_id,
             input_record_bytes=parts.input_record_bytes,
+            schemas=parts.schemas,
         )
         worker = _FaustWorker(
             app,

@@ -50,10 +50,12 @@ from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.settings import WorkerSettings
 from stream_clf.worker.core import BatchStep, ProcessedBatch
+from stream_clf.worker.events import decode_event
 from stream_clf.worker.models import ModelSet
 from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT
 from stream_clf.worker.publisher import PRODUCER_SETTINGS, Refit, produce
 from stream_clf.worker.records import InFlight, OutRecord
+from stream_clf.worker.schema_wait import SchemaWait
 
 __all__ = ["ABORT_LIMIT", "Commit", "Transaction", "TransactionalLoop", "commit_batch", "run_exactly_once"]
 
@@ -103,16 +105,25 @@ def run_exactly_once(
     producer_limits: dict[str, int],
     client_id: str,
     stop: threading.Event,
+    schemas: SchemaWait,
 ) -> None:
     """Process until ``stop`` is set; the batch in flight is finished and committed first.
 
     ``producer_limits`` keep the producer inside the published topics' limits; ``client_id`` names
-    the consumer in its group (so ``stream-clf swap`` knows the running workers).
+    the consumer in its group (so ``stream-clf swap`` knows the running workers); ``schemas`` decodes
+    the events, fetching their schemas first where they are registry-framed.
     """
     consumer = _consumer(settings, connection, client_id)
     producer = _producer(settings, connection, compression, producer_limits)
     loop = TransactionalLoop(
-        step, producer, consumer, metrics, state, max_event_bytes=settings.delivery.max_event_bytes, pause=stop.wait
+        step,
+        producer,
+        consumer,
+        metrics,
+        state,
+        max_event_bytes=settings.delivery.max_event_bytes,
+        pause=stop.wait,
+        schemas=schemas,
     )
     # Half of --max-buffered-bytes for the batches read and not committed; the rest is librdkafka's.
     held_bytes = settings.delivery.max_buffered_bytes // 2
@@ -205,6 +216,7 @@ class TransactionalLoop:
         max_event_bytes: int,
         classifying: Executor | None = None,
         pause: Callable[[float], object] = time.sleep,
+        schemas: SchemaWait | None = None,
     ) -> None:
         self._step = step
         self._producer = producer
@@ -216,9 +228,11 @@ class TransactionalLoop:
         self._read: deque[_Read] = deque()
         self._clocks = {stage: metrics.stage(stage) for stage in ("consume", "classify", "commit")}
         self._pause = pause
+        self._schemas = schemas
         self._aborts = 0  # in a row, none committed since
         self.held_bytes = 0
         self._carried: list[Message] = []  # consumed, not yet in a batch (it had no room)
+        self.generation = 0  # how many times partitions were revoked or lost
 
     @property
     def _refit(self) -> Refit:
@@ -242,8 +256,12 @@ class TransactionalLoop:
 
     def submit(self, messages: Sequence[Message]) -> bool:
         """Start classifying the consumed ``messages``; False when none held an event."""
+        messages = [message for message in messages if _usable(message)]
+        if self._schemas is not None and not self._await_schemas(messages):
+            return False
+        decoder = self._schemas.decoder if self._schemas is not None else decode_event
         started = time.perf_counter()
-        batch = [InFlight.unacked(message, self._max_event_bytes) for message in messages if _usable(message)]
+        batch = [InFlight.unacked(message, self._max_event_bytes, decoder) for message in messages]
         for record in batch:
             self._metrics.consumed(record.source.topic)
         if batch:
@@ -253,6 +271,31 @@ class TransactionalLoop:
             self._hold(batch, 1)
         self._clocks["consume"].add("busy", time.perf_counter() - started)
         return bool(batch)
+
+    def _await_schemas(self, messages: Sequence[Message]) -> bool:
+        """Fetch the schemas ``messages`` need. While the registry does not answer, nothing is held in a
+        transaction (the batches in flight commit first) and the consumer, its partitions paused, keeps
+        polling so that it stays in its group. False when its partitions moved meanwhile: the messages
+        are dropped, to be read again from the committed offsets by whoever owns them now."""
+        assert self._schemas is not None
+        missing = self._schemas.missing(message.value() for message in messages)
+        if not missing:
+            return True
+        generation = self.generation
+        paused: list[TopicPartition] = []
+
+        def pause(seconds: float) -> None:
+            if not paused:
+                self.settle(keep=0)
+                paused.extend(self._consumer.assignment())
+                self._consumer.pause(paused)
+            self._state.polled()
+            self._consumer.consume(1, seconds)  # paused: it returns nothing, and serves the group's callbacks
+
+        self._schemas.fetch(missing, pause)
+        if paused and generation == self.generation:
+            self._consumer.resume(paused)
+        return generation == self.generation
 
     def _hold(self, batch: Sequence[InFlight], sign: int) -> None:
         self.held_bytes += sign * sum(record.weight for record in batch)
@@ -295,6 +338,7 @@ class TransactionalLoop:
         (the partitions' next owner, or this worker once they come back, reads it from the commits)."""
         self.settle(keep=0)
         self._carried = []
+        self.generation += 1
 
     def _commit_each(self, read: _Read, processed: ProcessedBatch) -> Transaction:
         """Commit ``read``'s events one by one, each with its own offset in a transaction of its own; a
@@ -353,6 +397,7 @@ class TransactionalLoop:
         """Forget every batch in flight (once its classification ends), and what was consumed for the
         next: it will be read again."""
         self._carried = []
+        self.generation += 1
         while self._read:
             read = self._read.popleft()
             read.classified.exception()

@@ -1,6 +1,6 @@
 """Events in, records out: what was consumed, published, dead-lettered, refitted, dropped or skipped."""
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from stream_clf.errors import Reason
 
@@ -44,6 +44,16 @@ class FlowMetrics:
             "stream_clf_control_records_skipped",
             "Control-topic records skipped as malformed (each one also a log line), by kind: swap, status, other",
             ["kind"],
+            registry=r,
+        )
+        self.registry_unavailable = Counter(
+            "stream_clf_schema_registry_unavailable",
+            "Asks for a schema the Schema Registry did not answer (its events wait, in order, and are asked again)",
+            registry=r,
+        )
+        self.registry_waiting = Gauge(
+            "stream_clf_schema_registry_waiting",
+            "1 while events wait for a schema because the Schema Registry does not answer",
             registry=r,
         )
         # An event touches its topic's series: the child is looked up once (labels() per event cost
