@@ -344,3 +344,16 @@ def test_the_connection_of_every_other_command_reads_the_same_settings(tmp_path)
     assert connection.brokers == ("k1:9092", "k2:9092")
     assert connection.config()["ssl.ca.location"] == str(ca)
     assert connection.faust_brokers() == ["kafka://k1:9092", "kafka://k2:9092"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        ({"input_format": "avro"}, "--input-format avro needs --schema-registry URL"),
+        ({"text_field": ["review..body"]}, "is not a dotted field path"),
+        ({"schema_registry": "registry:8081"}, "expected an http:// or https:// URL"),
+    ],
+)
+def test_event_format_settings_that_cannot_work_stop_with_one_line(flags, said):
+    with pytest.raises(ConfigError, match=said):
+        WorkerSettings.resolve({"model": "m", **flags}, environ={})
