@@ -102,10 +102,11 @@ class WorkerProcess:
 def produce(
     bootstrap: str,
     topic: str,
-    events: Iterable[tuple[bytes | None, bytes | None]],
+    events: Iterable[tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, list]],
     config: dict[str, object] | None = None,
 ) -> list[Record]:
-    """Produce (key, value) pairs in order, wait for every acknowledgement, return where each landed."""
+    """Produce (key, value) pairs, or (key, value, headers), in order, wait for every acknowledgement,
+    return where each landed."""
     settings = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"}
     producer = Producer(settings | (config or {}))
     landed: dict[int, Record] = {}
@@ -123,8 +124,9 @@ def produce(
         return callback
 
     count = 0
-    for index, (key, value) in enumerate(events):
-        producer.produce(topic, key=key, value=value, on_delivery=delivered(index))
+    for index, (key, value, *headers) in enumerate(events):
+        producer.produce(topic, key=key, value=value, headers=headers[0] if headers else None,
+                         on_delivery=delivered(index))  # fmt: skip
         producer.poll(0)
         count += 1
     assert producer.flush(30) == 0, "events left unacknowledged"

@@ -272,6 +272,9 @@ class FakeMessage:
     def value(self) -> bytes:
         return self._value
 
+    def headers(self) -> None:
+        return None
+
     def timestamp(self) -> tuple[int, int]:
         return 1, 1_000
 

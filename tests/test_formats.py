@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream_clf.errors import EventError, Reason
+from stream_clf.formats.cloudevents import kept_headers, trace_headers
 from stream_clf.formats.framing import is_framed, message_indexes, unframe
 from stream_clf.formats.paths import Fields, parse_path
 from stream_clf.formats.registry import LOOKUPS, RegistryAccess, RegistryUnavailableError, SchemaBook
@@ -95,6 +96,49 @@ def test_a_framed_value_without_a_registry_is_an_unknown_schema_and_json_is_read
         decode(b"\x00\x00\x00\x00\x05\x02hi", 100)
     assert caught.value.reason is Reason.UNKNOWN_SCHEMA
     assert decode(b'{"id": 1, "text": "hello"}', 100).id == "1"
+
+
+BINARY = [("ce_specversion", b"1.0"), ("ce_id", b"ce-1"), ("ce_source", b"/s"), ("ce_type", b"t")]
+STRUCTURED = [("content-type", b"Application/CloudEvents+JSON; charset=utf-8")]
+
+
+def test_a_cloudevents_id_is_the_events_id_unless_an_id_field_is_named():
+    value = b'{"id": "own", "text": "hello"}'
+    assert EventDecoder("auto")(value, 100, BINARY).id == "ce-1"
+    named = EventDecoder("auto", Fields(id=parse_path("id"), id_given=True))
+    assert named(value, 100, BINARY).id == "own"
+    assert named(value, 100, BINARY).cloudevent == "ce-1"
+    structured = orjson.dumps({"specversion": "1.0", "id": "ce-2", "data": {"id": "own", "text": "hi"}})
+    assert EventDecoder("auto")(structured, 100, STRUCTURED).id == "ce-2"
+    assert named(structured, 100, STRUCTURED).id == "own"
+    assert EventDecoder("auto")(value, 100, [("ce_id", b"x")]).cloudevent is None, "no specversion: no CloudEvent"
+
+
+def test_cloudevents_data_is_read_by_its_content_type_and_broken_ones_say_why():
+    decode = EventDecoder("auto")
+    assert decode(b"plain words", 100, [*BINARY, ("content-type", b"text/plain")]).text == "plain words"
+    as_text = {"specversion": "1.0", "id": "c", "datacontenttype": "text/plain", "data_base64": "aGkgdGhlcmU="}
+    assert decode(orjson.dumps(as_text), 100, STRUCTURED).text == "hi there"
+    for document, reason in [
+        (b"[1]", Reason.NOT_AN_OBJECT),
+        (b"{", Reason.INVALID_JSON),
+        (orjson.dumps({"specversion": "1.0", "id": 5, "data": {"text": "x"}}), Reason.NOT_AN_OBJECT),
+        (orjson.dumps({"specversion": "1.0", "id": "c"}), Reason.MISSING_TEXT),
+        (orjson.dumps({"specversion": "1.0", "id": "c", "data_base64": "!!"}), Reason.UNDECODABLE),
+        (orjson.dumps({"specversion": "1.0", "id": "c", "data": [1, 2]}), Reason.MISSING_TEXT),
+        (orjson.dumps({"specversion": "1.0", "id": "c", "data": {"body": "x"}}), Reason.MISSING_TEXT),
+    ]:
+        with pytest.raises(EventError) as caught:
+            decode(document, 100, STRUCTURED)
+        assert caught.value.reason is reason, document
+
+
+def test_only_trace_context_and_cloudevents_headers_are_kept_and_none_too_long():
+    headers = [("TraceParent", b"00-ab-cd-01"), ("x-secret", b"s"), ("ce_id", b"1"), ("ce_big", b"x" * 9000),
+               ("tracestate", None)]  # fmt: skip
+    assert kept_headers(headers) == [("traceparent", b"00-ab-cd-01"), ("ce_id", b"1")]
+    assert kept_headers({"traceparent": b"t"}) == [("traceparent", b"t")], "Faust's mapping too"
+    assert trace_headers(kept_headers(headers)) == [("traceparent", b"00-ab-cd-01")]
 
 
 def test_unknown_schema_ids_are_asked_again_then_remembered_and_retries_are_rationed(schema_registry):

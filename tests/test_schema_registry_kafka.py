@@ -14,9 +14,9 @@ from types import ModuleType
 
 import orjson
 import pytest
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroSerializer
-from confluent_kafka.schema_registry.json_schema import JSONSerializer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
@@ -271,3 +271,150 @@ def test_a_registry_outage_makes_new_schemas_wait_never_dead_letter(
     assert dead == []
     assert Counter(len(answers) for answers in results.values()) == {1: len(first) + len(later)}
     wait_for_status(port, "/readyz", 200, timeout=30)
+
+
+def _reader(output_format: str, client: SchemaRegistryClient):
+    """A subscriber's deserializer: it knows nothing of stream-clf, the writer's schema comes by id."""
+    if output_format == "avro":
+        return AvroDeserializer(client)
+    return JSONDeserializer(None, schema_registry_client=client)
+
+
+@pytest.mark.parametrize(("output_format", "guarantee"), [("avro", "at-least-once"), ("json-schema", "exactly-once")])
+def test_results_review_copies_and_shadow_answers_written_through_the_registry_read_back_by_its_serializers(
+    output_format, guarantee, kafka_bootstrap, schema_registry, tiny_bundle, start_worker
+):
+    topics = Topics.fresh(kafka_bootstrap)
+    review, shadow = f"{topics.output}.review", f"{topics.output}.shadow"
+    texts = {f"e{i}": SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(24)}
+    metas = {event_id: {"n": i, "tags": ["a", "b"]} if i % 2 else None for i, event_id in enumerate(texts)}
+    events = [
+        (f"k{i % 5}".encode(), orjson.dumps({"id": event_id, "text": text, "meta": metas[event_id]}))
+        for i, (event_id, text) in enumerate(texts.items())
+    ]
+    port = free_port()
+    worker = start_worker(
+        topics, tiny_bundle, "--guarantee", guarantee, "--schema-registry", schema_registry.url,
+        "--output-format", output_format, "--top-k", "2", "--min-confidence", "0.999",
+        "--shadow-model", str(tiny_bundle), "--web-port", str(port),
+    )  # fmt: skip
+    wait_for_status(port, "/readyz", 200, timeout=120)  # the review and shadow topics exist from here
+    produce(kafka_bootstrap, topics.input, events)
+    expected = 3 * len(events)  # a result, a review copy (every score is under 0.999) and a shadow answer each
+    records = collect(kafka_bootstrap, [topics.output, review, shadow, topics.dlq],
+                      until=lambda seen: len(seen) >= expected, timeout=180, settle=2, watch=[worker])  # fmt: skip
+    client = SchemaRegistryClient({"url": schema_registry.url})
+    read = _reader(output_format, client)
+    decoded: dict[str, list[dict]] = {}
+    for record in records:
+        assert record.topic != topics.dlq, record.headers
+        assert record.value[0] == 0, "registry-framed"
+        decoded.setdefault(record.topic, []).append(
+            read(record.value, SerializationContext(record.topic, MessageField.VALUE))
+        )
+    results = {result["id"]: result for result in decoded[topics.output]}
+    assert len(decoded[topics.output]) == len(results) == len(texts), "one result each"
+    classifier = Classifier(load_bundle(tiny_bundle))
+    ids = sorted(texts)
+    for event_id, prediction in zip(ids, classifier.predict([texts[i] for i in ids]), strict=True):
+        result = results[event_id]
+        assert result["label"] == prediction.label, event_id
+        assert result["score"] == pytest.approx(prediction.score, abs=1e-5)
+        assert [ranked["label"] for ranked in result["top_k"]] == sorted(result["scores"], key=result["scores"].get,
+                                                                         reverse=True)[:2]  # fmt: skip
+        meta = metas[event_id]
+        assert (result["meta"] and orjson.loads(result["meta"])) == (meta and meta), "meta travels as JSON text"
+        assert result["abstained"] is True
+    assert sorted((copy["id"], copy["text"]) for copy in decoded[review]) == sorted(texts.items())
+    assert {answer["id"]: answer["agree"] for answer in decoded[shadow]} == dict.fromkeys(texts, True)
+    for topic in (topics.output, review, shadow):
+        assert client.get_compatibility(f"{topic}-value") == "BACKWARD"
+        registered = client.get_latest_version(f"{topic}-value").schema
+        assert registered.schema_type == ("AVRO" if output_format == "avro" else "JSON")
+    worker.assert_running()
+
+
+def test_a_results_subject_whose_schema_cannot_evolve_stops_the_worker_with_one_line(
+    kafka_bootstrap, schema_registry, tiny_bundle, start_worker
+):
+    topics = Topics.fresh(kafka_bootstrap)
+    client = SchemaRegistryClient({"url": schema_registry.url})
+    subject = f"{topics.output}-value"
+    client.set_compatibility(subject_name=subject, level="BACKWARD")
+    other = {"type": "record", "name": "Result", "fields": [{"name": "count", "type": "int"}]}
+    client.register_schema(subject, Schema(orjson.dumps(other).decode(), "AVRO"))
+    worker = start_worker(topics, tiny_bundle, "--schema-registry", schema_registry.url, "--output-format", "avro")
+    assert worker.process is not None
+    assert worker.process.wait(120) == 2
+    said = worker.log.read_text()
+    assert f"the Schema Registry refused the result schema under subject {subject}" in said, said
+    assert "Traceback" not in said
+
+
+def test_replay_reads_registry_events_and_writes_results_through_the_registry(
+    kafka_bootstrap, schema_registry, tiny_bundle, review_pb2
+):
+    topics = Topics.fresh(kafka_bootstrap)
+    writers = Writers(schema_registry.url, topics.input, review_pb2)
+    events, texts = _events(writers, 6)
+    produce(kafka_bootstrap, topics.input, [*events, (b"k", b"\x00\x7f\xff\xff\xf0 not a known schema")])
+    relabelled = f"relabelled-{topics.output}"
+    command = [sys.executable, "-m", "stream_clf", "replay", "--brokers", kafka_bootstrap, "--input", topics.input,
+               "--output", relabelled, "--model", str(tiny_bundle), "--from", "earliest", "--dlq", topics.dlq,
+               "--schema-registry", schema_registry.url, "--output-format", "avro", *TEXT_FLAGS]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"replayed {len(events) + 1} events" in done.stdout, done.stdout
+    records = collect(kafka_bootstrap, [relabelled, topics.dlq], until=lambda seen: len(seen) > len(events),
+                      timeout=60, settle=2)  # fmt: skip
+    read = AvroDeserializer(SchemaRegistryClient({"url": schema_registry.url}))
+    context = SerializationContext(relabelled, MessageField.VALUE)
+    results = {result["id"]: result for result in (read(r.value, context) for r in records if r.topic == relabelled)}
+    assert set(results) == set(texts), "every format read, each once"
+    classifier = Classifier(load_bundle(tiny_bundle))
+    ids = sorted(texts)
+    for event_id, prediction in zip(ids, classifier.predict([texts[i] for i in ids]), strict=True):
+        assert results[event_id]["label"] == prediction.label, event_id
+    assert [r.headers["error.reason"] for r in records if r.topic == topics.dlq] == [b"unknown_schema"]
+    tailed = subprocess.run(
+        [sys.executable, "-m", "stream_clf", "tail", "--brokers", kafka_bootstrap, "--topic", relabelled,
+         "--from-beginning", "--max", str(len(events)), "--schema-registry", schema_registry.url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert tailed.returncode == 0, tailed.stderr
+    printed = {line.split()[0]: line.split()[1] for line in tailed.stdout.splitlines()}
+    assert printed == {event_id: result["label"] for event_id, result in results.items()}, "Avro results, read"
+
+
+def test_produce_writes_records_through_the_registry_and_stops_at_a_line_that_does_not_fit(
+    kafka_bootstrap, schema_registry, tmp_path
+):
+    topics = Topics.fresh(kafka_bootstrap, partitions=1)
+    schema = tmp_path / "review.avsc"
+    schema.write_bytes(orjson.dumps(AVRO_REVIEW))
+    records = [{"id": f"r{i}", "review": {"title": f"T{i}", "body": SAMPLE_TEXTS[i]}} for i in range(5)]
+    lines = tmp_path / "reviews.jsonl"
+    lines.write_bytes(b"\n".join(orjson.dumps(record) for record in records) + b'\n{"id": "r5"}\n' + b"{}\n")
+    command = [sys.executable, "-m", "stream_clf", "produce", "--brokers", kafka_bootstrap, "--topic", topics.input,
+               "--format", "avro", "--schema", str(schema), "--schema-registry", schema_registry.url,
+               str(lines)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "line 6:" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    sent = collect(kafka_bootstrap, [topics.input], until=lambda seen: len(seen) >= len(records), timeout=60, settle=2)
+    read = AvroDeserializer(SchemaRegistryClient({"url": schema_registry.url}))
+    context = SerializationContext(topics.input, MessageField.VALUE)
+    assert [read(record.value, context) for record in sent] == records, "the lines before it, in order"
+    tailed = subprocess.run(
+        [sys.executable, "-m", "stream_clf", "tail", "--brokers", kafka_bootstrap, "--topic", topics.input,
+         "--from-beginning", "--max", str(len(records)), "--json", "--schema-registry", schema_registry.url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert [orjson.loads(line) for line in tailed.stdout.splitlines()] == records
+    schema.write_text('{"type": "record", "name": "Broken"')
+    broken = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 2
+    assert broken.stderr.count("\n") == 1, broken.stderr
+    assert "not a readable JSON schema file" in broken.stderr

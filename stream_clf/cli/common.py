@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TypeVar
@@ -9,8 +10,10 @@ from typing import NoReturn, TypeVar
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from stream_clf.errors import ConfigError, StreamClfError
+from stream_clf.formats.registry import RegistryAccess
 from stream_clf.kafka.connection import Connection
-from stream_clf.settings import ConnectionSettings, Option, options
+from stream_clf.settings import ConnectionSettings, Option, options, resolve_group
+from stream_clf.settings.worker import Events
 
 __all__ = [
     "Parser",
@@ -18,6 +21,7 @@ __all__ = [
     "add_data_columns",
     "add_labelled_data",
     "add_option",
+    "add_registry",
     "connection_from",
     "needs_extra",
     "options_from",
@@ -26,6 +30,7 @@ __all__ = [
     "progress_bars",
     "raise_interrupt",
     "read_texts",
+    "registry_from",
 ]
 
 
@@ -60,6 +65,18 @@ def add_connection(parser: argparse.ArgumentParser) -> None:
 def connection_from(args: argparse.Namespace) -> Connection:
     """The connection the flags of :func:`add_connection` (or their environment variables) describe."""
     return ConnectionSettings.resolve(vars(args))
+
+
+def add_registry(parser: argparse.ArgumentParser) -> None:
+    """The flags of how to reach the Schema Registry (URL, basic auth, TLS), as the worker has them."""
+    for option in options(Events):
+        if option.field.startswith("schema_registry"):
+            add_option(parser, option)
+
+
+def registry_from(args: argparse.Namespace) -> RegistryAccess | None:
+    """The Schema Registry the flags of :func:`add_registry` (or their environment variables) name."""
+    return resolve_group(Events, vars(args), os.environ).registry
 
 
 def options_from(options: type[T], args: argparse.Namespace, **given: object) -> T:

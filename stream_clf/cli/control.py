@@ -17,7 +17,8 @@ from stream_clf.cli.common import (
     whole_number,
 )
 from stream_clf.errors import ConfigError, ModelError
-from stream_clf.settings import WORKER_OPTIONS, Option, usable_cores
+from stream_clf.settings import WORKER_OPTIONS, Option, options, resolve_group, usable_cores
+from stream_clf.settings.worker import Events
 
 if TYPE_CHECKING:
     from stream_clf.kafka.control_records import MalformedRecordError, WorkerStatus
@@ -174,6 +175,8 @@ def _replay(parser: Parser) -> None:
     parser.add_argument("--threads", type=positive_int, default=usable_cores(), help="(default: usable cores)")
     parser.add_argument("--top-k", type=whole_number(0), default=0, help="add the k most probable labels (default: 0)")
     add_option(parser, _OPTIONS["truncation"])
+    for option in options(Events):  # events read, and results written, as the worker's are
+        add_option(parser, option)
     add_connection(parser)
 
     def run(args: argparse.Namespace) -> int:
@@ -181,6 +184,7 @@ def _replay(parser: Parser) -> None:
         from stream_clf.model.windows import Windowing
         from stream_clf.tools.replay import ReplayOptions, run_replay
         from stream_clf.worker.models import ModelLoader
+        from stream_clf.worker.wire_formats import event_decoder, result_format
 
         if args.output == args.input:
             raise ConfigError(f"--output {args.output!r} is the --input: a replay would read its own results")
@@ -188,8 +192,14 @@ def _replay(parser: Parser) -> None:
         model = ModelLoader(
             lambda bundle: Classifier(bundle, threads=args.threads, lanes=args.threads, windowing=Windowing(truncation))
         )(str(args.model))
+        events = resolve_group(Events, vars(args), os.environ)
         options = options_from(
-            ReplayOptions, args, connection=connection_from(args), dlq=args.dlq or f"{args.output}.dlq"
+            ReplayOptions,
+            args,
+            connection=connection_from(args),
+            dlq=args.dlq or f"{args.output}.dlq",
+            decoder=event_decoder(events),
+            written=result_format(events, {"result": args.output}),
         )
         with progress_bars() as progress:
             task = progress.add_task(f"replaying {args.input} with {model.name}", total=None)

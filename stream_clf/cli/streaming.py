@@ -7,7 +7,16 @@ import signal
 import sys
 from pathlib import Path
 
-from stream_clf.cli.common import Parser, add_connection, add_option, connection_from, positive_int, raise_interrupt
+from stream_clf.cli.common import (
+    Parser,
+    add_connection,
+    add_option,
+    add_registry,
+    connection_from,
+    positive_int,
+    raise_interrupt,
+    registry_from,
+)
 from stream_clf.errors import BrokerError, ConfigError
 from stream_clf.settings import WORKER_OPTIONS, WorkerSettings
 
@@ -92,13 +101,27 @@ def _produce(parser: Parser) -> None:
     parser.add_argument("file", nargs="?", default="-", help="file of lines, or - for stdin (default: -)")
     parser.add_argument("--key-field", help="set the Kafka key from this field of each JSON line")
     parser.add_argument("--raw", action="store_true", help="send each line's bytes unchanged (test bad input)")
+    parser.add_argument(
+        "--format",
+        choices=("json", "avro", "json-schema"),
+        default="json",
+        help="write each record as JSON, or through the Schema Registry as Avro or JSON Schema (default: json)",
+    )
+    parser.add_argument("--schema", type=Path, help="the Avro (.avsc) or JSON Schema file of --format avro|json-schema")
+    add_registry(parser)
 
     def run(args: argparse.Namespace) -> int:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from stream_clf.tools.produce import produce_lines
+        from stream_clf.tools.produce import produce_lines, registry_serializer
 
         connection = connection_from(args)
+        serialize = None
+        if args.format != "json":
+            registry = registry_from(args)
+            if args.schema is None or registry is None or args.raw:
+                raise ConfigError(f"--format {args.format} needs --schema FILE and --schema-registry URL, not --raw")
+            serialize = registry_serializer(registry, args.format, args.schema, args.topic)
         reading_stdin = args.file == "-"
         stream = sys.stdin.buffer if reading_stdin else open(args.file, "rb")  # noqa: SIM115 (closed below)
         size = None if reading_stdin else os.fstat(stream.fileno()).st_size
@@ -112,6 +135,7 @@ def _produce(parser: Parser) -> None:
                 stream,
                 key_field=args.key_field,
                 raw=args.raw,
+                serialize=serialize,
                 on_line=lambda n: progress.advance(task, n),
             )
         skipped = f", skipped {report.skipped} blank lines" if report.skipped else ""
@@ -130,11 +154,13 @@ def _tail(parser: Parser) -> None:
     parser.add_argument("--max", type=positive_int, help="stop after this many records")
     parser.add_argument("--json", action="store_true", help="print each record as one JSON object")
     parser.add_argument("--idle-timeout", type=float, help="stop after this many seconds without a record")
+    add_registry(parser)  # to read registry-framed values (Avro, JSON Schema, Protobuf) by their schemas
 
     def run(args: argparse.Namespace) -> int:
         from stream_clf.tools.tail import tail
 
         connection = connection_from(args)
+        registry = registry_from(args)
         signal.signal(signal.SIGTERM, raise_interrupt)
         with contextlib.suppress(KeyboardInterrupt):
             tail(
@@ -145,6 +171,7 @@ def _tail(parser: Parser) -> None:
                 max_records=args.max,
                 as_json=args.json,
                 idle_timeout=args.idle_timeout,
+                registry=registry,
             )
         return 0
 

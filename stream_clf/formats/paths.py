@@ -60,6 +60,12 @@ class Fields:
 
     text: Sequence[FieldPath] = (FieldPath(("text",)),)
     id: FieldPath = FieldPath(("id",))
+    id_given: bool = False  # named by --id-field: it wins over a CloudEvent's own id
+
+    @property
+    def default_text(self) -> bool:
+        """Whether the text is the default ``text`` field."""
+        return tuple(self.text) == (FieldPath(("text",)),)
 
     def text_of(self, record: Any, missing: Reason) -> str:
         """The event's text; raises :class:`EventError` when there is none."""

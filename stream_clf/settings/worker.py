@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from stream_clf.errors import ConfigError
-from stream_clf.formats import INPUT_FORMATS
+from stream_clf.formats import INPUT_FORMATS, OUTPUT_FORMATS
 from stream_clf.formats.paths import FieldPath, Fields
 from stream_clf.formats.registry import RegistryAccess
 from stream_clf.kafka.connection import COMPRESSION_CODECS, Connection
@@ -151,9 +151,19 @@ class Events:
         "text",
         repeatable=True,
     )
-    id_field: FieldPath = setting(p.field_path, FieldPath(("id",)), "dotted path of the event id", "PATH", "id")
+    id_field: FieldPath | None = setting(
+        p.field_path, None, "dotted path of the event id (it wins over a CloudEvent's ce_id)", "PATH", "id, or ce_id"
+    )
+    output_format: str = setting(
+        p.one_of(OUTPUT_FORMATS),
+        "json",
+        "how results, review copies and shadow answers are written: "
+        + ", ".join(OUTPUT_FORMATS)
+        + " (avro, json-schema: through the Schema Registry, their schemas registered at start)",
+        "FORMAT",
+    )
     schema_registry: str | None = setting(
-        p.url, None, "Schema Registry URL (Confluent's API) for registry-framed events", "URL", "none"
+        p.url, None, "Schema Registry URL (Confluent's API) for registry-framed events and results", "URL", "none"
     )
     schema_registry_user: str | None = setting(p.text, None, "Schema Registry basic-auth user", "USER", "none")
     schema_registry_password: str | None = setting(
@@ -175,11 +185,13 @@ class Events:
     def __post_init__(self) -> None:
         if self.input_format in ("avro", "json-schema", "protobuf") and self.schema_registry is None:
             raise ConfigError(f"--input-format {self.input_format} needs --schema-registry URL")
+        if self.output_format != "json" and self.schema_registry is None:
+            raise ConfigError(f"--output-format {self.output_format} needs --schema-registry URL")
 
     @property
     def fields(self) -> Fields:
         """Where the text and the id are."""
-        return Fields(self.text_field, self.id_field)
+        return Fields(self.text_field, self.id_field or FieldPath(("id",)), id_given=self.id_field is not None)
 
     @property
     def registry(self) -> RegistryAccess | None:

@@ -12,6 +12,9 @@ first record at or after that time), ``earliest`` or ``latest``; ``--to`` defaul
 each partition when the replay starts, so records that arrive meanwhile are left to the live worker.
 Only committed records are read. The replay ends, exit 0, once every partition reached its bound and
 every result was acknowledged; each event in the range gets exactly one result or dead letter.
+Events are read and results written as the worker's ``events`` settings say (``--input-format``,
+``--output-format``, the Schema Registry): a schema not cached yet is fetched first, waiting out a
+registry outage.
 """
 
 import re
@@ -27,12 +30,16 @@ from stream_clf.errors import BrokerError
 from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.limits import producer_limits, read_limits
 from stream_clf.kafka.topics import ensure_topics
+from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import WorkerMetrics
 from stream_clf.worker.core import BatchStep
+from stream_clf.worker.decoding import EventDecoder
 from stream_clf.worker.models import ModelHolder, ModelSet, ServedModel
 from stream_clf.worker.publisher import produce
 from stream_clf.worker.records import InFlight, Role
 from stream_clf.worker.routing import Routing
+from stream_clf.worker.schema_wait import SchemaWait
+from stream_clf.worker.wire_formats import ResultFormat
 
 __all__ = ["Bound", "ReplayOptions", "ReplayReport", "parse_bound", "run_replay"]
 
@@ -82,6 +89,8 @@ class ReplayOptions:
     max_batch: int = 64
     max_event_bytes: int = 1_048_576
     top_k: int = 0
+    decoder: EventDecoder = field(default_factory=lambda: EventDecoder("json"))
+    written: ResultFormat = field(default_factory=ResultFormat)
 
 
 @dataclass
@@ -139,11 +148,13 @@ def _replay(
     progress: Callable[[int], None],
 ) -> None:
     limits = read_limits(options.connection, [options.output, options.dlq])
-    step = BatchStep(
-        ModelHolder(ModelSet(default=model)),
-        Routing(options.output, options.dlq, options.top_k, limits=limits),
-        WorkerMetrics(max_batch=options.max_batch),
+    metrics = WorkerMetrics(max_batch=options.max_batch)
+    written = options.written
+    routing = Routing(
+        options.output, options.dlq, options.top_k, limits=limits, encode=written.encode, media_type=written.media_type
     )
+    step = BatchStep(ModelHolder(ModelSet(default=model)), routing, metrics)
+    schemas = SchemaWait(options.decoder, ConsumerState(), metrics)
     producer = options.connection.producer(
         {
             "enable.idempotence": True,
@@ -182,7 +193,8 @@ def _replay(
                 continue
             first, end = ranges[partition]
             if message.offset() < end:
-                batch.append(InFlight.unacked(message, options.max_event_bytes))
+                schemas.fetch(schemas.missing([(message.value(), message.headers())]), time.sleep)
+                batch.append(InFlight.unacked(message, options.max_event_bytes, options.decoder))
                 covered[partition] = message.offset() + 1 - first
             if message.offset() + 1 >= end:
                 finished(partition)

@@ -45,6 +45,7 @@ class TextEvent:
     text: str
     id: str | None = None
     meta: Any = None
+    cloudevent: str | None = None  # the event's CloudEvents id, when it came as one
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,7 +189,7 @@ def _consume_and_classify(
         async for event in manual.events():
             clock.enter("busy")
             metrics.consumed(event.message.topic)
-            schema_id = schemas.decoder.pending(event.message.value)
+            schema_id = schemas.decoder.pending(event.message.value, event.message.headers)
             if schema_id is not None:  # not cached: fetched first, waiting while the registry is down
                 clock.enter("blocked")
                 await schemas.fetch_async(schema_id)
@@ -253,6 +253,7 @@ def _in_flight(event: EventT, stream: StreamT, max_bytes: int, decoder: Decoder)
         max_bytes,
         timestamp=message.timestamp,
         decoder=decoder,
+        headers=message.headers,
     )
 
 

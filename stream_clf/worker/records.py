@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from stream_clf.errors import EventError
+from stream_clf.formats.cloudevents import RawHeaders, kept_headers
 from stream_clf.model.classifier import Prediction
 from stream_clf.model.windows import Plan
-from stream_clf.worker.events import Source, TextEvent, decode_event
+from stream_clf.worker.decoding import EventDecoder
+from stream_clf.worker.events import Source, TextEvent
 
 if TYPE_CHECKING:
     from stream_clf.worker.models import ServedModel
@@ -23,9 +25,10 @@ if TYPE_CHECKING:
 __all__ = ["Answer", "Decoder", "Form", "Headers", "InFlight", "KafkaMessage", "OutRecord", "Outcome", "Role"]
 
 Headers = list[tuple[str, bytes]]
-# Turns a record value (at most so many bytes) into its event, or raises EventError: decode_event reads
-# JSON; an EventDecoder (stream_clf.worker.decoding) every input format.
-Decoder = Callable[[bytes | None, int], TextEvent]
+# Turns a record value (at most so many bytes) and its kept headers into its event, or raises EventError:
+# an EventDecoder (stream_clf.worker.decoding), of one input format.
+Decoder = Callable[[bytes | None, int, Headers], TextEvent]
+JSON_EVENTS = EventDecoder("json")
 Answer = Prediction | EventError
 
 
@@ -45,6 +48,7 @@ class InFlight:
     ack: Callable[[], Awaitable[object]]
     timestamp: float | None = None
     received: float = field(default_factory=time.monotonic)
+    headers: Headers = field(default_factory=list)  # the input headers it carries: trace context, CloudEvents
     plan: Plan | None = None
     model: "ServedModel | None" = None  # the model it was planned for
     weight: int = 0  # the bytes it holds in memory while in flight: key, value and decoded text
@@ -59,19 +63,24 @@ class InFlight:
         max_bytes: int,
         *,
         timestamp: float | None = None,
-        decoder: Decoder = decode_event,
+        decoder: Decoder = JSON_EVENTS,
+        headers: RawHeaders | None = None,
     ) -> "InFlight":
+        kept = kept_headers(headers)
         try:
-            outcome: TextEvent | EventError = decoder(value, max_bytes)
+            outcome: TextEvent | EventError = decoder(value, max_bytes, kept)
         except EventError as error:
             outcome = error
         weight = len(key or b"") + len(value or b"")
         if isinstance(outcome, TextEvent):
             weight += sys.getsizeof(outcome.text)
-        return cls(source=source, key=key, value=value, outcome=outcome, ack=ack, timestamp=timestamp, weight=weight)
+        return cls(
+            source=source, key=key, value=value, outcome=outcome, ack=ack, timestamp=timestamp, headers=kept,
+            weight=weight,
+        )  # fmt: skip
 
     @classmethod
-    def unacked(cls, message: "KafkaMessage", max_bytes: int, decoder: "Decoder" = decode_event) -> "InFlight":
+    def unacked(cls, message: "KafkaMessage", max_bytes: int, decoder: Decoder = JSON_EVENTS) -> "InFlight":
         """A record librdkafka read, whose offset is not acked (a transaction commits it, or nothing does)."""
         _, timestamp = message.timestamp()
         source = Source(message.topic(), message.partition(), message.offset())
@@ -83,6 +92,7 @@ class InFlight:
             max_bytes,
             timestamp=timestamp / 1000 if timestamp else None,
             decoder=decoder,
+            headers=message.headers(),
         )
 
     @property
@@ -153,6 +163,7 @@ class KafkaMessage(Protocol):
     def key(self) -> bytes | None: ...
     def value(self) -> bytes | None: ...
     def timestamp(self) -> tuple[int, int]: ...
+    def headers(self) -> list[tuple[str, bytes | None]] | None: ...
 
 
 async def _no_ack() -> None:

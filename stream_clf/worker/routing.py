@@ -2,7 +2,8 @@
 
 ::
 
-    event ─► result ──────────► output topic        (one of these two, always)
+    event ─► result ──────────► output topic        (one of these two, always; each with the event's
+                                                       trace context, and CloudEvents headers of its own)
         or ─► dead letter ────► dead-letter topic
         and ─► review copy (it abstained), shadow answer (a shadow model runs): copies, beside it
 
@@ -22,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from stream_clf.errors import EventError, Reason
+from stream_clf.formats.cloudevents import result_headers, trace_headers
 from stream_clf.kafka.limits import Refusal, TopicLimit, wire_size
 from stream_clf.model.abstain import MinConfidence
 from stream_clf.model.classifier import Prediction
@@ -41,6 +43,9 @@ class Routing:
 
     ``limits`` are the published topics' limits; a topic not named there takes any record.
     ``dropped`` is told the role of each record left out because no form of it fits.
+    ``encode`` writes a JSON result, review copy or shadow answer as its topic's registry format
+    (``--output-format``; :class:`~stream_clf.formats.results.ResultWriter`), taking (topic, value);
+    ``media_type`` names that format in CloudEvents headers.
     """
 
     output: str
@@ -51,6 +56,8 @@ class Routing:
     min_confidence: MinConfidence | None = None
     limits: Mapping[str, TopicLimit] = field(default_factory=dict)
     dropped: Callable[[str], None] = field(default=lambda role: None, repr=False)
+    encode: Callable[[str, bytes], bytes] | None = field(default=None, repr=False)
+    media_type: str = "application/json"
 
     def records(self, record: InFlight, outcome: Outcome) -> list[OutRecord]:
         """The records published for ``record``: one result or one dead letter, then any copies,
@@ -70,7 +77,11 @@ class Routing:
                 live=(model.name, model.version, answer),
                 shadow=(outcome.shadow_model.name, outcome.shadow_model.version, outcome.shadow),
             )
-            records.append(OutRecord(self.shadow, record.key, shadow, [], Role.SHADOW, event=record, outcome=outcome))
+            headers = self._headers(record, "shadow")
+            shadow = self._encoded(self.shadow, shadow)
+            records.append(
+                OutRecord(self.shadow, record.key, shadow, headers, Role.SHADOW, event=record, outcome=outcome)
+            )
         return self._fitted(records)
 
     def abstains(self, answer: Prediction) -> bool:
@@ -121,12 +132,21 @@ class Routing:
 
     def _result(self, record: InFlight, outcome: Outcome, meta: object) -> OutRecord:
         """The result; ``meta`` None where the event had some means the smaller, bare form."""
+        event = record.outcome
+        bare = meta is None and isinstance(event, TextEvent) and event.meta is not None
+        value = self._encoded(self.output, self._json_result(record, outcome, meta))
+        form = Form.BARE if bare else Form.WHOLE
+        headers = self._headers(record, "result")
+        return OutRecord(self.output, record.key, value, headers, Role.RESULT, form, event=record, outcome=outcome)
+
+    def _json_result(self, record: InFlight, outcome: Outcome, meta: object) -> bytes:
+        """The result as JSON, whatever ``--output-format`` writes."""
         event, answer, model = record.outcome, outcome.answer, outcome.model
         assert isinstance(event, TextEvent), "only a valid event has a result"
         assert isinstance(answer, Prediction), "only a classified event has a result"
         assert model is not None, "a classified event has its model"
         bare = meta is None and event.meta is not None
-        value = encode_result(
+        return encode_result(
             event_id=event.id or record.source.default_id,
             label=answer.label,
             scores=answer.scores,
@@ -141,21 +161,37 @@ class Routing:
             abstained=outcome.abstained if self.min_confidence is not None else None,
             meta_dropped=bare,
         )
-        form = Form.BARE if bare else Form.WHOLE
-        return OutRecord(self.output, record.key, value, [], Role.RESULT, form, event=record, outcome=outcome)
 
     def _review(self, record: InFlight, outcome: Outcome, meta: object) -> OutRecord:
-        result = self._result(record, outcome, meta)
         event, answer = record.outcome, outcome.answer
         assert isinstance(event, TextEvent), "only a valid event has a review copy"
         assert isinstance(answer, Prediction), "only a classified event has a review copy"
         assert self.review is not None, "review copies have a topic"
         assert self.min_confidence is not None, "only --min-confidence abstains"
-        value = encode_review(result.value or b"{}", event.text, self.min_confidence.bound(answer.label))
-        return replace(result, topic=self.review, value=value, role=Role.REVIEW)
+        bound = self.min_confidence.bound(answer.label)
+        value = self._encoded(self.review, encode_review(self._json_result(record, outcome, meta), event.text, bound))
+        form = Form.BARE if meta is None and event.meta is not None else Form.WHOLE
+        headers = self._headers(record, "review")
+        return OutRecord(self.review, record.key, value, headers, Role.REVIEW, form, event=record, outcome=outcome)
+
+    def _encoded(self, topic: str, value: bytes) -> bytes:
+        return value if self.encode is None else self.encode(topic, value)
+
+    def _headers(self, record: InFlight, kind: str) -> list[tuple[str, bytes]]:
+        """A result's (or copy's) headers: the event's trace context, and CloudEvents attributes of its
+        own when the event was a CloudEvent (see :mod:`stream_clf.formats.cloudevents`)."""
+        headers = trace_headers(record.headers) if record.headers else []
+        event = record.outcome
+        if isinstance(event, TextEvent) and event.cloudevent is not None:
+            at = record.source
+            cloud = result_headers(
+                at.topic, at.partition, at.offset, event.cloudevent, kind, media_type=self.media_type
+            )
+            return [*cloud, *headers]
+        return headers
 
     def _dead_letter(self, record: InFlight, outcome: Outcome, error: EventError) -> OutRecord:
-        headers = dead_letter_headers(error, record.source)
+        headers = [*dead_letter_headers(error, record.source), *trace_headers(record.headers)]
         return OutRecord(
             self.dlq, record.key, record.value, headers, Role.DEAD_LETTER, event=record, outcome=outcome,
             reason=error.reason.value,

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
+from stream_clf.formats.cloudevents import RawHeaders
 from stream_clf.formats.registry import RegistryUnavailableError
 from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import WorkerMetrics
@@ -33,9 +34,10 @@ class SchemaWait:
         self._state = state
         self._metrics = metrics
 
-    def missing(self, values: Iterable[bytes | None]) -> list[int]:
-        """The schema ids ``values`` need that are not cached, each once, in read order."""
-        return list(dict.fromkeys(i for value in values if (i := self.decoder.pending(value)) is not None))
+    def missing(self, records: Iterable[tuple[bytes | None, RawHeaders | None]]) -> list[int]:
+        """The schema ids ``records`` (value, headers) need that are not cached, each once, in read order."""
+        pending = self.decoder.pending
+        return list(dict.fromkeys(i for value, headers in records if (i := pending(value, headers)) is not None))
 
     def fetch(self, schema_ids: Iterable[int], pause: Callable[[float], object]) -> None:
         """Fetch ``schema_ids``, calling ``pause(seconds)`` between asks while the registry is unavailable."""

@@ -21,7 +21,6 @@ import faust
 from confluent_kafka import KafkaException
 
 from stream_clf.errors import BrokerError, ConfigError
-from stream_clf.formats.registry import SchemaBook
 from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.control import CLIENT_ID_PREFIX, KafkaControlFeed, ensure_control_topics, new_worker_id
 from stream_clf.kafka.limits import TopicLimit, producer_limits, read_limits
@@ -35,7 +34,6 @@ from stream_clf.ops.web.routes import Routes
 from stream_clf.ops.web.server import serve_in_thread
 from stream_clf.settings import WorkerSettings
 from stream_clf.worker.core import BatchStep
-from stream_clf.worker.decoding import EventDecoder
 from stream_clf.worker.faust_app import create_app
 from stream_clf.worker.model_roots import ModelRoots
 from stream_clf.worker.models import ModelHolder, ModelLoader, ModelSet
@@ -45,6 +43,7 @@ from stream_clf.worker.schema_wait import SchemaWait
 from stream_clf.worker.stopping import Stop, watch_signals
 from stream_clf.worker.swaps import SwapFollower
 from stream_clf.worker.transactional import run_exactly_once
+from stream_clf.worker.wire_formats import ResultFormat, event_decoder, result_format
 
 __all__ = ["BROKER_WAIT_SECONDS", "run_worker"]
 
@@ -72,6 +71,7 @@ def run_worker(settings: WorkerSettings) -> int:
     metrics.lanes.set(models.default.classifier.lanes)
     worker_id = new_worker_id(settings.delivery.instance)
     swaps = _follow_swaps(settings, connection, worker_id=worker_id, holder=holder, load=load, metrics=metrics)
+    written = _result_format(settings)
     routing = Routing(
         settings.topics.output,
         settings.topics.dlq,
@@ -81,6 +81,8 @@ def run_worker(settings: WorkerSettings) -> int:
         min_confidence=settings.models.min_confidence,
         limits=topics.limits,
         dropped=metrics.dropped,
+        encode=written.encode,
+        media_type=written.media_type,
     )
     state = ConsumerState()
     readiness = Readiness(connection, state, stall_seconds=settings.delivery.stall_seconds, vital=[swaps.failure])
@@ -95,7 +97,7 @@ def run_worker(settings: WorkerSettings) -> int:
         producer_limits(topics.limits),
         topics.input_record_bytes,
         CLIENT_ID_PREFIX + worker_id,
-        SchemaWait(_decoder(settings), state, metrics),
+        SchemaWait(event_decoder(settings.events), state, metrics),
     )
     stop = Stop()
     swaps.start()
@@ -109,11 +111,14 @@ def run_worker(settings: WorkerSettings) -> int:
     return stop.exit_code
 
 
-def _decoder(settings: WorkerSettings) -> EventDecoder:
-    """The decoder of the input format, with its Schema Registry client when one is named."""
-    events = settings.events
-    registry = events.registry
-    return EventDecoder(events.input_format, events.fields, SchemaBook(registry.client()) if registry else None)
+def _result_format(settings: WorkerSettings) -> ResultFormat:
+    """How results, and the review and shadow copies in use, are written."""
+    topics = {"result": settings.topics.output}
+    if settings.models.min_confidence:
+        topics["review"] = settings.review_output
+    if settings.models.shadow_model:
+        topics["shadow"] = settings.shadow_output
+    return result_format(settings.events, topics)
 
 
 def _builder(settings: WorkerSettings) -> Callable[[ModelBundle], Classifier]:

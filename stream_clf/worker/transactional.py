@@ -50,11 +50,10 @@ from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.settings import WorkerSettings
 from stream_clf.worker.core import BatchStep, ProcessedBatch
-from stream_clf.worker.events import decode_event
 from stream_clf.worker.models import ModelSet
 from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT
 from stream_clf.worker.publisher import PRODUCER_SETTINGS, Refit, produce
-from stream_clf.worker.records import InFlight, OutRecord
+from stream_clf.worker.records import JSON_EVENTS, InFlight, OutRecord
 from stream_clf.worker.schema_wait import SchemaWait
 
 __all__ = ["ABORT_LIMIT", "Commit", "Transaction", "TransactionalLoop", "commit_batch", "run_exactly_once"]
@@ -259,7 +258,7 @@ class TransactionalLoop:
         messages = [message for message in messages if _usable(message)]
         if self._schemas is not None and not self._await_schemas(messages):
             return False
-        decoder = self._schemas.decoder if self._schemas is not None else decode_event
+        decoder = self._schemas.decoder if self._schemas is not None else JSON_EVENTS
         started = time.perf_counter()
         batch = [InFlight.unacked(message, self._max_event_bytes, decoder) for message in messages]
         for record in batch:
@@ -278,7 +277,7 @@ class TransactionalLoop:
         polling so that it stays in its group. False when its partitions moved meanwhile: the messages
         are dropped, to be read again from the committed offsets by whoever owns them now."""
         assert self._schemas is not None
-        missing = self._schemas.missing(message.value() for message in messages)
+        missing = self._schemas.missing((message.value(), message.headers()) for message in messages)
         if not missing:
             return True
         generation = self.generation
