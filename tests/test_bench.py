@@ -101,6 +101,27 @@ def test_bench_reads_a_file_of_texts_skips_the_baseline_and_adds_exactly_once_on
     assert "exactly-once" in finished.stdout
 
 
+def test_bench_compares_json_and_avro_events_side_by_side_three_rounds_each(
+    tiny_bundle, kafka_bootstrap, schema_registry, tmp_path
+):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a short one\nthe match ended in a draw after extra time\nmarkets fell on the news\n")
+    report_file = tmp_path / "bench.json"
+    finished = _bench("--model", str(tiny_bundle), "--mix", str(texts), "--events", "30", "--no-baseline",
+                      "--event-formats", "--schema-registry", schema_registry.url, "--brokers", kafka_bootstrap,
+                      "--json", str(report_file))  # fmt: skip
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    formats = orjson.loads(report_file.read_bytes())["event_formats"]
+    assert {name: len(rates) for name, rates in formats["rounds"].items()} == {"json": 3, "avro": 3}
+    assert all(rate > 0 for rates in formats["rounds"].values() for rate in rates)
+    assert formats["labels_agree"] == 1.0, "the same texts get the same labels, whatever their format"
+    assert formats["avro_vs_json"] == pytest.approx(
+        formats["median_events_per_second"]["avro"] / formats["median_events_per_second"]["json"]
+    )
+    assert "event formats, side by side" in finished.stdout
+    assert "avro_events_at_least_95pct_of_json" in finished.stdout
+
+
 def test_bench_measures_the_ag_news_mix_from_the_file_it_is_given(tiny_bundle, kafka_bootstrap, tmp_path):
     data = tmp_path / "ag.csv"
     data.write_text(

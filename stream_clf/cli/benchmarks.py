@@ -82,6 +82,14 @@ def _bench(parser: Parser) -> None:
         default=defaults.peer_batch_size,
         help="Spark NLP's batchSize (%(default)s)",
     )
+    parser.add_argument(
+        "--event-formats",
+        action="store_true",
+        help="also measure JSON vs Avro events (registry-framed), alternating, median of 3 runs each",
+    )
+    parser.add_argument(
+        "--schema-registry", metavar="URL", help="the registry for --event-formats (default: start a local one)"
+    )
     parser.add_argument("--shadow-model", type=Path, help="also measure the worker with this shadow model beside")
     parser.add_argument(
         "--swap-model", type=Path, help="also measure latency while the worker swaps to this model under load"
@@ -124,6 +132,11 @@ def _run_bench(args: argparse.Namespace) -> int:
             import transformers  # noqa: F401
         except ImportError as error:
             raise needs_extra(error, "models") from None
+    if options.event_formats:
+        try:
+            import confluent_kafka.schema_registry.avro  # noqa: F401
+        except ImportError as error:
+            raise needs_extra(error, "registry") from None
     with progress_bars() as progress:
         report = run_bench(options, tracker(progress))
     args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))

@@ -431,12 +431,20 @@ class Web:
 
 @dataclass(frozen=True)
 class Logs:
-    """What the worker logs, and in which form."""
+    """What the worker logs, and in which form; and where its traces go."""
 
     GROUP: ClassVar[str] = "logs"
     log_level: str = setting(p.one_of(LOG_LEVELS), "info", "log level: " + ", ".join(LOG_LEVELS), "LEVEL")
     log_format: str = setting(
         p.one_of(LOG_FORMATS), "kv", "log lines as key=value pairs (kv) or JSON objects (json)", "FORMAT"
+    )
+    otel: str | None = setting(
+        p.url,
+        None,
+        "export one span per micro-batch, linked to its events' traces, over OTLP/HTTP to this URL"
+        " (the collector's /v1/traces; needs the otel extra)",
+        "URL",
+        "none",
     )
 
 

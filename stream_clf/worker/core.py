@@ -24,6 +24,7 @@ from typing import TypeVar
 from stream_clf.errors import EventError, Reason, fails_alone
 from stream_clf.model.classifier import Prediction
 from stream_clf.ops.metrics import WorkerMetrics
+from stream_clf.ops.tracing import BatchTracing, NoTracing
 from stream_clf.worker.events import TextEvent
 from stream_clf.worker.models import ModelHolder, ModelSet, ServedModel
 from stream_clf.worker.records import Answer, Form, InFlight, Outcome, OutRecord, Role
@@ -82,10 +83,13 @@ class BatchStep:
     for another model than the one that now serves it (a swap came in between) is planned again.
     """
 
-    def __init__(self, models: ModelHolder, routing: Routing, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self, models: ModelHolder, routing: Routing, metrics: WorkerMetrics, tracing: BatchTracing | None = None
+    ) -> None:
         self.models = models
         self.routing = routing
         self._metrics = metrics
+        self._tracing = tracing or NoTracing()
 
     def plan(self, records: Sequence[InFlight], models: ModelSet | None = None) -> None:
         """Tokenize and cut the valid events' texts for the models that serve them; an event whose
@@ -104,7 +108,17 @@ class BatchStep:
             self._metrics.tokenize_seconds.observe(time.perf_counter() - started)
 
     def classify(self, batch: Sequence[InFlight], models: ModelSet | None = None) -> ProcessedBatch:
-        """Classify the planned events of ``batch`` and route every event to its records."""
+        """Classify the planned events of ``batch`` and route every event to its records: one span
+        (``--otel``), linked to the events' traces."""
+        with self._tracing.batch([record.headers for record in batch]) as span:
+            processed = self._classify(batch, models)
+            span.set_attribute("stream_clf.results", sum(record.role is Role.RESULT for record in processed.records))
+            span.set_attribute(
+                "stream_clf.dead_letters", sum(record.role is Role.DEAD_LETTER for record in processed.records)
+            )
+        return processed
+
+    def _classify(self, batch: Sequence[InFlight], models: ModelSet | None) -> ProcessedBatch:
         models = models or self.models.current
         stale = [r for r in batch if r.plan is not None and r.model is not models.serving(r.source, r.key)]
         if stale:

@@ -30,6 +30,7 @@ from stream_clf.model.classifier import Classifier
 from stream_clf.ops.health import ConsumerState, Readiness
 from stream_clf.ops.logs import configure_logging, logging_config
 from stream_clf.ops.metrics import WorkerMetrics
+from stream_clf.ops.tracing import BatchTracing, NoTracing, OtelTracing
 from stream_clf.ops.web.routes import Routes
 from stream_clf.ops.web.server import serve_in_thread
 from stream_clf.settings import WorkerSettings
@@ -70,6 +71,7 @@ def run_worker(settings: WorkerSettings) -> int:
     holder = ModelHolder(models, on_change=lambda current: metrics.in_service(_in_service(current)))
     metrics.lanes.set(models.default.classifier.lanes)
     worker_id = new_worker_id(settings.delivery.instance)
+    tracing = _tracing(settings, worker_id)
     swaps = _follow_swaps(settings, connection, worker_id=worker_id, holder=holder, load=load, metrics=metrics)
     written = _result_format(settings)
     routing = Routing(
@@ -90,7 +92,7 @@ def run_worker(settings: WorkerSettings) -> int:
     _log_start(settings, connection, swaps, holder, topics.compression)
     parts = _Parts(
         connection,
-        BatchStep(holder, routing, metrics),
+        BatchStep(holder, routing, metrics, tracing),
         metrics,
         state,
         topics.compression,
@@ -107,6 +109,7 @@ def run_worker(settings: WorkerSettings) -> int:
     finally:
         swaps.close()
         server.shutdown()
+        tracing.close()
     log.info("event=worker_stop guarantee=%s exit_code=%d", settings.delivery.guarantee, stop.exit_code)
     return stop.exit_code
 
@@ -119,6 +122,14 @@ def _result_format(settings: WorkerSettings) -> ResultFormat:
     if settings.models.shadow_model:
         topics["shadow"] = settings.shadow_output
     return result_format(settings.events, topics)
+
+
+def _tracing(settings: WorkerSettings, worker_id: str) -> BatchTracing:
+    """Micro-batch spans to ``--otel``'s collector, or none."""
+    endpoint = settings.logs.otel
+    if endpoint is None:
+        return NoTracing()
+    return OtelTracing(endpoint, worker_id, max_links=settings.batching.max_batch)
 
 
 def _builder(settings: WorkerSettings) -> Callable[[ModelBundle], Classifier]:

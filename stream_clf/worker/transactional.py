@@ -133,7 +133,6 @@ def run_exactly_once(
         on_lost=lambda *_: loop.drop(),
     )
     lag = _Lag(consumer)
-    measured = 0.0
     try:
         while not stop.is_set():
             if loop.held_bytes >= held_bytes:  # the batches in flight fill the budget: commit them first
@@ -143,11 +142,7 @@ def run_exactly_once(
                 settings.batching.max_batch, settings.batching.max_wait_ms / 1000 or 0.01, held_bytes - loop.held_bytes
             )
             state.assigned = len(consumer.assignment())
-            if time.monotonic() - measured >= LAG_INTERVAL_SECONDS:
-                behind = lag.measure()
-                metrics.partitions(behind)
-                state.waiting(lag=behind)
-                measured = time.monotonic()
+            lag.report(metrics, state)
             # With a batch just handed to the classifier, the one before it commits meanwhile.
             loop.settle(keep=1 if loop.submit(messages) else 0)
         loop.settle(keep=0)
@@ -428,6 +423,15 @@ class _Lag:
     def __init__(self, consumer: Consumer) -> None:
         self._consumer = consumer
         self._committed: dict[tuple[str, int], int] = {}
+        self._measured = 0.0
+
+    def report(self, metrics: WorkerMetrics, state: ConsumerState) -> None:
+        """Tell the metrics and readiness the lag, at most once per ``LAG_INTERVAL_SECONDS``."""
+        if time.monotonic() - self._measured >= LAG_INTERVAL_SECONDS:
+            behind = self.measure()
+            metrics.partitions(behind)
+            state.waiting(lag=behind)
+            self._measured = time.monotonic()
 
     def measure(self) -> dict[tuple[str, int], int]:
         positions = self._consumer.position(self._consumer.assignment())

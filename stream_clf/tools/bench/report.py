@@ -38,6 +38,10 @@ def judge(report: dict[str, Any], max_wait_ms: int, bundle: Any, engine: Any) ->
         ratios["with_shadow_vs_without"] = report["with_shadow"]["events_per_second"] / stream_rate
     if "stream_clf_vs_baseline" in ratios:
         report["targets"]["at_least_6x_baseline"] = ratios["stream_clf_vs_baseline"] >= 6
+    formats = report.get("event_formats")
+    if formats:
+        ratios["avro_vs_json_events"] = formats["avro_vs_json"]
+        report["targets"]["avro_events_at_least_95pct_of_json"] = formats["avro_vs_json"] >= 0.95
     spark = report.get("spark_nlp")
     if spark:
         ratios["stream_clf_vs_spark_nlp"] = stream_rate / spark["events_per_second"]
@@ -101,6 +105,21 @@ def _model_change_lines(report: dict[str, Any]) -> list[str]:
             f" ({swap['events_during']} events)"
         )
     return lines
+
+
+def _event_format_lines(report: dict[str, Any]) -> list[str]:
+    formats = report.get("event_formats")
+    if not formats:
+        return []
+    rounds = ", ".join(
+        f"{name} " + " / ".join(f"{rate:.1f}" for rate in rates) for name, rates in formats["rounds"].items()
+    )
+    medians = formats["median_events_per_second"]
+    return [
+        f"event formats, side by side (median of {len(formats['rounds']['json'])} alternating runs): JSON"
+        f" {medians['json']:.1f} events/s, Avro {medians['avro']:.1f} events/s, Avro {formats['avro_vs_json']:.1%}"
+        f" of JSON; labels agree on {formats['labels_agree']:.1%} of events; runs: {rounds}"
+    ]
 
 
 def _spark_nlp_lines(report: dict[str, Any]) -> list[str]:
@@ -183,6 +202,7 @@ def render(report: dict[str, Any]) -> Group:
             else []
         ),
         *_model_change_lines(report),
+        *_event_format_lines(report),
         *_spark_nlp_lines(report),
         "raw engine by configuration: "
         + ", ".join(f"{name} {rate:.1f} texts/s" for name, rate in engine["configurations"].items()),

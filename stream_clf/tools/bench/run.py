@@ -17,6 +17,7 @@ from stream_clf.model.catalog import resolve_model
 from stream_clf.model.classifier import Classifier
 from stream_clf.settings import WORKER_OPTIONS
 from stream_clf.tools.bench.engine import measure_engine, measure_full_batch, measure_peak
+from stream_clf.tools.bench.formats import measure_event_formats, registry_for
 from stream_clf.tools.bench.mixes import describe_mix, load_texts
 from stream_clf.tools.bench.report import judge
 from stream_clf.tools.bench.scaffold import Bench, kafka_for
@@ -58,6 +59,8 @@ class BenchOptions:
     brokers: str | None = None
     peer: str | None = None  # "spark-nlp": also measure Spark NLP beside stream-clf
     peer_batch_size: int = 32  # Spark NLP's batchSize
+    event_formats: bool = False  # also measure JSON vs Avro events, side by side
+    schema_registry: str | None = None  # the registry for those (default: start a local one)
     timeout: float = 600.0
 
 
@@ -100,7 +103,7 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
         "settings": {
             k: str(v) if isinstance(v, Path) else v
             for k, v in asdict(options).items()
-            if k not in ("model", "brokers", "mix_file")
+            if k not in ("model", "brokers", "mix_file", "schema_registry")
         },
     }
     precisions = sorted({bundle.precision, "fp32"})  # the baseline runs in fp32
@@ -142,6 +145,10 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
         if options.swap_model is not None:
             pace = options.load * report["stream_clf"]["events_per_second"]
             report["swap"] = _measure_swap(run, bundle.path, texts, pace, resolve_model(options.swap_model))
+        if options.event_formats:
+            with registry_for(options.schema_registry, Path(scratch), track) as registry:
+                command = _worker_command(options, bundle.path)
+                report["event_formats"] = measure_event_formats(run.bench, command, texts, registry)
         if options.peer == "spark-nlp":
             report["spark_nlp"] = _measure_spark_nlp(run, bundle.path, texts, labels)
         if options.baseline:

@@ -32,10 +32,12 @@ from stream_clf.worker.records import OutRecord
 
 __all__ = [
     "CpuMeter",
+    "EventEncoder",
     "RunningService",
     "StageSample",
     "StreamResult",
     "Track",
+    "json_event",
     "measure_latency",
     "measure_swap",
     "measure_throughput",
@@ -47,6 +49,8 @@ __all__ = [
 ]
 
 Advance = Callable[[int], None]
+# Writes one event's value from its (id, text): JSON by default, a registry format to compare it with.
+EventEncoder = Callable[[str, str], bytes]
 # A progress bar's maker: ``track(description, total)`` returns its advance.
 Track = Callable[[str, int | None], Advance]
 
@@ -204,10 +208,20 @@ def start_service(module_args: Sequence[str], bootstrap: str, partitions: int, l
     return RunningService(process, topics[0], topics[1], log, web_port, f"bench-{tag}")
 
 
+def json_event(event_id: str, text: str) -> bytes:
+    """An event as the worker reads it by default: ``{"id", "text"}``."""
+    return orjson.dumps({"id": event_id, "text": text})
+
+
 def _produce(
-    bootstrap: str, topic: str, events: Sequence[tuple[str, str]], pace: float | None = None
+    bootstrap: str,
+    topic: str,
+    events: Sequence[tuple[str, str]],
+    pace: float | None = None,
+    encode: EventEncoder = json_event,
 ) -> dict[str, float]:
-    """Send (id, text) events; with ``pace`` (events/s), evenly spaced. Returns each id's send time."""
+    """Send (id, text) events written by ``encode``; with ``pace`` (events/s), evenly spaced. Returns
+    each id's send time."""
     # The topic's own limit decides what it takes; the producer's default (1,000,000 bytes) would
     # refuse a megabyte text before the broker could take it.
     producer = Connection.to(bootstrap).producer({"linger.ms": 5, "message.max.bytes": 64 << 20})
@@ -220,7 +234,7 @@ def _produce(
                 time.sleep(delay)
         sent[event_id] = time.monotonic()
         # A record librdkafka refuses is a BrokerError: one line from the CLI.
-        produce(producer, OutRecord(topic, None, orjson.dumps({"id": event_id, "text": text}), []))
+        produce(producer, OutRecord(topic, None, encode(event_id, text), []))
         producer.poll(0)
     producer.flush(60)
     return sent
@@ -286,6 +300,7 @@ def measure_throughput(
     others: dict[str, int] | None = None,
     stages: bool = False,
     from_filled: bool = False,
+    encode: EventEncoder = json_event,
 ) -> StreamResult:
     """Events per second from a pre-filled input topic, first result to last.
 
@@ -294,10 +309,10 @@ def measure_throughput(
     Also the cores used meanwhile by the service, this process (the benchmark's clients) and
     ``others`` (name to pid: the broker); the service's resident memory at the end; each event's
     label; and with ``stages``, the share of the time each of its stages spent busy, starved and
-    blocked.
+    blocked. ``encode`` writes the events (JSON unless a format is being compared).
     """
     events = [(f"t{i}", text) for i, text in enumerate(texts)]
-    _produce(bootstrap, service.input, events)
+    _produce(bootstrap, service.input, events, encode=encode)
     filled = time.monotonic()
     meter = CpuMeter({"service": service.process.pid, "bench clients": os.getpid(), **(others or {})})
     if from_filled:
