@@ -18,6 +18,7 @@ from stream_clf.cli.common import (
     registry_from,
 )
 from stream_clf.errors import BrokerError, ConfigError
+from stream_clf.formats import OUTPUT_FORMATS
 from stream_clf.settings import WORKER_OPTIONS, WorkerSettings
 
 __all__ = ["register"]
@@ -103,7 +104,7 @@ def _produce(parser: Parser) -> None:
     parser.add_argument("--raw", action="store_true", help="send each line's bytes unchanged (test bad input)")
     parser.add_argument(
         "--format",
-        choices=("json", "avro", "json-schema"),
+        choices=OUTPUT_FORMATS,
         default="json",
         help="write each record as JSON, or through the Schema Registry as Avro or JSON Schema (default: json)",
     )

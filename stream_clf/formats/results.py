@@ -9,6 +9,7 @@ Keys stay the bytes read; dead letters stay raw bytes with headers.
 """
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -19,36 +20,27 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from stream_clf.errors import ConfigError
 from stream_clf.formats import OUTPUT_FORMATS
 
-__all__ = ["RESULT_KINDS", "ResultWriter", "avro_schema", "json_schema"]
+__all__ = ["RESULT_KINDS", "ResultWriter", "avro_schema", "json_schema", "serializer"]
 
 RESULT_KINDS = ("result", "review", "shadow")
 COMPATIBILITY = "BACKWARD"
 NAMESPACE = "dev.stream_clf"
 
-_OPTIONAL = object()  # marks a field that may be absent (null)
+
+@dataclass(frozen=True)
+class _Nullable:
+    """A field that may be null (the JSON result leaves it out): Avro ``["null", type]``, default null."""
+
+    type: Any
 
 
-def _source() -> dict[str, Any]:
-    return {
-        "type": "record",
-        "name": "Source",
-        "fields": [
-            {"name": "topic", "type": "string"},
-            {"name": "partition", "type": "int"},
-            {"name": "offset", "type": "long"},
-        ],
-    }
+def _avro_record(name: str, fields: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {"type": "record", "name": name, "fields": [{"name": field, "type": kind} for field, kind in fields]}
 
 
+_SOURCE = _avro_record("Source", [("topic", "string"), ("partition", "int"), ("offset", "long")])
 _SCORES = {"type": "map", "values": "double"}
-_RANKED = {
-    "type": "array",
-    "items": {
-        "type": "record",
-        "name": "Ranked",
-        "fields": [{"name": "label", "type": "string"}, {"name": "score", "type": "double"}],
-    },
-}
+_RANKED = {"type": "array", "items": _avro_record("Ranked", [("label", "string"), ("score", "double")])}
 _RESULT_FIELDS: list[tuple[str, Any]] = [
     ("id", "string"),
     ("label", "string"),
@@ -56,32 +48,25 @@ _RESULT_FIELDS: list[tuple[str, Any]] = [
     ("scores", _SCORES),
     ("model", "string"),
     ("model_version", "string"),
-    ("source", "Source"),
-    ("meta", (_OPTIONAL, "string")),  # the event's meta as JSON text
+    ("source", _SOURCE),
+    ("meta", _Nullable("string")),  # the event's meta as JSON text
     ("truncated", "boolean"),
     ("chunks", "int"),
-    ("top_k", (_OPTIONAL, _RANKED)),
-    ("labels", (_OPTIONAL, {"type": "array", "items": "string"})),
-    ("abstained", (_OPTIONAL, "boolean")),
-    ("meta_dropped", (_OPTIONAL, "boolean")),
+    ("top_k", _Nullable(_RANKED)),
+    ("labels", _Nullable({"type": "array", "items": "string"})),
+    ("abstained", _Nullable("boolean")),
+    ("meta_dropped", _Nullable("boolean")),
 ]
-_REVIEW_FIELDS = [*_RESULT_FIELDS, ("text", "string"), ("min_confidence", (_OPTIONAL, "double"))]
-_SIDE = {
-    "type": "record",
-    "name": "Side",
-    "fields": [
-        {"name": "model", "type": "string"},
-        {"name": "model_version", "type": "string"},
-        {"name": "label", "type": "string"},
-        {"name": "score", "type": "double"},
-        {"name": "scores", "type": _SCORES},
-    ],
-}
+_REVIEW_FIELDS = [*_RESULT_FIELDS, ("text", "string"), ("min_confidence", _Nullable("double"))]
+_SIDE = _avro_record(
+    "Side",
+    [("model", "string"), ("model_version", "string"), ("label", "string"), ("score", "double"), ("scores", _SCORES)],
+)
 _SHADOW_FIELDS: list[tuple[str, Any]] = [
     ("id", "string"),
-    ("source", "Source"),
+    ("source", _SOURCE),
     ("live", _SIDE),
-    ("shadow", "Side"),
+    ("shadow", "Side"),  # a named Avro type is defined once, then named
     ("agree", "boolean"),
 ]
 _FIELDS = {"result": _RESULT_FIELDS, "review": _REVIEW_FIELDS, "shadow": _SHADOW_FIELDS}
@@ -91,10 +76,8 @@ def avro_schema(kind: str) -> dict[str, Any]:
     """The Avro schema of a ``kind`` record (result, review, shadow)."""
     fields = []
     for name, avro_type in _FIELDS[kind]:
-        if avro_type == "Source":
-            fields.append({"name": name, "type": _source()})
-        elif isinstance(avro_type, tuple):
-            fields.append({"name": name, "type": ["null", avro_type[1]], "default": None})
+        if isinstance(avro_type, _Nullable):
+            fields.append({"name": name, "type": ["null", avro_type.type], "default": None})
         else:
             fields.append({"name": name, "type": avro_type})
     return {"type": "record", "name": kind.capitalize(), "namespace": NAMESPACE, "fields": fields}
@@ -107,8 +90,6 @@ def _json_type(avro_type: Any) -> dict[str, Any]:
         if avro_type["type"] == "array":
             return {"type": "array", "items": _json_type(avro_type["items"])}
         return _json_object(avro_type["fields"])
-    if avro_type == "Source":
-        return _json_object(_source()["fields"])
     if avro_type == "Side":
         return _json_object(_SIDE["fields"])
     return {"type": {"string": "string", "double": "number", "int": "integer", "long": "integer"}.get(
@@ -128,8 +109,8 @@ def json_schema(kind: str) -> dict[str, Any]:
     """The JSON Schema of a ``kind`` record: the same fields as its Avro schema."""
     properties, required = {}, []
     for name, avro_type in _FIELDS[kind]:
-        if isinstance(avro_type, tuple):
-            properties[name] = {"oneOf": [{"type": "null"}, _json_type(avro_type[1])]}
+        if isinstance(avro_type, _Nullable):
+            properties[name] = {"oneOf": [{"type": "null"}, _json_type(avro_type.type)]}
         else:
             properties[name] = _json_type(avro_type)
             required.append(name)
@@ -151,9 +132,23 @@ def _record(kind: str, value: bytes) -> dict[str, Any]:
     meta = record.get("meta")
     record["meta"] = None if meta is None else orjson.dumps(meta).decode()
     for name, avro_type in _FIELDS[kind]:
-        if isinstance(avro_type, tuple):
+        if isinstance(avro_type, _Nullable):
             record.setdefault(name, None)
     return record
+
+
+def serializer(
+    client: SchemaRegistryClient, output_format: str, schema_text: str, *, validate: bool = True
+) -> Callable[..., bytes]:
+    """confluent-kafka's serializer of ``output_format`` (avro, json-schema) with ``schema_text``, which
+    it registers under the record's subject if it is not yet; ``validate``: JSON Schema values are
+    checked against it (Avro's always are)."""
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.schema_registry.json_schema import JSONSerializer
+
+    if output_format == "avro":
+        return AvroSerializer(client, schema_text)
+    return JSONSerializer(schema_text, client, conf={"validate": validate})
 
 
 class ResultWriter:
@@ -185,9 +180,6 @@ class ResultWriter:
 
     def _register(self, client: SchemaRegistryClient, kind: str, topic: str) -> Callable[..., bytes]:
         """Register ``kind``'s schema under ``topic``'s subject, BACKWARD compatible; its serializer."""
-        from confluent_kafka.schema_registry.avro import AvroSerializer
-        from confluent_kafka.schema_registry.json_schema import JSONSerializer
-
         subject = f"{topic}-value"
         schema = avro_schema(kind) if self.format == "avro" else json_schema(kind)
         text = orjson.dumps(schema).decode()
@@ -201,7 +193,5 @@ class ResultWriter:
             ) from None
         except Exception as error:  # unreachable, TLS, auth: whatever it is, the worker cannot start
             raise ConfigError(f"could not register the {kind} schema under subject {subject}: {error}") from None
-        conf = {"auto.register.schemas": True}  # registered just now: the client's cache answers, no call
-        if self.format == "avro":
-            return AvroSerializer(client, text, conf=conf)
-        return JSONSerializer(text, client, conf={**conf, "validate": False})
+        # Registered just now: the client's cache answers, no call; our own results need no validation.
+        return serializer(client, self.format, text, validate=False)

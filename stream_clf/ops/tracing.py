@@ -21,6 +21,8 @@ Headers = Sequence[tuple[str, bytes]]
 
 
 class BatchSpan(Protocol):
+    def is_recording(self) -> bool: ...
+
     def set_attribute(self, key: str, value: Any) -> None: ...
 
 
@@ -33,6 +35,9 @@ class BatchTracing(Protocol):
 
 
 class _NoSpan:
+    def is_recording(self) -> bool:
+        return False
+
     def set_attribute(self, key: str, value: Any) -> None:
         """Nothing is traced."""
 

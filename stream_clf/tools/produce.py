@@ -20,7 +20,6 @@ from stream_clf.formats.registry import RegistryAccess
 from stream_clf.kafka.connection import Connection
 
 __all__ = [
-    "PRODUCE_FORMATS",
     "ProduceReport",
     "event_for_line",
     "produce_lines",
@@ -28,7 +27,6 @@ __all__ = [
     "registry_serializer",
 ]
 
-PRODUCE_FORMATS = ("json", "avro", "json-schema")
 # Turns one record into the value sent; raises ConfigError naming what does not fit.
 Serialize = Callable[[dict[str, Any]], bytes]
 
@@ -51,9 +49,9 @@ def producer_config(connection: Connection) -> dict[str, object]:
 def registry_serializer(registry: RegistryAccess, output_format: str, schema: Path, topic: str) -> Serialize:
     """confluent-kafka's serializer of ``output_format`` with the schema in file ``schema``, registered
     (if it is not yet) under ``topic``'s subject, ``<topic>-value``."""
-    from confluent_kafka.schema_registry.avro import AvroSerializer
-    from confluent_kafka.schema_registry.json_schema import JSONSerializer
     from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from stream_clf.formats.results import serializer
 
     try:
         text = schema.read_text(encoding="utf-8")
@@ -62,17 +60,14 @@ def registry_serializer(registry: RegistryAccess, output_format: str, schema: Pa
         raise ConfigError(f"--schema {schema}: not a readable JSON schema file ({error})") from None
     client = registry.client()
     try:
-        if output_format == "avro":
-            serializer: Any = AvroSerializer(client, text)
-        else:
-            serializer = JSONSerializer(text, client)
+        write = serializer(client, output_format, text)
     except Exception as error:  # fastavro's and jsonschema's parse errors share no base class
         raise ConfigError(f"--schema {schema}: not a valid {output_format} schema ({error})") from None
     context = SerializationContext(topic, MessageField.VALUE)
 
     def serialize(record: dict[str, Any]) -> bytes:
         try:
-            return serializer(record, context)
+            return write(record, context)
         except Exception as error:  # a record that does not fit, or a registry that refuses the schema
             raise ConfigError(f"a record does not fit {schema} or the registry refused it: {error}") from None
 

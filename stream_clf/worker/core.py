@@ -14,6 +14,7 @@ publishes them in a transaction with the consumer's offsets. Either counts the b
 (:meth:`ProcessedBatch.count`) only once its records are durably out: delivered, or committed.
 """
 
+import collections
 import functools
 import logging
 import time
@@ -112,10 +113,10 @@ class BatchStep:
         (``--otel``), linked to the events' traces."""
         with self._tracing.batch([record.headers for record in batch]) as span:
             processed = self._classify(batch, models)
-            span.set_attribute("stream_clf.results", sum(record.role is Role.RESULT for record in processed.records))
-            span.set_attribute(
-                "stream_clf.dead_letters", sum(record.role is Role.DEAD_LETTER for record in processed.records)
-            )
+            if span.is_recording():  # without --otel, nothing is counted
+                roles = collections.Counter(record.role for record in processed.records)
+                span.set_attribute("stream_clf.results", roles[Role.RESULT])
+                span.set_attribute("stream_clf.dead_letters", roles[Role.DEAD_LETTER])
         return processed
 
     def _classify(self, batch: Sequence[InFlight], models: ModelSet | None) -> ProcessedBatch:

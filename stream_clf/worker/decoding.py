@@ -20,6 +20,7 @@ from typing import Any
 from stream_clf.errors import EventError, Reason
 from stream_clf.formats import INPUT_FORMATS
 from stream_clf.formats.cloudevents import (
+    STRUCTURED,
     RawHeaders,
     attributes,
     content_type,
@@ -72,16 +73,17 @@ class EventDecoder:
         """The event in ``value`` (``headers``: those :func:`~stream_clf.formats.cloudevents.kept_headers`
         keeps), or :class:`EventError` saying why there is none. A CloudEvent's id is its ``ce_id``
         unless ``--id-field`` names another."""
-        if headers:
-            if is_structured(headers):
-                return self._structured(checked_size(value, max_bytes), max_bytes)
-            cloud = attributes(headers)
-            if cloud is not None:
-                event = self._decode(value, max_bytes, content_type(headers))
-                event_id = event.id if self.fields.id_given else cloud["id"]
-                return TextEvent(event.text, event_id, event.meta, cloudevent=cloud["id"])
-            return self._decode(value, max_bytes, content_type(headers))
-        return self._decode(value, max_bytes)
+        if not headers:
+            return self._decode(value, max_bytes)
+        media_type = content_type(headers)
+        if media_type == STRUCTURED:
+            return self._structured(checked_size(value, max_bytes), max_bytes)
+        event = self._decode(value, max_bytes, media_type)
+        cloud = attributes(headers)
+        if cloud is None:
+            return event
+        event_id = event.id if self.fields.id_given else cloud["id"]
+        return TextEvent(event.text, event_id, event.meta, cloudevent=cloud["id"])
 
     def _decode(self, value: bytes | None, max_bytes: int, media_type: str = "") -> TextEvent:
         """``value`` read as the input format says; under ``auto``, a ``text/plain`` value is the text."""

@@ -132,20 +132,17 @@ class Routing:
 
     def _result(self, record: InFlight, outcome: Outcome, meta: object) -> OutRecord:
         """The result; ``meta`` None where the event had some means the smaller, bare form."""
-        event = record.outcome
-        bare = meta is None and isinstance(event, TextEvent) and event.meta is not None
-        value = self._encoded(self.output, self._json_result(record, outcome, meta))
-        form = Form.BARE if bare else Form.WHOLE
+        form = _form(record, meta)
+        value = self._encoded(self.output, self._json_result(record, outcome, meta, form))
         headers = self._headers(record, "result")
         return OutRecord(self.output, record.key, value, headers, Role.RESULT, form, event=record, outcome=outcome)
 
-    def _json_result(self, record: InFlight, outcome: Outcome, meta: object) -> bytes:
+    def _json_result(self, record: InFlight, outcome: Outcome, meta: object, form: Form) -> bytes:
         """The result as JSON, whatever ``--output-format`` writes."""
         event, answer, model = record.outcome, outcome.answer, outcome.model
         assert isinstance(event, TextEvent), "only a valid event has a result"
         assert isinstance(answer, Prediction), "only a classified event has a result"
         assert model is not None, "a classified event has its model"
-        bare = meta is None and event.meta is not None
         return encode_result(
             event_id=event.id or record.source.default_id,
             label=answer.label,
@@ -159,7 +156,7 @@ class Routing:
             top_k=self.top_k,
             labels=answer.labels,
             abstained=outcome.abstained if self.min_confidence is not None else None,
-            meta_dropped=bare,
+            meta_dropped=form is Form.BARE,
         )
 
     def _review(self, record: InFlight, outcome: Outcome, meta: object) -> OutRecord:
@@ -168,9 +165,9 @@ class Routing:
         assert isinstance(answer, Prediction), "only a classified event has a review copy"
         assert self.review is not None, "review copies have a topic"
         assert self.min_confidence is not None, "only --min-confidence abstains"
-        bound = self.min_confidence.bound(answer.label)
-        value = self._encoded(self.review, encode_review(self._json_result(record, outcome, meta), event.text, bound))
-        form = Form.BARE if meta is None and event.meta is not None else Form.WHOLE
+        form = _form(record, meta)
+        result = self._json_result(record, outcome, meta, form)
+        value = self._encoded(self.review, encode_review(result, event.text, self.min_confidence.bound(answer.label)))
         headers = self._headers(record, "review")
         return OutRecord(self.review, record.key, value, headers, Role.REVIEW, form, event=record, outcome=outcome)
 
@@ -221,6 +218,12 @@ class Routing:
             event.source.default_id if event else None,
             refusal.detail,
         )
+
+
+def _form(record: InFlight, meta: object) -> Form:
+    """A result's form: bare when ``meta`` is None and the event had some (it was left out to fit)."""
+    event = record.outcome
+    return Form.BARE if meta is None and isinstance(event, TextEvent) and event.meta is not None else Form.WHOLE
 
 
 def _cut_detail(headers: list[tuple[str, bytes]], size: int) -> bytes:
