@@ -81,13 +81,28 @@ def step(classifier: Poisonable, metrics: WorkerMetrics) -> BatchStep:
     return BatchStep(ModelHolder(ModelSet(ServedModel(classifier, "tiny"))), Routing("out", "dlq"), metrics)
 
 
-def event(offset: int, text: str | None = None, acks: list[int] | None = None, partition: int = 0) -> InFlight:
+def event(
+    offset: int,
+    text: str | None = None,
+    acks: list[int] | None = None,
+    partition: int = 0,
+    *,
+    forgotten: list[int] | None = None,
+    generation: int = 0,
+) -> InFlight:
     async def ack() -> None:
         if acks is not None:
             acks.append(offset)
 
+    def forget() -> None:
+        if forgotten is not None:
+            forgotten.append(offset)
+
     value = orjson.dumps({"id": f"e{offset}", "text": text or SAMPLE_TEXTS[offset % len(SAMPLE_TEXTS)]})
-    return InFlight.decode(Source("in", partition, offset), f"k{offset}".encode(), value, ack, 1 << 20, timestamp=1.0)
+    return InFlight.decode(
+        Source("in", partition, offset), f"k{offset}".encode(), value, ack, 1 << 20, timestamp=1.0,
+        forget=forget, generation=generation,
+    )  # fmt: skip
 
 
 def counted(metrics: WorkerMetrics) -> tuple[float, float]:
@@ -221,6 +236,52 @@ def test_a_slow_batch_holds_back_the_next_ones_results_but_not_their_inference(s
             deliveries.complete(reversed(range(8)))
             await settle()
             assert acks == list(range(8))
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+
+    asyncio.run(scenario())
+
+
+def test_a_hand_over_delivers_and_acks_the_batches_being_classified_and_drops_the_rest_unpublished(
+    step, classifier, metrics
+):
+    """What a rebalance or a clean stop relies on: when ``hand_over`` returns, every event is either acked
+    with its result delivered, or forgotten with nothing published; events read before the partitions
+    moved are never taken in afterwards, those of the new generation are."""
+
+    async def scenario() -> None:
+        acks: list[int] = []
+        forgotten: list[int] = []
+        deliveries = Deliveries()
+        state = ConsumerState()
+        with ThreadPoolExecutor(1) as tokenization, ThreadPoolExecutor(INFERENCES_IN_FLIGHT) as inference:
+            pipeline = small_pipeline(step, deliveries, metrics, state, tokenization, inference)
+            pipeline.serve(1)
+            running = asyncio.create_task(pipeline.run())
+            # The first batch is slow: while it is classified the second waits for it, the rest queue.
+            for offset in range(16):
+                text = f"a {SLOW} text" if offset == 0 else None
+                await pipeline.feed(event(offset, text, acks=acks, forgotten=forgotten, generation=1))
+            await settle(0.1)
+            handing_over = asyncio.create_task(pipeline.hand_over())
+            await settle(1.0)
+            assert not handing_over.done(), "it waits for the deliveries of what is being classified"
+            classified = len(deliveries.sent)
+            assert classified == 8, "the two batches in the lanes finish"
+            deliveries.complete(range(classified))
+            await asyncio.wait_for(handing_over, 5)
+            assert acks == list(range(classified))
+            assert sorted(forgotten) == list(range(classified, 16))
+
+            # Read before the new assignment: dropped. Read in it: classified.
+            await pipeline.feed(event(16, acks=acks, forgotten=forgotten, generation=1))
+            pipeline.serve(2)
+            await pipeline.feed(event(17, acks=acks, forgotten=forgotten, generation=1))
+            await pipeline.feed(event(18, acks=acks, forgotten=forgotten, generation=2))
+            await settle(0.5)
+            assert [orjson.loads(r.value)["id"] for r, _ in deliveries.sent[classified:]] == ["e18"]
+            assert forgotten[-2:] == [16, 17]
             running.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await running

@@ -50,6 +50,13 @@ class MicroBatcher(Generic[T]):
         """Add an item, waiting while the queue is full."""
         await self._queue.put(item)
 
+    def drain(self) -> list[T]:
+        """Take every item queued and not yet in a batch, in arrival order."""
+        items, self._carried = self._carried, []
+        while not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        return items
+
     async def next_batch(self) -> list[T]:
         """Wait for the next batch: at least one item, at most ``max_items`` and ``max_cost``."""
         first = self._carried.pop() if self._carried else await self._queue.get()

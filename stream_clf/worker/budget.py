@@ -28,6 +28,12 @@ class ByteBudget:
         self.held += weight
         self.events += 1
 
+    async def emptied(self) -> None:
+        """Return once nothing is held."""
+        while self.events:
+            self._freed.clear()
+            await self._freed.wait()
+
     def give(self, weight: int) -> None:
         """Release ``weight`` bytes taken before."""
         self.held -= weight

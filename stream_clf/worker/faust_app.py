@@ -3,10 +3,16 @@
 Acknowledgement is manual. The agent reads with ``stream.noack()``; an event is acked only by the
 :class:`~stream_clf.worker.pipeline.Pipeline`, after its result or dead letter is delivered, and in
 the order events were read. Faust commits the highest contiguous acked offset of each partition, so
-a crash at any moment leaves every committed event with a delivered record. On SIGTERM or a
-rebalance Faust waits until every event it handed out is acked (``stream_wait_empty``), which the
-bounded queues keep short. Faust's ``take()`` is avoided on purpose: it acks a batch when the loop
-asks for the next one, including when the loop body raised (faust-streaming #189).
+a crash at any moment leaves every committed event with a delivered record. Faust's ``take()`` is
+avoided on purpose: it acks a batch when the loop asks for the next one, including when the loop
+body raised (faust-streaming #189).
+
+**Handing partitions over without duplicates.** Faust forgets the acked offsets of revoked
+partitions *before* its own revocation handler commits, so, left alone, every rebalance and every
+clean stop gave away up to a commit interval of delivered results uncommitted, and their next owner
+published them again. Here, before Faust sees a revocation, and before a clean stop begins, the
+pipeline hands over (:meth:`~stream_clf.worker.pipeline.Pipeline.hand_over`: what is not being
+classified is dropped, the rest delivered and acked) and the acked offsets are committed.
 
 Faust's aiokafka consumer is extended in two places (its transport is chosen by the app):
 
@@ -41,7 +47,7 @@ from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT, Pipeline, Sender
 from stream_clf.worker.records import Decoder, InFlight
 from stream_clf.worker.schema_wait import SchemaWait
 
-__all__ = ["create_app"]
+__all__ = ["WorkerApp", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +58,30 @@ FAUST_STREAM_BUFFER = 4096
 MIN_STREAM_BUFFER = 16
 
 
-class _App(faust.App):
+class WorkerApp(faust.App):
     """A Faust app whose consumer reads at ``isolation`` and reports its fetches to ``consumer_state``."""
 
     isolation: str = "read_committed"
     consumer_state: ConsumerState  # Faust's App has a ``state`` of its own
     fail: Callable[[str], None]
+    pipeline: Pipeline
+    leaving: bool = False  # a clean stop began: no assignment is served again
 
     def _new_transport(self) -> Transport:
         return _Transport(self.conf.broker_consumer, self)
+
+    async def hand_over(self) -> None:
+        """Finish or drop the events in flight, then commit every offset acked."""
+        await self.pipeline.hand_over()
+        # A commit already under way (the periodic one) makes this call wait for it and commit nothing;
+        # the second then commits what was acked since.
+        if not await self.consumer.commit():
+            await self.consumer.commit()
+
+    async def leave(self) -> None:
+        """Before a clean stop: hand the partitions over for good."""
+        self.leaving = True
+        await self.hand_over()
 
 
 class _ConsumerThread(AIOKafkaConsumerThread):
@@ -77,7 +98,7 @@ class _ConsumerThread(AIOKafkaConsumerThread):
         return consumer
 
     async def _fetch_records(self, consumer: Any, active_partitions: Any, *args: Any, **kwargs: Any) -> Any:
-        app: _App = self.app
+        app: WorkerApp = self.app
         app.consumer_state.polled()
         try:
             return await super()._fetch_records(consumer, active_partitions, *args, **kwargs)
@@ -92,6 +113,17 @@ class _ConsumerThread(AIOKafkaConsumerThread):
 class _Consumer(Consumer):
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        # Faust drops the revoked partitions' acked offsets first thing: commit them before it does.
+        app: WorkerApp = self.app
+        if not app.should_stop:
+            await app.hand_over()
+        await super().on_partitions_revoked(revoked)
+
+    def forget(self, message: Any) -> None:
+        """Stop waiting for ``message``'s ack: it was dropped unfinished and will be read again."""
+        self._unacked_messages.discard(message)
 
 
 class _Transport(Transport):
@@ -111,7 +143,7 @@ def create_app(
     client_id: str,
     input_record_bytes: int,
     schemas: SchemaWait,
-) -> faust.App:
+) -> WorkerApp:
     """Build the worker's Faust app.
 
     ``fail`` ends the worker with a reason; ``publish`` hands a batch's records to the producer
@@ -127,7 +159,7 @@ def create_app(
     delivery = settings.delivery
     session_timeout = delivery.session_timeout_ms / 1000
     buffered = max(MIN_STREAM_BUFFER, min(FAUST_STREAM_BUFFER, delivery.max_buffered_bytes // 2 // input_record_bytes))
-    app = _App(
+    app = WorkerApp(
         delivery.group,
         broker=connection.faust_brokers(),
         key_serializer="raw",
@@ -146,8 +178,8 @@ def create_app(
     app.isolation = delivery.isolation
     app.consumer_state = state
     app.fail = fail
-    pipeline = _pipeline(settings, step, publish, metrics, state)
-    _consume_and_classify(app, settings, pipeline=pipeline, metrics=metrics, fail=fail, schemas=schemas)
+    app.pipeline = _pipeline(settings, step, publish, metrics, state)
+    _consume_and_classify(app, settings, metrics=metrics, fail=fail, schemas=schemas)
     _track_partitions(app, set(settings.topics.input), metrics, state)
     return app
 
@@ -171,16 +203,16 @@ def _pipeline(
 
 
 def _consume_and_classify(
-    app: faust.App,
+    app: WorkerApp,
     settings: WorkerSettings,
     *,
-    pipeline: Pipeline,
     metrics: WorkerMetrics,
     fail: Callable[[str], None],
     schemas: SchemaWait,
 ) -> None:
     """The agent that feeds the pipeline events, and the task that runs it."""
     max_event_bytes = settings.delivery.max_event_bytes
+    pipeline = app.pipeline
 
     @app.agent(app.topic(*settings.topics.input), name="stream_clf.consume")
     async def consume(stream: StreamT) -> None:
@@ -194,7 +226,7 @@ def _consume_and_classify(
                 clock.enter("blocked")
                 await schemas.fetch_async(schema_id)
                 clock.enter("busy")
-            record = _in_flight(event, manual, max_event_bytes, schemas.decoder)
+            record = _in_flight(event, manual, app.consumer, max_event_bytes, schemas.decoder)
             clock.enter("blocked")
             await pipeline.feed(record)
             clock.enter("starved")
@@ -212,7 +244,7 @@ def _consume_and_classify(
             fail(f"a batch could not be delivered: {_first_cause(error)}")
 
 
-def _track_partitions(app: faust.App, inputs: set[str], metrics: WorkerMetrics, state: ConsumerState) -> None:
+def _track_partitions(app: WorkerApp, inputs: set[str], metrics: WorkerMetrics, state: ConsumerState) -> None:
     """Keep the consumer state's assignment and each input partition's lag up to date."""
 
     def assigned() -> list[TP]:
@@ -226,6 +258,8 @@ def _track_partitions(app: faust.App, inputs: set[str], metrics: WorkerMetrics, 
     async def now_assigned(sender: faust.App, assigned: set[TP], **_: Any) -> None:
         state.assigned = sum(1 for tp in assigned if tp.topic in inputs)
         metrics.assignments.inc()
+        if not app.leaving:
+            app.pipeline.serve(app.consumer_generation_id)
 
     @app.timer(LAG_INTERVAL_SECONDS)
     async def measure_lag() -> None:
@@ -243,7 +277,7 @@ def _track_partitions(app: faust.App, inputs: set[str], metrics: WorkerMetrics, 
         state.waiting(lag=lag)
 
 
-def _in_flight(event: EventT, stream: StreamT, max_bytes: int, decoder: Decoder) -> InFlight:
+def _in_flight(event: EventT, stream: StreamT, consumer: _Consumer, max_bytes: int, decoder: Decoder) -> InFlight:
     message = event.message
     return InFlight.decode(
         Source(message.topic, message.partition, message.offset),
@@ -254,6 +288,8 @@ def _in_flight(event: EventT, stream: StreamT, max_bytes: int, decoder: Decoder)
         timestamp=message.timestamp,
         decoder=decoder,
         headers=message.headers,
+        forget=functools.partial(consumer.forget, message),
+        generation=message.generation_id or 0,
     )
 
 

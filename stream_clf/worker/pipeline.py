@@ -23,6 +23,14 @@ record the broker has not acknowledged, and acks never run ahead of an earlier b
 delivery at once, and the events from the intake to their ack weigh at most ``max_bytes``
 (:class:`~stream_clf.worker.budget.ByteBudget`).
 
+**Handing partitions over.** When its partitions are about to go (a rebalance, or the worker
+stopping), :meth:`Pipeline.hand_over` stops taking events in, drops those not yet in a batch being
+classified (they were never published: whoever owns the partition next reads them again), and
+waits until the batches in the lanes are delivered and acked, so that the consumer commits all of
+them before the partitions go. Nothing published is left uncommitted, and nothing committed is
+left unpublished. After a new assignment, :meth:`Pipeline.serve` takes in events read in the new
+group generation only; one read before it is dropped, as the partition's new owner reads it too.
+
 Every stage keeps a :class:`~stream_clf.ops.metrics.StageClock`: the time it was busy, starved
 (waiting for its input) and blocked (waiting for room, or an answer, downstream).
 """
@@ -96,12 +104,40 @@ class Pipeline:
         self._inferring = asyncio.Semaphore(INFERENCES_IN_FLIGHT)
         self._classified: asyncio.Queue[asyncio.Future[ProcessedBatch]] = asyncio.Queue()
         self._slots = asyncio.Semaphore(PUBLISHES_IN_FLIGHT)
+        self._serving: int | None = 0  # the group generation whose events are taken in; None: none
 
     async def feed(self, record: InFlight) -> None:
-        """Hand a consumed record to the pipeline, waiting while it is full (in events or in bytes)."""
+        """Hand a consumed record to the pipeline, waiting while it is full (in events or in bytes).
+        One read in another group generation than the one served is dropped."""
         await self._budget.take(record.weight)
+        if not self._current(record):
+            self._drop(record)
+            return
         self._state.waiting(held=self._budget.events)
         await self._intake.put(record)
+
+    def serve(self, generation: int) -> None:
+        """Take in the events read in consumer group ``generation`` (the assignment just received)."""
+        self._serving = generation
+
+    async def hand_over(self) -> None:
+        """Before the partitions go: take nothing more in, drop what is not in a batch being classified,
+        and return once every event still held is delivered and acked (so the consumer can commit it)."""
+        self._serving = None
+        while not self._intake.empty():
+            self._drop(self._intake.get_nowait())
+        for record in self._batcher.drain():
+            self._drop(record)
+        await self._budget.emptied()
+
+    def _current(self, record: InFlight) -> bool:
+        return record.generation == self._serving
+
+    def _drop(self, record: InFlight) -> None:
+        """Let go of a record unfinished: nothing was published for it, and its offset is not acked."""
+        record.forget()
+        self._budget.give(record.weight)
+        self._state.waiting(held=self._budget.events)
 
     async def run(self) -> None:
         """Run the stages until cancelled; raise the first failure of any of them."""
@@ -122,7 +158,10 @@ class Pipeline:
             await loop.run_in_executor(self._tokenization, self._step.plan, chunk)
             clock.enter("blocked")
             for record in chunk:
-                await self._batcher.put(record)
+                if self._current(record):
+                    await self._batcher.put(record)
+                else:  # its partition went while it was planned
+                    self._drop(record)
 
     async def _infer_stage(self) -> None:
         loop = asyncio.get_running_loop()
@@ -135,6 +174,13 @@ class Pipeline:
             clock.enter("starved")
             batch = await self._batcher.next_batch()
             clock.enter("busy")
+            for record in batch:
+                if not self._current(record):  # its partition went while it waited for a batch
+                    self._drop(record)
+            batch = [record for record in batch if self._current(record)]
+            if not batch:
+                self._inferring.release()
+                continue
             # The models are taken here, in batch order: a swap falls between two batches.
             models = self._step.models.current
             self._classified.put_nowait(loop.run_in_executor(self._inference, self._step.classify, batch, models))

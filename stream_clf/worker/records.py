@@ -37,8 +37,10 @@ class InFlight:
     """One consumed record on its way through the worker: its decoded event (or rejection), its plan.
 
     ``ack`` tells the consumer the record is done (at-least-once; a no-op where offsets commit in
-    a transaction). ``timestamp`` is the record's Kafka timestamp (seconds since the epoch);
-    ``received`` the monotonic time the worker took it in.
+    a transaction); ``forget`` tells it the record is dropped unfinished, to be read again by whoever
+    owns its partition next (at-least-once, when partitions move). ``generation`` is the consumer
+    group generation it was read in. ``timestamp`` is the record's Kafka timestamp (seconds since the
+    epoch); ``received`` the monotonic time the worker took it in.
     """
 
     source: Source
@@ -46,6 +48,8 @@ class InFlight:
     value: bytes | None
     outcome: TextEvent | EventError
     ack: Callable[[], Awaitable[object]]
+    forget: Callable[[], object] = lambda: None
+    generation: int = 0
     timestamp: float | None = None
     received: float = field(default_factory=time.monotonic)
     headers: Headers = field(default_factory=list)  # the input headers it carries: trace context, CloudEvents
@@ -65,6 +69,8 @@ class InFlight:
         timestamp: float | None = None,
         decoder: Decoder = JSON_EVENTS,
         headers: RawHeaders | None = None,
+        forget: Callable[[], object] = lambda: None,
+        generation: int = 0,
     ) -> "InFlight":
         kept = kept_headers(headers)
         try:
@@ -75,8 +81,8 @@ class InFlight:
         if isinstance(outcome, TextEvent):
             weight += sys.getsizeof(outcome.text)
         return cls(
-            source=source, key=key, value=value, outcome=outcome, ack=ack, timestamp=timestamp, headers=kept,
-            weight=weight,
+            source=source, key=key, value=value, outcome=outcome, ack=ack, forget=forget, generation=generation,
+            timestamp=timestamp, headers=kept, weight=weight,
         )  # fmt: skip
 
     @classmethod

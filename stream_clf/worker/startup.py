@@ -7,6 +7,7 @@ Faust's agent (at-least-once) or the transactional loop (exactly-once). How the 
 :mod:`~stream_clf.worker.stopping`'s.
 """
 
+import asyncio
 import logging
 import signal
 import sys
@@ -35,7 +36,7 @@ from stream_clf.ops.web.routes import Routes
 from stream_clf.ops.web.server import serve_in_thread
 from stream_clf.settings import WorkerSettings
 from stream_clf.worker.core import BatchStep
-from stream_clf.worker.faust_app import create_app
+from stream_clf.worker.faust_app import WorkerApp, create_app
 from stream_clf.worker.model_roots import ModelRoots
 from stream_clf.worker.models import ModelHolder, ModelLoader, ModelSet
 from stream_clf.worker.publisher import PRODUCER_SETTINGS, BatchPublisher
@@ -347,7 +348,7 @@ def _run_faust(settings: WorkerSettings, parts: _Parts, stop: Stop) -> None:
             loglevel=settings.logs.log_level,
             logging_config=logging_config(settings.logs.log_level, settings.logs.log_format),
         )
-        stop.on_request(lambda: worker.loop.call_soon_threadsafe(worker.stop_on_request))
+        stop.on_request(lambda: worker.loop.call_soon_threadsafe(worker.stop_on_request, stop.exit_code == 0))
         try:
             worker.execute_from_commandline()
         except SystemExit as exit:  # Faust's worker always ends by raising it
@@ -362,9 +363,10 @@ def _run_faust(settings: WorkerSettings, parts: _Parts, stop: Stop) -> None:
 class _FaustWorker(faust.Worker):
     """Faust's worker, whose signals go through :class:`Stop` (for its deadline)."""
 
-    def __init__(self, app: faust.App, stop: Stop, **kwargs: object) -> None:
+    def __init__(self, app: WorkerApp, stop: Stop, **kwargs: object) -> None:
         super().__init__(app, **kwargs)
         self._stop_control = stop
+        self._leaving: asyncio.Future | None = None
 
     async def start(self) -> None:
         try:
@@ -379,5 +381,12 @@ class _FaustWorker(faust.Worker):
     def _on_sigint(self) -> None:
         self._stop_control.signalled(signal.SIGINT)
 
-    def stop_on_request(self) -> None:
-        self._schedule_shutdown(signal.SIGTERM)
+    def stop_on_request(self, cleanly: bool) -> None:
+        """Stop; ``cleanly`` (asked by a signal, not a failure): the partitions handed over first."""
+        if self._leaving is None:
+            self._leaving = asyncio.ensure_future(self._leave() if cleanly else asyncio.sleep(0))
+            self._leaving.add_done_callback(lambda _: self._schedule_shutdown(signal.SIGTERM))
+
+    async def _leave(self) -> None:
+        app: WorkerApp = self.app
+        await app.leave()
