@@ -41,6 +41,16 @@ def register(commands: argparse._SubParsersAction) -> None:
             " more than 5% after the warm-up (five minutes, or the first third of a shorter run).",
         )
     )
+    _drill(
+        commands.add_parser(
+            "drill",
+            help="a rolling deploy of a group of workers under a steady stream: lost, repeated, paused",
+            description="Start --workers replicas of one group on a local three-node cluster (or --brokers) and,"
+            " while events flow at --rate per second, replace each replica in turn with SIGTERM, then add one and"
+            " remove one. Prints, per guarantee, what subscribers saw: events lost, answers repeated, keys out of"
+            " order, the longest pause in answers and the latency. Exit 1 if an event was lost.",
+        )
+    )
 
 
 def _mix_option(parser: Parser, default: str) -> None:
@@ -176,3 +186,52 @@ def _run_soak(args: argparse.Namespace) -> int:
     Console(width=None if sys.stdout.isatty() else 120).print(render_soak(report))
     print(f"results written to {args.json}")
     return 0 if report["passed"] else 1
+
+
+def _drill(parser: Parser) -> None:
+    from stream_clf.tools.drill.rolling import GUARANTEES, DrillOptions
+
+    defaults = DrillOptions()
+    parser.add_argument("--model", type=Path, default=defaults.model, help="bundle or built model (default: news-int8)")
+    parser.add_argument(
+        "--guarantee", action="append", choices=GUARANTEES, help="the guarantees to drill (default: both)"
+    )
+    parser.add_argument("--workers", type=positive_int, default=defaults.workers, help="(default: %(default)d)")
+    parser.add_argument(
+        "--partitions", type=positive_int, default=defaults.partitions, help="input partitions (default: %(default)d)"
+    )
+    parser.add_argument("--rate", type=float, default=defaults.rate, help="events per second (default: %(default)g)")
+    parser.add_argument(
+        "--settle", type=float, default=defaults.settle, help="seconds after each step (default: %(default)g)"
+    )
+    parser.add_argument("--brokers", help="an existing Kafka to use (default: a local three-node cluster)")
+    parser.add_argument("--json", type=Path, default=Path("drill-results.json"), help="(default: %(default)s)")
+    parser.add_argument(
+        "worker_args", nargs=argparse.REMAINDER, help="after --: flags every worker gets (e.g. -- --max-batch 32)"
+    )
+    parser.set_defaults(run=_run_drill, parser=parser)
+
+
+def _run_drill(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from stream_clf.model.catalog import resolve_model
+    from stream_clf.tools.drill.rolling import DrillOptions, render_drill, run_drill
+
+    if args.rate <= 0 or args.settle < 0:
+        raise ConfigError("--rate must be above 0 and --settle at least 0")
+    worker_args = tuple(args.worker_args[1:] if args.worker_args[:1] == ["--"] else args.worker_args)
+    options = options_from(
+        DrillOptions,
+        args,
+        model=resolve_model(args.model),
+        guarantees=tuple(args.guarantee or DrillOptions().guarantees),
+        worker_args=worker_args,
+    )
+    with progress_bars() as progress:
+        task = progress.add_task("drill", total=None)
+        reports = run_drill(options, lambda step: progress.update(task, description=f"drill: {step}"))
+    args.json.write_bytes(orjson.dumps(reports, option=orjson.OPT_INDENT_2))
+    Console(width=None if sys.stdout.isatty() else 160).print(render_drill(reports))
+    print(f"results written to {args.json}")
+    return 1 if any(report["lost"] for report in reports) else 0

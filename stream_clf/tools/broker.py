@@ -342,9 +342,20 @@ class LocalCluster:
                 member.launch(quiet=quiet)
             for member in self.members:
                 member.await_ready(timeout)
+            self._await_registered(timeout)
         except BrokerError:
             self.stop()
             raise
+
+    def _await_registered(self, timeout: float) -> None:
+        """Wait until every node's metadata lists every node: a node answers before it knows the others,
+        and a replication factor of all of them would be refused meanwhile."""
+        admins = [Connection.to(member.bootstrap).admin() for member in self.members]
+        deadline = time.monotonic() + timeout
+        while any(len(admin.list_topics(timeout=5).brokers) < len(self.members) for admin in admins):
+            if time.monotonic() > deadline:
+                raise BrokerError(f"the metadata did not list all {len(self.members)} nodes in {timeout:.0f}s")
+            time.sleep(0.2)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every node (a controlled shutdown each)."""
