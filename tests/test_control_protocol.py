@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_clf.kafka.control_records import ControlState, MalformedRecordError, SwapRequest, WorkerStatus
+from stream_clf.kafka.control_records import (
+    ControlState,
+    InstanceLease,
+    MalformedRecordError,
+    SwapRequest,
+    WorkerStatus,
+)
 from tests.control_records import malformed_requests, malformed_statuses
 
 SERVING = {"*": {"model": "/models/a", "version": "0123456789abcdef"}}
@@ -95,7 +101,7 @@ def test_no_record_of_any_bytes_escapes_as_anything_but_a_malformed_record(key, 
     try:
         ControlState().read(key, value)
     except MalformedRecordError as error:
-        assert error.kind in ("swap", "status", "other")
+        assert error.kind in ("swap", "status", "lease", "other")
 
 
 @given(
@@ -121,3 +127,45 @@ def test_a_request_with_any_field_of_any_type_is_read_or_refused_never_half_read
     assert isinstance(request.at, float | int)
     assert not isinstance(request.at, bool)
     assert math.isfinite(request.at)
+
+
+def test_an_instance_lease_reads_back_renewed_and_a_tombstone_frees_the_instance():
+    lease = InstanceLease("g", "stream-clf-0", "stream-clf-0-1a2b3c4d", "pod-host", 4242)
+    state = ControlState()
+    assert state.read(lease.key, lease.encode()) == lease
+    assert lease.key == b"lease/g/stream-clf-0"
+    renewed = lease.renewed()
+    assert renewed.beat == 1
+    assert state.read(renewed.key, renewed.encode()) == renewed
+    assert state.leases == {("g", "stream-clf-0"): renewed}
+    assert state.read(lease.key, None) is None
+    assert state.leases == {}
+
+
+LEASE = orjson.loads(InstanceLease("g", "i", "i-1", "h", 1).encode())
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (b"lease/g", orjson.dumps(LEASE)),  # no instance in the key
+        (b"lease/g/other", orjson.dumps(LEASE)),  # the key names another instance
+        (b"lease/h/i", orjson.dumps(LEASE)),  # ... or another group
+        (b"lease/g/i", b"not json"),
+        (b"lease/g/i", b"[1, 2]"),
+        (b"lease/g/i", orjson.dumps({**LEASE, "pid": "1"})),
+        (b"lease/g/i", orjson.dumps({**LEASE, "beat": None})),
+        (b"lease/g/i", orjson.dumps({**LEASE, "worker": ""})),
+        (b"lease/g/i", orjson.dumps({**LEASE, "host": "h" * 5000})),
+        (b"lease/g/i", orjson.dumps({key: value for key, value in LEASE.items() if key != "at"})),
+        (b"lease/g/i", orjson.dumps(LEASE).replace(b'"at":', b'"at":1e999,"x":')),
+    ],
+)
+def test_a_malformed_lease_is_refused_as_a_lease_record_and_changes_nothing(key, value):
+    state = ControlState()
+    held = InstanceLease("g", "i", "i-1", "h", 1)
+    state.read(held.key, held.encode())
+    with pytest.raises(MalformedRecordError) as refused:
+        state.read(key, value)
+    assert refused.value.kind == "lease"
+    assert state.leases == {("g", "i"): held}

@@ -8,7 +8,10 @@ prefixes apart):
   a :class:`SwapRequest`.
 - the **status topic** holds what each worker serves, written by workers and read by operators.
   Key ``status/GROUP/WORKER``: a :class:`WorkerStatus`, written at start and after each swap it
-  applied or refused; a worker that stops cleanly deletes its own (a tombstone).
+  applied or refused; a worker that stops cleanly deletes its own (a tombstone). Key
+  ``lease/GROUP/INSTANCE``: an :class:`InstanceLease`, the hold of an exactly-once worker on its
+  instance name (its transactional id), renewed every second while it runs and deleted when it
+  stops cleanly (see :mod:`~stream_clf.kafka.leases`).
 
 Anyone who can write to a topic can write anything to it, and the topics are compacted, so a bad
 record stays until someone deletes it. Every record is checked before it is used, key and value,
@@ -20,14 +23,23 @@ import math
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import orjson
 
 from stream_clf.errors import StreamClfError
 
-__all__ = ["ControlState", "MalformedRecordError", "SwapRequest", "WorkerStatus", "status_key", "swap_key"]
+__all__ = [
+    "ControlState",
+    "InstanceLease",
+    "MalformedRecordError",
+    "SwapRequest",
+    "WorkerStatus",
+    "lease_key",
+    "status_key",
+    "swap_key",
+]
 
 DEFAULT_TARGET = "*"
 OUTCOMES = ("applied", "refused", "skipped")
@@ -142,6 +154,53 @@ class WorkerStatus:
         return status
 
 
+@dataclass(frozen=True)
+class InstanceLease:
+    """Worker ``worker`` (a process: ``INSTANCE-XXXXXXXX``) holds ``instance`` in ``group``: ``beat`` counts
+    its renewals, ``host`` and ``pid`` say where it runs (for the one line that names it to another
+    process refused the same instance)."""
+
+    group: str
+    instance: str
+    worker: str
+    host: str
+    pid: int
+    beat: int = 0
+    at: float = field(default_factory=time.time)
+
+    @property
+    def key(self) -> bytes:
+        return lease_key(self.group, self.instance)
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    def renewed(self) -> "InstanceLease":
+        return replace(self, beat=self.beat + 1, at=time.time())
+
+    @classmethod
+    def decode(cls, key: bytes | None, value: bytes) -> "InstanceLease":
+        """The lease a record holds, or :class:`MalformedRecordError` saying why it holds none."""
+        group, instance = _key_parts(key, "lease")
+        fields = _Fields("lease", value)
+        lease = cls(
+            group=fields.text("group"),
+            instance=fields.text("instance"),
+            worker=fields.text("worker"),
+            host=fields.text("host"),
+            pid=int(fields.number("pid")),
+            beat=int(fields.number("beat")),
+            at=fields.number("at"),
+        )
+        if (lease.group, lease.instance) != (group, instance):
+            raise MalformedRecordError("lease", f"key {key!r} names another group or instance than the lease")
+        return lease
+
+
+def lease_key(group: str, instance: str) -> bytes:
+    return f"lease/{group}/{instance}".encode()
+
+
 def swap_key(group: str, target: str) -> bytes:
     return f"swap/{group}".encode() if target == DEFAULT_TARGET else f"swap/{group}/{target}".encode()
 
@@ -229,11 +288,12 @@ class ControlState:
 
     swaps: dict[tuple[str, str], SwapRequest] = field(default_factory=dict)
     statuses: dict[tuple[str, str], WorkerStatus] = field(default_factory=dict)
+    leases: dict[tuple[str, str], InstanceLease] = field(default_factory=dict)
     offset: int = 0
 
-    def read(self, key: bytes | None, value: bytes | None) -> SwapRequest | WorkerStatus | None:
+    def read(self, key: bytes | None, value: bytes | None) -> SwapRequest | WorkerStatus | InstanceLease | None:
         """Take one record in; return what it holds (None for a tombstone). Raises
-        :class:`MalformedRecordError` for a record that holds neither a request nor a status."""
+        :class:`MalformedRecordError` for a record that holds no request, status or lease."""
         kind = (key or b"").split(b"/", 1)[0]
         if kind == b"swap":
             if value is None:
@@ -250,7 +310,14 @@ class ControlState:
             status = WorkerStatus.decode(key, value)
             self.statuses[status.group, status.worker] = status
             return status
-        raise MalformedRecordError("other", f"key {(key or b'')[:200]!r} is neither swap/... nor status/...")
+        if kind == b"lease":
+            if value is None:
+                self.leases.pop(_key_parts(key, "lease"), None)
+                return None
+            lease = InstanceLease.decode(key, value)
+            self.leases[lease.group, lease.instance] = lease
+            return lease
+        raise MalformedRecordError("other", f"key {(key or b'')[:200]!r} is not swap/..., status/... or lease/...")
 
     def group_statuses(self, group: str) -> dict[str, WorkerStatus]:
         return {worker: status for (g, worker), status in self.statuses.items() if g == group}

@@ -48,6 +48,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 PROVIDERS = ("cpu", "cuda", "auto")
 GUARANTEES = ("at-least-once", "exactly-once")
 ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
+REBALANCE_PROTOCOLS = ("eager", "cooperative")
 COMPRESSIONS = ("auto", *COMPRESSION_CODECS)
 
 
@@ -248,12 +249,34 @@ class Delivery:
         "BYTES",
     )
     session_timeout_ms: int = setting(p.whole(1000), 30_000, "consumer group session timeout, in ms", "MS")
+    rebalance: str = setting(
+        p.one_of(REBALANCE_PROTOCOLS),
+        "eager",
+        "how the group moves partitions (exactly-once): eager (every member gives up all of them at each"
+        " rebalance) or cooperative (only those that move); every member of a group must use the same",
+        "PROTOCOL",
+    )
+    static_membership: bool = setting(
+        p.switch,
+        False,
+        "exactly-once: join the group as --instance (group.instance.id): a restart within the session timeout"
+        " moves no partition, a replica that does not come back holds its partitions until it expires",
+        "on|off",
+        "off",
+    )
     stall_seconds: int = setting(
         p.whole(1),
         120,
         "events waiting and none finished for this long: /healthz answers 503 (the worker is stalled)",
         "SECONDS",
     )
+
+    def __post_init__(self) -> None:
+        if not self.exactly_once and (self.rebalance != "eager" or self.static_membership):
+            raise ConfigError(
+                "--rebalance cooperative and --static-membership need --guarantee exactly-once"
+                " (Faust's consumer rebalances eagerly, as a dynamic member)"
+            )
 
     @property
     def exactly_once(self) -> bool:

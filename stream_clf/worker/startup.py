@@ -24,6 +24,8 @@ from confluent_kafka import KafkaException
 from stream_clf.errors import BrokerError, ConfigError
 from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.control import CLIENT_ID_PREFIX, KafkaControlFeed, ensure_control_topics, new_worker_id
+from stream_clf.kafka.control_records import InstanceLease
+from stream_clf.kafka.leases import EXPIRY_SECONDS, InstanceHold, take_instance
 from stream_clf.kafka.limits import TopicLimit, producer_limits, read_limits
 from stream_clf.kafka.topics import ensure_topics, publish_compression, wait_for_broker
 from stream_clf.model.bundle import ModelBundle
@@ -104,10 +106,15 @@ def run_worker(settings: WorkerSettings) -> int:
     )
     stop = Stop()
     swaps.start()
+    hold = None
     try:
+        if settings.delivery.exactly_once:
+            hold = _take_instance(settings, connection, worker_id)
         run = _run_transactional if settings.delivery.exactly_once else _run_faust
         run(settings, parts, stop)
     finally:
+        if hold is not None:
+            hold.release()
         swaps.close()
         server.shutdown()
         tracing.close()
@@ -184,6 +191,30 @@ def _follow_swaps(
     except KafkaException as error:
         raise BrokerError(f"the control topics cannot be read or written: {error.args[0].str()}") from None
     return swaps
+
+
+def _take_instance(settings: WorkerSettings, connection: Connection, worker_id: str) -> InstanceHold:
+    """Exactly-once: hold ``--instance`` (its transactional id) for this process, or stop with one line
+    if a live process holds it."""
+    delivery = settings.delivery
+
+    def waiting(lease: InstanceLease) -> None:
+        log.info(
+            "event=instance_lease_found instance=%s holder=%s host=%s: waiting up to %.0fs for it to be renewed",
+            lease.instance,
+            lease.worker,
+            lease.host,
+            EXPIRY_SECONDS,
+        )
+
+    return take_instance(
+        connection,
+        settings.control.topics[1],
+        group=delivery.group,
+        instance=delivery.instance,
+        worker=worker_id,
+        waiting=waiting,
+    )
 
 
 def _serve_web(settings: WorkerSettings, routes: Routes) -> ThreadingHTTPServer:

@@ -65,6 +65,8 @@ TRANSACTION_TIMEOUT_SECONDS = 60.0
 ABORT_LIMIT = 8
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MOST_SECONDS = 10.0
+# librdkafka's assignors for each rebalance protocol (its default is range,roundrobin: eager).
+ASSIGNORS = {"eager": "range,roundrobin", "cooperative": "cooperative-sticky"}
 # Tries of one event's own transaction that abort for a reason other than its records (the first
 # after a refused record can fail on the producer's epoch bump) before the batch is read again.
 EVENT_ATTEMPTS = 3
@@ -129,8 +131,8 @@ def run_exactly_once(
     consumer.subscribe(
         list(settings.topics.input),
         on_assign=lambda *_: metrics.assignments.inc(),
-        on_revoke=lambda *_: loop.settle_all(),
-        on_lost=lambda *_: loop.drop(),
+        on_revoke=lambda _, partitions: loop.settle_all(partitions),
+        on_lost=lambda _, partitions: loop.lose(partitions),
     )
     lag = _Lag(consumer)
     try:
@@ -153,9 +155,12 @@ def run_exactly_once(
 
 def _consumer(settings: WorkerSettings, connection: Connection, client_id: str) -> Consumer:
     delivery = settings.delivery
+    membership = {"group.instance.id": delivery.instance} if delivery.static_membership else {}
     return connection.consumer(
         {
             "group.id": delivery.group,
+            "partition.assignment.strategy": ASSIGNORS[delivery.rebalance],
+            **membership,
             "enable.auto.commit": False,
             "isolation.level": delivery.isolation,
             "auto.offset.reset": "earliest",
@@ -327,12 +332,23 @@ class TransactionalLoop:
                 self._state.processed(record.source.topic, record.source.partition, record.source.offset)
         return outcomes
 
-    def settle_all(self) -> None:
-        """Before partitions go: commit every batch in flight, and forget what is consumed beyond it
-        (the partitions' next owner, or this worker once they come back, reads it from the commits)."""
+    def settle_all(self, revoked: Sequence[TopicPartition]) -> None:
+        """Before the ``revoked`` partitions go: commit every batch in flight, and forget what is consumed
+        of them beyond it (their next owner reads it from the commits). Partitions kept (a cooperative
+        rebalance moves only some) keep what was consumed of them: their position is past it."""
         self.settle(keep=0)
-        self._carried = []
+        going = {(tp.topic, tp.partition) for tp in revoked}
+        self._carried = [message for message in self._carried if (message.topic(), message.partition()) not in going]
         self.generation += 1
+
+    def lose(self, lost: Sequence[TopicPartition]) -> None:
+        """The ``lost`` partitions were taken away (the session expired): what is in flight cannot commit
+        now. Drop it all, and read the partitions kept again from their committed offsets."""
+        self.drop()
+        going = {(tp.topic, tp.partition) for tp in lost}
+        kept = [tp for tp in self._consumer.assignment() if (tp.topic, tp.partition) not in going]
+        if kept:
+            _rewind(self._consumer, kept)
 
     def _commit_each(self, read: _Read, processed: ProcessedBatch) -> Transaction:
         """Commit ``read``'s events one by one, each with its own offset in a transaction of its own; a
@@ -501,7 +517,7 @@ def _note_refusal(refused: dict[int, KafkaError], index: int, error: KafkaError 
         refused[index] = error
 
 
-def _rewind(consumer: Consumer) -> None:
-    """Seek back to the committed offsets, so an aborted batch is read again."""
-    for tp in consumer.committed(consumer.assignment(), timeout=30):
+def _rewind(consumer: Consumer, partitions: Sequence[TopicPartition] | None = None) -> None:
+    """Seek ``partitions`` (all assigned) back to the committed offsets, so what was dropped is read again."""
+    for tp in consumer.committed(partitions or consumer.assignment(), timeout=30):
         consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
