@@ -6,6 +6,12 @@ from stream_clf.errors import Reason
 
 __all__ = ["FlowMetrics"]
 
+# The series a dashboard or an alert reads are there from the start, at 0, where their labels are known
+# beforehand: a query over them has a value before anything happened, rather than no data.
+REFITTED = (("result", "bare"), ("review", "bare"), ("dead_letter", "head"))
+DROPPED = ("result", "dead_letter", "review", "shadow")
+CONTROL_KINDS = ("swap", "status", "lease", "other")
+
 
 class FlowMetrics:
     """Counts of what went in and what came out of the worker."""
@@ -27,12 +33,16 @@ class FlowMetrics:
             ["role", "form"],
             registry=r,
         )
+        for role, form in REFITTED:
+            self.refitted_records.labels(role=role, form=form)
         self.dropped_records = Counter(
             "stream_clf_dropped_records",
             "Records left out because no form of them fits their topic (each one also a log line), by role",
             ["role"],
             registry=r,
         )
+        for role in DROPPED:
+            self.dropped_records.labels(role=role)
         self.transaction_aborts = Counter(
             "stream_clf_transaction_aborts",
             "Exactly-once transactions aborted, by cause: record (a record was refused; the batch is then"
@@ -40,12 +50,16 @@ class FlowMetrics:
             ["cause"],
             registry=r,
         )
+        self.transaction_aborts.labels(cause="record")
         self.control_skipped = Counter(
             "stream_clf_control_records_skipped",
-            "Control-topic records skipped as malformed (each one also a log line), by kind: swap, status, other",
+            "Control-topic records skipped as malformed (each one also a log line), by kind: swap, status, lease,"
+            " other",
             ["kind"],
             registry=r,
         )
+        for kind in CONTROL_KINDS:
+            self.control_skipped.labels(kind=kind)
         self.registry_unavailable = Counter(
             "stream_clf_schema_registry_unavailable",
             "Asks for a schema the Schema Registry did not answer (its events wait, in order, and are asked again)",
