@@ -34,10 +34,12 @@ from typing import Any
 
 import faust
 from aiokafka.errors import ConsumerStoppedError, KafkaError
+from confluent_kafka import KafkaException
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
 from faust.types import TP, EventT, StreamT
 
 from stream_clf.kafka.connection import Connection
+from stream_clf.kafka.topics import committed_offsets
 from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.settings import WorkerSettings
@@ -180,7 +182,8 @@ def create_app(
     app.fail = fail
     app.pipeline = _pipeline(settings, step, publish, metrics, state)
     _consume_and_classify(app, settings, metrics=metrics, fail=fail, schemas=schemas)
-    _track_partitions(app, set(settings.topics.input), metrics, state)
+    committed = functools.partial(committed_offsets, connection, delivery.group)
+    _track_partitions(app, set(settings.topics.input), metrics, state, committed)
     return app
 
 
@@ -244,8 +247,15 @@ def _consume_and_classify(
             fail(f"a batch could not be delivered: {_first_cause(error)}")
 
 
-def _track_partitions(app: WorkerApp, inputs: set[str], metrics: WorkerMetrics, state: ConsumerState) -> None:
-    """Keep the consumer state's assignment and each input partition's lag up to date."""
+def _track_partitions(
+    app: WorkerApp,
+    inputs: set[str],
+    metrics: WorkerMetrics,
+    state: ConsumerState,
+    committed: Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]],
+) -> None:
+    """Keep the consumer state's assignment and each input partition's lag up to date; ``committed``
+    asks the group's committed offsets of partitions (a call to the broker, made beside the loop)."""
 
     def assigned() -> list[TP]:
         return sorted(tp for tp in app.consumer.assignment() if tp.topic in inputs)
@@ -261,18 +271,33 @@ def _track_partitions(app: WorkerApp, inputs: set[str], metrics: WorkerMetrics, 
         if not app.leaving:
             app.pipeline.serve(app.consumer_generation_id)
 
+    # The group's committed offset of each partition as it was assigned: where this worker started.
+    started: dict[tuple[str, int], int] = {}
+
+    @app.on_partitions_assigned.connect
+    async def forget_starts(sender: faust.App, assigned: set[TP], **_: Any) -> None:
+        started.clear()
+
     @app.timer(LAG_INTERVAL_SECONDS)
     async def measure_lag() -> None:
+        """Events behind each partition's end: from the last event this worker finished, or where it
+        started, whichever is further. Not the consumer's position: events read and not finished are
+        not done, and a worker stuck on them must show its lag."""
         partitions = assigned()
         state.assigned = len(partitions)
         ends = await app.consumer.highwaters(*partitions) if partitions else {}
+        unknown = [(tp.topic, tp.partition) for tp in partitions if (tp.topic, tp.partition) not in started]
+        if unknown:
+            try:
+                started.update(await asyncio.get_running_loop().run_in_executor(None, committed, unknown))
+            except KafkaException as error:  # the broker does not answer now: measured at the next tick
+                log.debug("event=lag_not_measured error=%r", error.args[0].str())
+                return
         done = state.offsets()
         lag = {}
         for tp in partitions:
-            offset = done.get((tp.topic, tp.partition))
-            if offset is None:
-                offset = await app.consumer.position(tp) or 0
-            lag[tp.topic, tp.partition] = max(0, (ends.get(tp) or 0) - offset)
+            key = (tp.topic, tp.partition)
+            lag[key] = max(0, (ends.get(tp) or 0) - max(done.get(key, 0), started.get(key, 0)))
         metrics.partitions(lag)
         state.waiting(lag=lag)
 

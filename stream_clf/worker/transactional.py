@@ -432,8 +432,10 @@ def _next_offsets(batch: Sequence[InFlight]) -> list[TopicPartition]:
 class _Lag:
     """Events behind the end of each assigned partition, without waiting on the broker in the loop.
 
-    The end is the high watermark the last fetch carried; the done mark is the consumer's position,
-    or, for a partition nothing was read from yet, its committed offset (asked once per assignment).
+    The end is the high watermark the last fetch carried; the done mark is the offset after the last
+    event this worker committed, or the group's committed offset as it was when the partition was
+    assigned (asked once per assignment), whichever is further. Not the consumer's position: what was
+    read and is still being classified is not done, and a worker stuck on it must show its lag.
     """
 
     def __init__(self, consumer: Consumer) -> None:
@@ -444,26 +446,27 @@ class _Lag:
     def report(self, metrics: WorkerMetrics, state: ConsumerState) -> None:
         """Tell the metrics and readiness the lag, at most once per ``LAG_INTERVAL_SECONDS``."""
         if time.monotonic() - self._measured >= LAG_INTERVAL_SECONDS:
-            behind = self.measure()
+            behind = self.measure(state.offsets())
             metrics.partitions(behind)
             state.waiting(lag=behind)
             self._measured = time.monotonic()
 
-    def measure(self) -> dict[tuple[str, int], int]:
-        positions = self._consumer.position(self._consumer.assignment())
-        keys = {(tp.topic, tp.partition) for tp in positions}
+    def measure(self, done: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        assigned = self._consumer.assignment()
+        keys = {(tp.topic, tp.partition) for tp in assigned}
         self._committed = {key: offset for key, offset in self._committed.items() if key in keys}
-        unread = [tp for tp in positions if tp.offset < 0 and (tp.topic, tp.partition) not in self._committed]
-        if unread:
-            for tp in self._consumer.committed(unread, timeout=5):
+        unknown = [tp for tp in assigned if (tp.topic, tp.partition) not in self._committed]
+        if unknown:
+            for tp in self._consumer.committed(unknown, timeout=5):
                 self._committed[tp.topic, tp.partition] = tp.offset
         lag = {}
-        for tp in positions:
+        for tp in assigned:
+            key = (tp.topic, tp.partition)
             low, high = self._consumer.get_watermark_offsets(tp, cached=True)
             if high < 0:  # not fetched yet
                 low, high = self._consumer.get_watermark_offsets(tp, timeout=5)
-            done = tp.offset if tp.offset >= 0 else self._committed[tp.topic, tp.partition]
-            lag[tp.topic, tp.partition] = max(0, high - (done if done >= 0 else low))
+            finished = max(done.get(key, -1), self._committed[key])
+            lag[key] = max(0, high - (finished if finished >= 0 else low))
         return lag
 
 
