@@ -197,7 +197,7 @@ def run_drill(options: DrillOptions, progress: Callable[[str], None] = lambda st
 def render_drill(reports: Sequence[dict[str, Any]]) -> Table:
     """One row per guarantee: what subscribers saw of the rolling deploy."""
     table = Table(title="Rolling deploy under a steady stream (each replica replaced, one added, one removed)")
-    for column in ("guarantee", "events", "lost", "duplicates", "out of order", "longest pause", "during",
+    for column in ("guarantee", "events", "lost", "duplicates", "out of order", "partition paused", "during",
                    "p50", "p99", "max latency", "exit codes"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("guarantee", "during") else "right")
     for report in reports:

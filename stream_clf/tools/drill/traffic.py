@@ -3,7 +3,8 @@
 Every event carries its id and its number within its key; the watch reads the output and the
 dead-letter topics with ``read_committed`` (what a subscriber sees) and notes when each answer
 arrived. From both: the events lost, the answers repeated, the keys whose answers came out of order,
-the longest stretch in which no answer arrived at all, and each event's latency from ``produce()``
+the longest stretch in which an input partition's subscribers got no answer while events were sent
+(a partition in a rebalance, or waiting for its worker), and each event's latency from ``produce()``
 to its answer.
 """
 
@@ -78,6 +79,7 @@ class Answer:
     event_id: str
     arrived: float
     dead_letter: bool
+    partition: int = -1  # the input partition its event was read from (a result says; a dead letter does not)
 
 
 class ResultWatch:
@@ -117,10 +119,13 @@ class ResultWatch:
                 if message.error() is not None or message.value() is None:
                     continue
                 try:
-                    event_id = str(orjson.loads(message.value())["id"])
+                    answer = orjson.loads(message.value())
+                    event_id = str(answer["id"])
                 except (orjson.JSONDecodeError, KeyError, TypeError):
                     continue
-                self.answers.append(Answer(event_id, time.monotonic(), message.topic() == self._dlq))
+                source = answer.get("source") if message.topic() != self._dlq else None
+                partition = source.get("partition", -1) if isinstance(source, dict) else -1
+                self.answers.append(Answer(event_id, time.monotonic(), message.topic() == self._dlq, partition))
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,7 @@ class Tally:
     duplicates: int
     out_of_order: int  # answers that came after a later event's answer of the same key
     dead_letters: int
-    longest_pause: float  # seconds without any answer, while events were being sent
+    longest_pause: float  # seconds an input partition went without an answer while events were sent
     pause_at: float  # when that pause began, in seconds from ``since``
     latency: dict[str, float] = field(default_factory=dict)  # p50, p99, max, in seconds
 
@@ -154,10 +159,7 @@ def tally(sent: dict[str, tuple[str, int, float]], answers: Sequence[Answer], si
             out_of_order += 1
         newest[key] = max(newest[key], number)
     latencies = [answer.arrived - sent[event_id][2] for event_id, answer in first.items() if event_id in sent]
-    arrivals = sorted(a.arrived for a in answers if since <= a.arrived <= until)
-    edges = [since, *arrivals, until]
-    gaps = np.diff(edges) if len(edges) > 1 else np.array([0.0])
-    widest = int(np.argmax(gaps))
+    longest_pause, pause_at = _longest_pause(answers, since, until)
     return Tally(
         sent=len(sent),
         answered=len(first.keys() & sent.keys()),
@@ -165,11 +167,28 @@ def tally(sent: dict[str, tuple[str, int, float]], answers: Sequence[Answer], si
         duplicates=len(answers) - len(first),
         out_of_order=out_of_order,
         dead_letters=sum(1 for answer in first.values() if answer.dead_letter),
-        longest_pause=float(gaps[widest]),
-        pause_at=edges[widest] - since,
+        longest_pause=longest_pause,
+        pause_at=pause_at - since,
         latency={
             "p50": float(np.percentile(latencies, 50)) if latencies else 0.0,
             "p99": float(np.percentile(latencies, 99)) if latencies else 0.0,
             "max": max(latencies, default=0.0),
         },
     )
+
+
+def _longest_pause(answers: Sequence[Answer], since: float, until: float) -> tuple[float, float]:
+    """The longest gap between two answers of one input partition within ``since``..``until``, and when it
+    began. The window's edges count: a partition that answers nothing after a moment has paused since."""
+    arrivals: dict[int, list[float]] = defaultdict(list)
+    for answer in answers:
+        if since <= answer.arrived <= until:
+            arrivals[answer.partition].append(answer.arrived)
+    longest, began = 0.0, since
+    for times in arrivals.values():
+        edges = np.array([since, *sorted(times), until])
+        gaps = np.diff(edges)
+        widest = int(np.argmax(gaps))
+        if gaps[widest] > longest:
+            longest, began = float(gaps[widest]), float(edges[widest])
+    return longest, began
