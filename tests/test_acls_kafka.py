@@ -93,13 +93,14 @@ def grants(topics: Topics, control: str, status: str) -> list[AclBinding]:
 
     topic, group, transactional = ResourceType.TOPIC, ResourceType.GROUP, ResourceType.TRANSACTIONAL_ID
     return [
-        # worker: read events and its group, write results, dead letters and statuses, read requests
+        # worker: read events and its group, write results, dead letters and statuses (and leases), read requests
+        # and the statuses (the instance leases, the dashboard's group view)
         *allow("worker", topic, topics.input, (Op.READ, Op.DESCRIBE, Op.DESCRIBE_CONFIGS)),
         *allow("worker", group, topics.group, (Op.READ,)),
         *allow("worker", topic, topics.output, (Op.WRITE, Op.DESCRIBE, Op.DESCRIBE_CONFIGS)),
         *allow("worker", topic, topics.dlq, (Op.WRITE, Op.DESCRIBE, Op.DESCRIBE_CONFIGS)),
         *allow("worker", topic, control, (Op.READ, Op.DESCRIBE)),
-        *allow("worker", topic, status, (Op.WRITE, Op.DESCRIBE)),
+        *allow("worker", topic, status, (Op.WRITE, Op.READ, Op.DESCRIBE)),
         *allow("worker", group, "stream-clf-", (Op.DESCRIBE,), PREFIXED),  # its readers' groups (no commits)
         *allow("worker", topic, f"{topics.group}-", (Op.CREATE, Op.READ, Op.WRITE, Op.DESCRIBE), PREFIXED),  # Faust's
         *allow("worker", transactional, f"{topics.group}-", (Op.WRITE, Op.DESCRIBE), PREFIXED),  # exactly-once

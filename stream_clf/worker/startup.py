@@ -25,6 +25,7 @@ from stream_clf.errors import BrokerError, ConfigError
 from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.control import CLIENT_ID_PREFIX, KafkaControlFeed, ensure_control_topics, new_worker_id
 from stream_clf.kafka.control_records import InstanceLease
+from stream_clf.kafka.fleet import FleetWatch
 from stream_clf.kafka.leases import EXPIRY_SECONDS, InstanceHold, take_instance
 from stream_clf.kafka.limits import TopicLimit, producer_limits, read_limits
 from stream_clf.kafka.topics import ensure_topics, publish_compression, wait_for_broker
@@ -91,7 +92,10 @@ def run_worker(settings: WorkerSettings) -> int:
     )
     state = ConsumerState()
     readiness = Readiness(connection, state, stall_seconds=settings.delivery.stall_seconds, vital=[swaps.failure])
-    server = _serve_web(settings, Routes(metrics, readiness))
+    fleet = FleetWatch(
+        connection, settings.delivery.group, settings.topics.input, settings.control.topics[1], me=worker_id
+    ).start()
+    server = _serve_web(settings, Routes(metrics, readiness, fleet.snapshot))
     _log_start(settings, connection, swaps, holder, topics.compression)
     parts = _Parts(
         connection,
@@ -116,6 +120,7 @@ def run_worker(settings: WorkerSettings) -> int:
         if hold is not None:
             hold.release()
         swaps.close()
+        fleet.stop()
         server.shutdown()
         tracing.close()
     log.info("event=worker_stop guarantee=%s exit_code=%d", settings.delivery.guarantee, stop.exit_code)

@@ -5,11 +5,13 @@
 - ``/readyz``: 200 when partitions are assigned, the loop consumes and the broker answers;
   otherwise 503 with the reasons, as JSON (readiness). The model is loaded before the server starts.
 - ``/dashboard``: a live page, no build step and nothing from a CDN; ``/dashboard/stats.json`` is
-  the snapshot it polls.
+  the snapshot it polls, ``/dashboard/fleet.json`` the group's members as the brokers tell them.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import orjson
 
@@ -38,9 +40,12 @@ class Answer:
 class Routes:
     """The answer to each path, from the worker's metrics and readiness."""
 
-    def __init__(self, metrics: WorkerMetrics, readiness: Readiness) -> None:
+    def __init__(
+        self, metrics: WorkerMetrics, readiness: Readiness, fleet: Callable[[], dict[str, Any]] | None = None
+    ) -> None:
         self._metrics = metrics
         self._readiness = readiness
+        self._fleet = fleet
         files = resources.files(__package__)
         self._static = {path: (files.joinpath(name).read_bytes(), kind) for path, (name, kind) in _STATIC.items()}
         self._handlers = {
@@ -48,6 +53,7 @@ class Routes:
             "/healthz": self._liveness,
             "/readyz": self._readiness_page,
             "/dashboard/stats.json": self._stats,
+            "/dashboard/fleet.json": self._fleet_page,
         }
 
     def answer(self, path: str) -> Answer:
@@ -75,3 +81,8 @@ class Routes:
 
     def _stats(self) -> Answer:
         return Answer(200, orjson.dumps(self._metrics.snapshot()))
+
+    def _fleet_page(self) -> Answer:
+        if self._fleet is None:
+            return Answer(200, b'{"members":[],"error":"no fleet view"}')
+        return Answer(200, orjson.dumps(self._fleet()))
