@@ -3,6 +3,9 @@ happens to it. A rolling deploy of three workers with one added and one removed,
 SIGKILL, a partition's leader moved by reassignment: in both guarantees nothing is lost, nothing is
 answered twice, and each key's answers come in order. Pauses and p99 are printed, not asserted
 tightly (two shared cores). Every test leaves the cluster whole (all replicas in sync) for the next.
+
+And the identities of exactly-once (on the session's single broker): a second live process under one
+instance refuses to start, a killed one's successor takes its place, two started at once settle it.
 """
 
 import time
@@ -17,6 +20,7 @@ from stream_clf.tools.drill.fleet import Fleet
 from stream_clf.tools.drill.rolling import DrillOptions, rolling_deploy
 from stream_clf.tools.drill.traffic import ResultWatch, SteadyStream, Tally, tally
 from tests.cluster_helpers import await_whole, leader_of, reassign, replicas_of
+from tests.kafka_helpers import Topics, WorkerProcess, collect, ids_seen, keyed_events, produce, results_of
 
 pytestmark = pytest.mark.broker
 
@@ -45,7 +49,7 @@ def test_a_rolling_deploy_and_a_scale_up_and_down_repeat_and_lose_nothing(
         f" duplicates; longest pause {report['longest_pause']:.2f} s ({report['pause_during']}), p99"
         f" {report['latency']['p99'] * 1000:.0f} ms, max {report['latency']['max'] * 1000:.0f} ms"
     )
-    assert [code for _, code in report["exits"]] == [0] * 5, "every worker stopped cleanly"
+    assert [code for _, code in report["exits"]] == [0] * 7, "every worker stopped cleanly (5 in the steps, 3 after)"
     assert [step for _, step in report["steps"]] == ["replace w0", "replace w1", "replace w2", "add w3", "remove w0"]
     assert report["sent"] >= 20 * 40, "the stream flowed through every step"
     assert report["lost"] == 0
@@ -107,7 +111,7 @@ def test_a_broker_killed_under_load_loses_nothing_and_exactly_once_repeats_nothi
         victim.start()
         time.sleep(4)
         seen = flow.finish()
-        exits = [code for _, code in flow.fleet.exits]
+    exits = [code for _, code in flow.fleet.exits]
     await_whole(bootstrap)
     print(f"broker kill -9, {guarantee}: {seen}")
     assert exits == [0, 0]
@@ -134,9 +138,80 @@ def test_a_partition_leader_moved_by_reassignment_while_the_stream_flows(
         reassign(bootstrap, {tp: [*nodes, *({1, 2, 3} - set(nodes))] for tp, nodes in moved.items()})  # three again
         time.sleep(3)
         seen = flow.finish()
-        exits = [code for _, code in flow.fleet.exits]
+    exits = [code for _, code in flow.fleet.exits]
     await_whole(bootstrap, [flow.input, flow.output])
     assert all(len(replicas_of(bootstrap, t, p)) == 3 for t, p in moved)
     print(f"leader moved by reassignment, {guarantee}: {seen}")
     assert exits == [0, 0]
     _assert_seen_whole(seen)
+
+
+def _exactly_once(bootstrap: str, topics: Topics, bundle: Path, log: Path, instance: str) -> WorkerProcess:
+    return WorkerProcess(
+        bootstrap, topics, bundle, log, ("--guarantee", "exactly-once", "--instance", instance)
+    ).start()
+
+
+def test_a_second_live_worker_under_one_instance_refuses_to_start_and_the_first_serves_on(
+    kafka_bootstrap, topics, tiny_bundle, tmp_path
+):
+    first = _exactly_once(kafka_bootstrap, topics, tiny_bundle, tmp_path / "first.log", "replica-0")
+    try:
+        collect(kafka_bootstrap, [topics.output], until=lambda _: "instance_taken" in first.log.read_text(),
+                timeout=120, watch=[first])  # fmt: skip
+        second = _exactly_once(kafka_bootstrap, topics, tiny_bundle, tmp_path / "second.log", "replica-0")
+        assert second.process.wait(timeout=120) == 2
+        lines = second.log.read_text().strip().splitlines()
+        assert lines[-1].startswith("stream-clf worker: error: --instance replica-0: a live worker of group")
+        assert "Traceback" not in second.log.read_text()
+        produce(kafka_bootstrap, topics.input, keyed_events(40))
+        records = collect(kafka_bootstrap, [topics.output], until=ids_seen(topics, 40), timeout=120, settle=2,
+                          watch=[first])  # fmt: skip
+        assert sorted(r["id"] for r in results_of(records, topics)) == sorted(f"e{i}" for i in range(40))
+        assert "fenced" not in first.log.read_text().lower(), "the live one was never fenced"
+    finally:
+        first.terminate()
+
+
+def test_the_successor_of_a_killed_worker_takes_its_instance_and_nothing_is_answered_twice(
+    kafka_bootstrap, topics, tiny_bundle, tmp_path
+):
+    first = _exactly_once(kafka_bootstrap, topics, tiny_bundle, tmp_path / "first.log", "replica-0")
+    produce(kafka_bootstrap, topics.input, keyed_events(200))
+    collect(kafka_bootstrap, [topics.output], until=ids_seen(topics, 50), timeout=120, watch=[first])
+    first.kill()  # its lease is left behind, renewed by nobody
+    started = time.monotonic()
+    successor = _exactly_once(kafka_bootstrap, topics, tiny_bundle, tmp_path / "successor.log", "replica-0")
+    try:
+        produce(kafka_bootstrap, topics.input, keyed_events(200, start=200))
+        records = collect(kafka_bootstrap, [topics.output], until=ids_seen(topics, 400), timeout=180, settle=3,
+                          watch=[successor])  # fmt: skip
+        print(f"successor answered all 400 events {time.monotonic() - started:.1f} s after the kill")
+    finally:
+        successor.terminate()
+    ids = [r["id"] for r in results_of(records, topics)]
+    assert sorted(ids) == sorted(f"e{i}" for i in range(400)), "every event answered exactly once"
+    log = successor.log.read_text()
+    assert "event=instance_lease_found" in log, "it saw its dead predecessor's lease and waited it out"
+    assert "event=instance_taken" in log
+
+
+def test_two_workers_started_at_once_under_one_instance_one_serves_and_one_refuses(
+    kafka_bootstrap, topics, tiny_bundle, tmp_path
+):
+    pair = [_exactly_once(kafka_bootstrap, topics, tiny_bundle, tmp_path / f"w{i}.log", "replica-0") for i in range(2)]
+    try:
+        deadline = time.monotonic() + 120
+        while all(w.running for w in pair) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        refused = [w for w in pair if not w.running]
+        assert len(refused) == 1, "one of them refuses"
+        assert refused[0].process.returncode == 2
+        (serving,) = [w for w in pair if w.running]
+        produce(kafka_bootstrap, topics.input, keyed_events(20))
+        records = collect(kafka_bootstrap, [topics.output], until=ids_seen(topics, 20), timeout=120, watch=[serving])
+        assert len(results_of(records, topics)) == 20
+    finally:
+        for worker in pair:
+            if worker.running:
+                worker.terminate()

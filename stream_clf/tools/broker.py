@@ -227,6 +227,11 @@ class LocalKafka:
                 process.wait()
         return process.returncode
 
+    def terminate(self) -> None:
+        """SIGTERM the broker and return at once (:meth:`stop` waits for it)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+
     def kill(self) -> None:
         """SIGKILL the broker, as a crash would."""
         if self._process is not None:
@@ -358,7 +363,10 @@ class LocalCluster:
             time.sleep(0.2)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop every node (a controlled shutdown each)."""
+        """Stop every node at once (SIGTERM to all, then wait for each): one by one, the last would wait
+        for a quorum that is gone before its controlled shutdown gave up."""
+        for member in self.members:
+            member.terminate()
         for member in reversed(self.members):
             member.stop(timeout)
 
