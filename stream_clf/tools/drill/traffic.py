@@ -178,15 +178,20 @@ def tally(sent: dict[str, tuple[str, int, float]], answers: Sequence[Answer], si
 
 
 def _longest_pause(answers: Sequence[Answer], since: float, until: float) -> tuple[float, float]:
-    """The longest gap between two answers of one input partition within ``since``..``until``, and when it
-    began. The window's edges count: a partition that answers nothing after a moment has paused since."""
+    """The longest gap between two answers of one input partition from ``since`` on, and when it began.
+
+    Events are sent from ``since`` to ``until``: a partition that answered nothing since ``since`` paused
+    from then, and one whose answers stopped before ``until`` paused from its last one to the end of the
+    stream, or to its next answer after it (a partition that stalls at the end still has its events to
+    answer)."""
     arrivals: dict[int, list[float]] = defaultdict(list)
     for answer in answers:
-        if since <= answer.arrived <= until:
+        if answer.arrived >= since:
             arrivals[answer.partition].append(answer.arrived)
     longest, began = 0.0, since
     for times in arrivals.values():
-        edges = np.array([since, *sorted(times), until])
+        times.sort()
+        edges = np.array([since, *times, *([until] if times[-1] < until else [])])
         gaps = np.diff(edges)
         widest = int(np.argmax(gaps))
         if gaps[widest] > longest:
