@@ -113,7 +113,9 @@ def test_sigterm_ends_the_worker_within_its_deadline_even_with_the_broker_frozen
         broker.kill()
 
 
-def test_workers_joining_and_leaving_keep_every_event_and_key_order(kafka_bootstrap, topics, tiny_bundle, start_worker):
+def test_workers_joining_and_leaving_keep_every_event_and_key_order_and_repeat_none(
+    kafka_bootstrap, topics, tiny_bundle, start_worker
+):
     total = 4000
     feeder = produce_steadily(kafka_bootstrap, topics.input, keyed_events(total), seconds=30)
     first = start_worker(topics, tiny_bundle, "--max-batch", "16")
@@ -141,7 +143,7 @@ def test_workers_joining_and_leaving_keep_every_event_and_key_order(kafka_bootst
     assert len(first_seen) == KEYS
     for key, sequence in first_seen.items():
         assert sequence == sorted(sequence), f"{key}: results out of order"
-    print(f"rebalance: {total} events, 0 lost, {sum(ids.values()) - total} duplicates")
+    assert sum(ids.values()) == total, "partitions are handed over with what was delivered committed: no repeats"
 
 
 def test_slow_inference_keeps_the_worker_in_its_group(kafka_bootstrap, topics, news_model, start_worker):

@@ -215,3 +215,22 @@ def test_two_workers_started_at_once_under_one_instance_one_serves_and_one_refus
         for worker in pair:
             if worker.running:
                 worker.terminate()
+
+
+def test_a_cooperative_worker_cannot_join_an_eager_group_and_says_so_in_one_line(
+    kafka_bootstrap, topics, tiny_bundle, tmp_path
+):
+    eager = _exactly_once(kafka_bootstrap, topics, tiny_bundle, tmp_path / "eager.log", "eager")
+    try:
+        collect(kafka_bootstrap, [topics.output], until=lambda _: "instance_taken" in eager.log.read_text(),
+                timeout=120, watch=[eager])  # fmt: skip
+        time.sleep(2)
+        flags = ("--guarantee", "exactly-once", "--instance", "cooperative", "--rebalance", "cooperative")
+        cooperative = WorkerProcess(kafka_bootstrap, topics, tiny_bundle, tmp_path / "coop.log", flags).start()
+        assert cooperative.process.wait(timeout=120) == 1
+        (failed,) = [line for line in cooperative.log.read_text().splitlines() if "event=worker_failed" in line]
+        assert "rebalance with the other protocol" in failed
+        assert "Traceback" not in cooperative.log.read_text()
+        eager.assert_running()
+    finally:
+        eager.terminate()

@@ -478,6 +478,12 @@ def _usable(message: Message) -> bool:
         return False
     if error.fatal():
         raise BrokerError(f"the consumer failed for good: {error.str()}")
+    if error.code() == KafkaError.INCONSISTENT_GROUP_PROTOCOL:  # asking again cannot help while they run
+        raise BrokerError(
+            "the group's members rebalance with the other protocol (--rebalance eager or cooperative): this"
+            " worker cannot join them; move a whole group at once (stop every member, then start them with"
+            " the new setting)"
+        )
     log.warning("event=consume_error error=%r", error.str())
     return False
 
