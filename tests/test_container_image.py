@@ -88,7 +88,7 @@ def test_the_image_labels_events_turns_healthy_and_runs_as_non_root(
         path.chmod(0o755 if path.is_dir() else 0o644)
     tmp_path.chmod(0o755)
     mount = ("-v", f"{models}:/models:ro", "-e", "STREAM_CLF_MODEL=/models/tiny")
-    with _container(TAG, kafka_bootstrap, topics, *mount) as name:
+    with _container(TAG, kafka_bootstrap, topics, *HARDENED, *mount) as name:
         texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(20)]
         events = [(f"k{i}".encode(), orjson.dumps({"id": f"c{i}", "text": text})) for i, text in enumerate(texts)]
         produce(kafka_bootstrap, topics.input, [*events, (b"bad", b"not json")])
@@ -109,6 +109,7 @@ def test_the_image_labels_events_turns_healthy_and_runs_as_non_root(
         assert health == "healthy", _docker("logs", name, check=False).stderr[-2000:]
         assert _docker("exec", name, "id", "-u").stdout.strip() != "0"
         assert _docker("inspect", "--format", "{{.Config.User}}", name).stdout.strip() == "stream-clf"
+        _assert_hardened(name)
 
         _docker("stop", "--time", "30", name, timeout=60)
         state = json.loads(_docker("inspect", "--format", "{{json .State}}", name).stdout)
@@ -123,7 +124,10 @@ def test_the_image_with_the_news_model_baked_in_labels_news_like_the_model(
     # none of it reaches the runtime image but the int8 bundle.
     _build(base_image, f"{TAG}-news", "news")
     expected = Classifier(load_bundle(news_model.bundles["int8"])).predict(list(DEMO_TEXTS))
-    with _container(f"{TAG}-news", kafka_bootstrap, topics):
+    with _container(f"{TAG}-news", kafka_bootstrap, topics, *HARDENED) as name:
+        _assert_hardened(name)
+        baked = "import os; print(os.access('/models/news-int8/model.onnx', os.W_OK))"
+        assert _docker("exec", name, "python", "-c", baked).stdout.strip() == "False", "bundles are read-only"
         produce(
             kafka_bootstrap,
             topics.input,
@@ -132,6 +136,22 @@ def test_the_image_with_the_news_model_baked_in_labels_news_like_the_model(
         records = collect(kafka_bootstrap, [topics.output], until=ids_seen(topics, len(DEMO_TEXTS)), timeout=180)
     labels = {result["id"]: result["label"] for result in results_of(records, topics)}
     assert labels == {f"n{i}": prediction.label for i, prediction in enumerate(expected)}
+
+
+# As the Kubernetes manifests run it: nothing written but /tmp, no capabilities, no privilege gained.
+HARDENED = ("--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges")
+
+
+def _assert_hardened(name: str) -> None:
+    """The container runs with a read-only root and no capabilities, and still serves (checked by the caller)."""
+    host = json.loads(_docker("inspect", "--format", "{{json .HostConfig}}", name).stdout)
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges" in host["SecurityOpt"]
+    touched = _docker("exec", name, "sh", "-c", "touch /opt/stream-clf/x", check=False)
+    assert touched.returncode != 0, "the root filesystem is read-only"
+    capabilities = _docker("exec", name, "sh", "-c", "grep CapEff /proc/self/status", check=False).stdout
+    assert capabilities.split()[-1] == "0000000000000000", capabilities
 
 
 def _base_image() -> str:
