@@ -1,6 +1,9 @@
 """What the drill counts of a stream, in process: lost, repeated and out-of-order answers, the longest
 pause of one input partition (also one that stalls at the end of the stream), and latency."""
 
+import subprocess
+import sys
+
 import pytest
 
 from stream_clf.tools.drill.traffic import Answer, tally
@@ -36,3 +39,20 @@ def test_a_partition_that_stalls_at_the_end_paused_until_its_next_answer():
     assert seen.longest_pause == pytest.approx(26.5)
     assert seen.pause_at == pytest.approx(3.5)
     assert seen.lost == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (["--model", "/nonexistent"], "stream-clf drill: error: model bundle '/nonexistent': no such directory"),
+        (["--workers", "0"], "stream-clf drill: error: argument --workers: expected a whole number >= 1"),
+        (["--rate", "0"], "stream-clf drill: error: --rate must be above 0 and --settle at least 0"),
+    ],
+)
+def test_a_bad_flag_stops_the_drill_with_one_line_before_anything_starts(flags, line):
+    finished = subprocess.run(
+        [sys.executable, "-m", "stream_clf", "drill", *flags], capture_output=True, text=True, timeout=60
+    )
+    assert finished.returncode == 2
+    assert finished.stderr.strip().splitlines()[-1].startswith(line)
+    assert "Traceback" not in finished.stderr

@@ -215,11 +215,13 @@ def _drill(parser: Parser) -> None:
 def _run_drill(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from stream_clf.model.bundle import load_bundle
     from stream_clf.model.catalog import resolve_model
     from stream_clf.tools.drill.rolling import DrillOptions, render_drill, run_drill
 
     if args.rate <= 0 or args.settle < 0:
         raise ConfigError("--rate must be above 0 and --settle at least 0")
+    load_bundle(resolve_model(args.model))  # a bundle that cannot serve stops here, not in every worker
     worker_args = tuple(args.worker_args[1:] if args.worker_args[:1] == ["--"] else args.worker_args)
     options = options_from(
         DrillOptions,
