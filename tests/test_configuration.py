@@ -81,6 +81,8 @@ def test_every_setting_reads_its_environment_variable(tmp_path):
         "STREAM_CLF_SWAPS": "off",
         "STREAM_CLF_MODEL_ROOT": "/models:/srv/bundles",
         "STREAM_CLF_SESSION_TIMEOUT_MS": "10000",
+        "STREAM_CLF_REBALANCE": "Cooperative",
+        "STREAM_CLF_STATIC_MEMBERSHIP": "on",
         "STREAM_CLF_STALL_SECONDS": "45",
         "STREAM_CLF_WEB_HOST": "0.0.0.0",
         "STREAM_CLF_WEB_PORT": "7000",
@@ -150,6 +152,8 @@ def test_every_setting_reads_its_environment_variable(tmp_path):
         "swaps": False,
         "model_root": (Path("/models"), Path("/srv/bundles")),
         "session_timeout_ms": 10000,
+        "rebalance": "cooperative",
+        "static_membership": True,
         "stall_seconds": 45,
         "web_host": "0.0.0.0",
         "web_port": 7000,
@@ -203,6 +207,9 @@ def test_a_flag_wins_over_the_environment():
         ({"thresholds": "toxic:0.5"}, {}, "expected label=probability"),
         ({"thresholds": "toxic=1.5"}, {}, "with probabilities in [0, 1]"),
         ({"threads": "2", "lanes": "3"}, {}, "--lanes 3 is more than --threads 2: a lane needs a core"),
+        ({"rebalance": "sticky"}, {}, "--rebalance='sticky': expected one of eager, cooperative"),
+        ({"rebalance": "cooperative"}, {}, "--rebalance cooperative and --static-membership need --guarantee"),
+        ({}, {"STREAM_CLF_STATIC_MEMBERSHIP": "on"}, "need --guarantee exactly-once"),
     ],
 )
 def test_a_bad_value_is_one_readable_error(flags, environ, message):
