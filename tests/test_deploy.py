@@ -68,6 +68,8 @@ def test_compose_runs_every_part_and_passes_the_worker_settings_it_reads():
         assert topic in topics_command
     assert f"{settings.web.web_port}:{settings.web.web_port}" in services["worker"]["ports"]
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert scrape["rule_files"] == ["alerts.yml"]
+    assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in services["prometheus"]["volumes"]
     (job,) = scrape["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
     assert job["static_configs"][0]["targets"] == [f"worker:{settings.web.web_port}"]
