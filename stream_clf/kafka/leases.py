@@ -62,10 +62,14 @@ class InstanceHold:
         self._thread.start()
         return self
 
-    def release(self) -> None:
-        """Stop renewing and delete the lease, so a successor need not wait for it to expire."""
+    def release(self, *, clean: bool = True) -> None:
+        """Stop renewing; after a ``clean`` stop, delete the lease too, so a successor need not wait for
+        it to expire. After a failure it is left to expire: the failure may be this process's fencing by
+        a successor that took the instance, whose lease a deletion would remove."""
         self._stopping.set()
         self._thread.join()
+        if not clean:
+            return
         self._producer.produce(self._topic, key=self.lease.key, value=None)
         if self._producer.flush(10):
             log.warning("event=lease_not_released instance=%s", self.lease.instance)

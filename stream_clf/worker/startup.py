@@ -118,7 +118,7 @@ def run_worker(settings: WorkerSettings) -> int:
         run(settings, parts, stop)
     finally:
         if hold is not None:
-            hold.release()
+            hold.release(clean=stop.exit_code == 0)
         swaps.close()
         fleet.stop()
         server.shutdown()
