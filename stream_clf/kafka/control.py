@@ -38,6 +38,7 @@ __all__ = [
     "ControlFeed",
     "ControlRecord",
     "KafkaControlFeed",
+    "Skipped",
     "SwapAnswers",
     "ask_swap",
     "control_producer",

@@ -2,13 +2,15 @@
 
 Every worker of a group can show the whole fleet, not only itself: a thread follows the status topic
 (each worker's :class:`~stream_clf.kafka.control_records.WorkerStatus` says which models it serves)
-and, every :data:`INTERVAL_SECONDS`, asks the brokers for the group's members and their
-assignments, the group's committed offsets and the partitions' ends. A member's rate is how fast
-the committed offsets of its partitions moved since the last look; its lag is how far they are
-behind the ends. Everything is read from Kafka, as any member (or an operator) would see it: a
-member that stopped answering shows until the group drops it.
+and, every :data:`INTERVAL_SECONDS`, asks the brokers for the group's members and their assignments
+and the group's committed offsets (:class:`~stream_clf.kafka.groups.GroupReader`, in an event loop of
+the thread's own), and the partitions' ends. A member's rate is how fast the committed offsets of its
+partitions moved since the last look; its lag is how far they are behind the ends. Everything is read
+from Kafka, as any member (or an operator) would see it: a member that stopped answering shows until
+the group drops it.
 """
 
+import asyncio
 import logging
 import threading
 import time
@@ -16,12 +18,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import OffsetSpec
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from stream_clf.kafka.connection import Connection
-from stream_clf.kafka.control import CLIENT_ID_PREFIX, log_skipped
+from stream_clf.kafka.control import CLIENT_ID_PREFIX, Skipped, log_skipped
 from stream_clf.kafka.control_records import ControlState, MalformedRecordError
+from stream_clf.kafka.groups import GroupReader
 
 __all__ = ["INTERVAL_SECONDS", "FleetMember", "FleetWatch"]
 
@@ -44,7 +46,7 @@ class FleetMember:
 
 class FleetWatch:
     """Follows ``group``'s members and the status topic from a thread; :meth:`snapshot` is the last look,
-    told from where ``me`` (this worker's name) stands."""
+    told from where ``me`` (this worker's name) stands. ``skipped`` hears of each malformed status."""
 
     def __init__(
         self,
@@ -55,8 +57,10 @@ class FleetWatch:
         *,
         me: str,
         interval: float = INTERVAL_SECONDS,
+        skipped: Skipped = log_skipped,
     ) -> None:
         self._connection = connection
+        self._skipped = skipped
         self._me = me
         self._group = group
         self._inputs = set(inputs)
@@ -86,20 +90,23 @@ class FleetWatch:
     def _run(self) -> None:
         statuses = self._connection.reader("fleet")
         statuses.assign([TopicPartition(self._status_topic, 0, OFFSET_BEGINNING)])
-        admin = self._connection.admin()
+        loop = asyncio.new_event_loop()
+        group = GroupReader(self._connection, self._group)
         try:
             while not self._stopping.is_set():
                 self._follow(statuses, until=time.monotonic() + self._interval)
                 try:
-                    look = self._look(admin)
-                except KafkaException as error:  # the brokers do not answer now: said, and looked at again
-                    look = {**self.snapshot(), "error": error.args[0].str()}
+                    look = loop.run_until_complete(asyncio.wait_for(self._look(group, statuses), 3 * self._interval))
+                except Exception as error:  # the brokers do not answer now: said, and looked at again
+                    look = {**self.snapshot(), "error": f"{type(error).__name__}: {error}"[:300]}
                 with self._lock:
                     self._snapshot = look
-        except Exception:  # the dashboard loses its fleet view; the worker goes on
+        except Exception:  # the dashboard loses its view of the group; the worker goes on
             log.exception("event=fleet_watch_failed")
         finally:
             statuses.close()
+            loop.run_until_complete(group.close())
+            loop.close()
 
     def _follow(self, consumer: Any, until: float) -> None:
         """Read status records until ``until``: the latest status of each worker."""
@@ -110,44 +117,29 @@ class FleetWatch:
             try:
                 self._statuses.read(message.key(), message.value())
             except MalformedRecordError as error:
-                log_skipped(self._status_topic, message.offset() or 0, error)
+                self._skipped(self._status_topic, message.offset() or 0, error)
 
-    def _look(self, admin: Any) -> dict[str, Any]:
-        (described,) = admin.describe_consumer_groups([self._group], request_timeout=10).values()
-        members = described.result().members
-        partitions = sorted(
-            {
-                (tp.topic, tp.partition)
-                for m in members
-                for tp in m.assignment.topic_partitions
-                if tp.topic in self._inputs
-            }
-        )
-        committed: dict[tuple[str, int], int] = {}
-        ends: dict[tuple[str, int], int] = {}
-        if partitions:
-            request = ConsumerGroupTopicPartitions(self._group, [TopicPartition(t, p) for t, p in partitions])
-            (offsets,) = admin.list_consumer_group_offsets([request], request_timeout=10).values()
-            committed = {(tp.topic, tp.partition): max(0, tp.offset) for tp in offsets.result().topic_partitions}
-            latest = admin.list_offsets(
-                {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions}, request_timeout=10
-            )
-            ends = {(tp.topic, tp.partition): future.result().offset for tp, future in latest.items()}
+    async def _look(self, group: GroupReader, consumer: Any) -> dict[str, Any]:
+        members = await group.members()
+        partitions = sorted({key for member in members for key in member.partitions if key[0] in self._inputs})
+        committed = {key: max(0, offset) for key, offset in (await group.committed(partitions)).items()}
+        ends = {
+            (topic, partition): consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)[1]
+            for topic, partition in partitions
+        }
         now = time.monotonic()
         elapsed = now - self._looked if self._looked else None
         statuses = self._statuses.group_statuses(self._group)
         fleet = []
         for member in members:
-            mine = sorted(
-                (tp.topic, tp.partition) for tp in member.assignment.topic_partitions if tp.topic in self._inputs
-            )
+            mine = [key for key in member.partitions if key[0] in self._inputs]
             worker = member.client_id.removeprefix(CLIENT_ID_PREFIX)
             moved = sum(committed.get(key, 0) - self._committed.get(key, committed.get(key, 0)) for key in mine)
             status = statuses.get(worker)
             fleet.append(
                 FleetMember(
                     worker=worker,
-                    host=member.host.lstrip("/"),
+                    host=member.host,
                     partitions=[list(key) for key in mine],
                     rate=moved / elapsed if elapsed else None,
                     lag=sum(max(0, ends.get(key, 0) - committed.get(key, 0)) for key in mine),

@@ -67,6 +67,19 @@ class KafkaSecurity:
                 config["ssl.key.password"] = self.key_password
         return config
 
+    def aiokafka(self) -> dict[str, object]:
+        """Keyword arguments for an aiokafka client (its admin client, say)."""
+        config: dict[str, object] = {"security_protocol": self.protocol}
+        if self.tls:
+            config["ssl_context"] = self.ssl_context()
+        if self.sasl:
+            config |= {
+                "sasl_mechanism": self.mechanism,
+                "sasl_plain_username": self.username,
+                "sasl_plain_password": self.password,
+            }
+        return config
+
     def faust_credentials(self) -> "CredentialsT | None":
         """Credentials for Faust's ``broker_credentials`` (None for PLAINTEXT)."""
         import faust

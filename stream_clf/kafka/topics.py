@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from stream_clf.errors import BrokerError, ConfigError
@@ -185,13 +185,3 @@ def publish_compression(connection: Connection, topic: str, fallback: str = "lz4
     configured = entry.value if entry is not None else None
     codec = "none" if configured == "uncompressed" else configured  # the topic's name for no codec
     return codec if codec in COMPRESSION_CODECS else fallback
-
-
-def committed_offsets(
-    connection: Connection, group: str, partitions: list[tuple[str, int]]
-) -> dict[tuple[str, int], int]:
-    """``group``'s committed offset of each of ``partitions`` (0 where it has none)."""
-    admin = connection.admin()
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, partition) for topic, partition in partitions])
-    (future,) = admin.list_consumer_group_offsets([request], request_timeout=10).values()
-    return {(tp.topic, tp.partition): max(0, tp.offset) for tp in future.result().topic_partitions}

@@ -34,12 +34,11 @@ from typing import Any
 
 import faust
 from aiokafka.errors import ConsumerStoppedError, KafkaError
-from confluent_kafka import KafkaException
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
 from faust.types import TP, EventT, StreamT
 
 from stream_clf.kafka.connection import Connection
-from stream_clf.kafka.topics import committed_offsets
+from stream_clf.kafka.groups import GroupReader
 from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.settings import WorkerSettings
@@ -182,8 +181,7 @@ def create_app(
     app.fail = fail
     app.pipeline = _pipeline(settings, step, publish, metrics, state)
     _consume_and_classify(app, settings, metrics=metrics, fail=fail, schemas=schemas)
-    committed = functools.partial(committed_offsets, connection, delivery.group)
-    _track_partitions(app, set(settings.topics.input), metrics, state, committed)
+    _track_partitions(app, set(settings.topics.input), metrics, state, GroupReader(connection, delivery.group))
     return app
 
 
@@ -252,10 +250,10 @@ def _track_partitions(
     inputs: set[str],
     metrics: WorkerMetrics,
     state: ConsumerState,
-    committed: Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]],
+    group: GroupReader,
 ) -> None:
-    """Keep the consumer state's assignment and each input partition's lag up to date; ``committed``
-    asks the group's committed offsets of partitions (a call to the broker, made beside the loop)."""
+    """Keep the consumer state's assignment and each input partition's lag up to date; ``group`` asks
+    the group's committed offsets of partitions."""
 
     def assigned() -> list[TP]:
         return sorted(tp for tp in app.consumer.assignment() if tp.topic in inputs)
@@ -270,6 +268,10 @@ def _track_partitions(
         metrics.assignments.inc()
         if not app.leaving:
             app.pipeline.serve(app.consumer_generation_id)
+
+    @app.on_before_shutdown.connect
+    async def close_group_reader(sender: faust.App, **_: Any) -> None:
+        await group.close()
 
     # The group's committed offset of each partition as it was assigned: where this worker started.
     started: dict[tuple[str, int], int] = {}
@@ -289,9 +291,9 @@ def _track_partitions(
         unknown = [(tp.topic, tp.partition) for tp in partitions if (tp.topic, tp.partition) not in started]
         if unknown:
             try:
-                started.update(await asyncio.get_running_loop().run_in_executor(None, committed, unknown))
-            except KafkaException as error:  # the broker does not answer now: measured at the next tick
-                log.debug("event=lag_not_measured error=%r", error.args[0].str())
+                started.update(await group.committed(unknown))
+            except Exception as error:  # the brokers do not answer now: measured at the next tick
+                log.debug("event=lag_not_measured error=%r", error)
                 return
         done = state.offsets()
         lag = {}

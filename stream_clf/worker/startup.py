@@ -93,7 +93,12 @@ def run_worker(settings: WorkerSettings) -> int:
     state = ConsumerState()
     readiness = Readiness(connection, state, stall_seconds=settings.delivery.stall_seconds, vital=[swaps.failure])
     fleet = FleetWatch(
-        connection, settings.delivery.group, settings.topics.input, settings.control.topics[1], me=worker_id
+        connection,
+        settings.delivery.group,
+        settings.topics.input,
+        settings.control.topics[1],
+        me=worker_id,
+        skipped=swaps.skipped,
     ).start()
     server = _serve_web(settings, Routes(metrics, readiness, fleet.snapshot))
     _log_start(settings, connection, swaps, holder, topics.compression)

@@ -84,7 +84,7 @@ class SwapFollower:
         was started with; then say what it serves. Call before the worker consumes."""
         outcome = None
         if self._follows:
-            state = self._feed.read_to_end(self._skipped)
+            state = self._feed.read_to_end(self.skipped)
             self._offset = state.offset
             for request in _latest_swaps(state, self._group):
                 configured = self._configured.get(request.target)
@@ -151,12 +151,13 @@ class SwapFollower:
         try:
             request = state.read(record.key, record.value)
         except MalformedRecordError as error:
-            self._skipped(record.topic, record.offset, error)
+            self.skipped(record.topic, record.offset, error)
             return
         if isinstance(request, SwapRequest) and request.group == self._group:
             self._apply(request)
 
-    def _skipped(self, topic: str, offset: int, error: MalformedRecordError) -> None:
+    def skipped(self, topic: str, offset: int, error: MalformedRecordError) -> None:
+        """A malformed control-plane record: one log line, and counted in the metrics."""
         log_skipped(topic, offset, error)
         self._metrics.control_skipped.labels(kind=error.kind).inc()
 
