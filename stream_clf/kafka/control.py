@@ -19,6 +19,7 @@ client id is ``stream-clf.WORKER``, so the consumer group's member list says whi
 belong to workers that are running.
 """
 
+import asyncio
 import logging
 import time
 import uuid
@@ -26,11 +27,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from aiokafka.errors import KafkaError as AIOKafkaError
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from stream_clf.errors import BrokerError, ConfigError
 from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.control_records import ControlState, MalformedRecordError, SwapRequest, WorkerStatus
+from stream_clf.kafka.groups import GroupMember, GroupReader
 from stream_clf.kafka.topics import Replication, ensure_topics
 
 __all__ = [
@@ -142,16 +145,20 @@ def control_producer(connection: Connection) -> Any:
 
 def group_workers(connection: Connection, group: str) -> list[str]:
     """The stream-clf workers that are members of ``group`` now, by name."""
-    admin = connection.admin()
+
+    async def members() -> list[GroupMember]:
+        reader = GroupReader(connection, group)
+        try:
+            return await reader.members()
+        finally:
+            await reader.close()
+
     try:
-        (future,) = admin.describe_consumer_groups([group], request_timeout=30).values()
-        description = future.result()
-    except KafkaException as error:
-        raise BrokerError(f"consumer group {group!r} cannot be described: {error.args[0].str()}") from None
+        found = asyncio.run(members())
+    except (AIOKafkaError, OSError, TimeoutError) as error:
+        raise BrokerError(f"consumer group {group!r} cannot be described: {error}") from None
     return sorted(
-        member.client_id[len(CLIENT_ID_PREFIX) :]
-        for member in description.members
-        if member.client_id.startswith(CLIENT_ID_PREFIX)
+        member.client_id[len(CLIENT_ID_PREFIX) :] for member in found if member.client_id.startswith(CLIENT_ID_PREFIX)
     )
 
 
