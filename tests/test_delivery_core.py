@@ -24,7 +24,7 @@ from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
 from stream_clf.worker.core import BatchStep
 from stream_clf.worker.events import Source
 from stream_clf.worker.models import ModelHolder, ModelSet, ServedModel
-from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT, PUBLISHES_IN_FLIGHT, Pipeline
+from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT, Pipeline
 from stream_clf.worker.records import InFlight, OutRecord
 from stream_clf.worker.routing import Routing
 from stream_clf.worker.transactional import Commit, TransactionalLoop
@@ -171,7 +171,12 @@ async def settle(seconds: float = 0.3) -> None:
     await asyncio.sleep(seconds)
 
 
-def test_pipeline_acks_in_read_order_only_after_delivery_with_two_batches_in_flight(step, metrics):
+def test_pipeline_acks_in_read_order_only_after_delivery_and_publishes_a_batch_once_the_last_is_delivered(
+    step, metrics
+):
+    """A batch goes to the producer only once the one before it is delivered: a record the broker refuses
+    fails its neighbours too, which are sent again, and must not land behind the next batch's results."""
+
     async def scenario() -> None:
         acks: list[int] = []
         deliveries = Deliveries()
@@ -183,25 +188,24 @@ def test_pipeline_acks_in_read_order_only_after_delivery_with_two_batches_in_fli
                 await pipeline.feed(event(offset, acks=acks))
             await settle(1.0)
 
-            # Three batches of four are ready; only two may await delivery at once.
-            assert len(deliveries.sent) == 4 * PUBLISHES_IN_FLIGHT
-            assert [orjson.loads(r.value)["id"] for r, _ in deliveries.sent] == [f"e{i}" for i in range(8)]
-            assert acks == []
-
-            # The second batch delivered first: nothing may be acked while the first is pending.
-            deliveries.complete(range(4, 8))
+            # Three batches of four are classified; only the first is with the producer.
+            assert [orjson.loads(r.value)["id"] for r, _ in deliveries.sent] == [f"e{i}" for i in range(4)]
+            deliveries.complete([3, 1, 2])
             await settle()
+            assert len(deliveries.sent) == 4, "one pending delivery holds the next batch back"
             assert acks == []
             assert counted(metrics) == (0, 0)
 
-            # The first batch delivered, in reverse: both batches acked, in read order.
-            deliveries.complete(reversed(range(4)))
+            # The first batch delivered: acked in read order, and the second goes out.
+            deliveries.complete([0])
+            await settle()
+            assert acks == list(range(4))
+            assert counted(metrics) == (4, 0)
+            assert [orjson.loads(r.value)["id"] for r, _ in deliveries.sent] == [f"e{i}" for i in range(8)]
+
+            deliveries.complete(reversed(range(4, 8)))
             await settle()
             assert acks == list(range(8))
-            assert counted(metrics) == (8, 0)
-
-            # A slot is free again: the third batch goes out, and is acked once delivered.
-            await settle(0.5)
             assert len(deliveries.sent) == 12
             deliveries.complete([9, 11, 8])
             await settle()
@@ -232,8 +236,12 @@ def test_a_slow_batch_holds_back_the_next_ones_results_but_not_their_inference(s
             assert len(classifier.finished) == 1
             assert deliveries.sent == []
             await settle(1.0)
+            assert [orjson.loads(r.value)["id"] for r, _ in deliveries.sent] == [f"e{i}" for i in range(4)]
+            assert len(classifier.finished) == 2
+            deliveries.complete(reversed(range(4)))
+            await settle()
             assert [orjson.loads(r.value)["id"] for r, _ in deliveries.sent] == [f"e{i}" for i in range(8)]
-            deliveries.complete(reversed(range(8)))
+            deliveries.complete(reversed(range(4, 8)))
             await settle()
             assert acks == list(range(8))
             running.cancel()
@@ -267,9 +275,13 @@ def test_a_hand_over_delivers_and_acks_the_batches_being_classified_and_drops_th
             handing_over = asyncio.create_task(pipeline.hand_over())
             await settle(1.0)
             assert not handing_over.done(), "it waits for the deliveries of what is being classified"
+            assert len(deliveries.sent) == 4, "the first batch in the lanes is with the producer"
+            deliveries.complete(range(4))
+            await settle()
+            assert not handing_over.done()
             classified = len(deliveries.sent)
-            assert classified == 8, "the two batches in the lanes finish"
-            deliveries.complete(range(classified))
+            assert classified == 8, "the second batch in the lanes finishes too"
+            deliveries.complete(range(4, classified))
             await asyncio.wait_for(handing_over, 5)
             assert acks == list(range(classified))
             assert sorted(forgotten) == list(range(classified, 16))

@@ -137,8 +137,13 @@ def test_an_output_topic_created_small_gets_bare_results_and_result_too_large_de
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 def test_a_result_the_broker_refuses_at_delivery_becomes_a_dead_letter_and_its_neighbours_are_published(
-    guarantee, kafka_bootstrap, topics, tiny_bundle, start_worker
+    guarantee, kafka_bootstrap, tiny_bundle, start_worker
 ):
+    tag = uuid.uuid4().hex[:8]
+    topics = Topics(f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"group-{tag}")
+    ensure_topics(Connection.to(kafka_bootstrap), [topics.input, topics.dlq], 4)
+    # One output partition: every keyless result shares its produce request with keyed neighbours.
+    ensure_topics(Connection.to(kafka_bootstrap), [topics.output], 1)
     port = free_port()
     worker = start_worker(topics, tiny_bundle, "--web-port", str(port), *GUARANTEES[guarantee])
     wait_for_status(port, "/readyz", 200)
@@ -152,21 +157,27 @@ def test_a_result_the_broker_refuses_at_delivery_becomes_a_dead_letter_and_its_n
     )
     for future in admin.incremental_alter_configs([change]).values():
         future.result(timeout=30)
-    events = [_event(i) for i in range(30)]
-    events[12] = (None, events[12][1])
+    # Keyless events among keyed ones: each fails the produce request it shares with its neighbours,
+    # which are sent again, and must still come before the next batch's results for their keys.
+    keyless = (12, 41, 70)
+    events = [_event(i) for i in range(90)]
+    for i in keyless:
+        events[i] = (None, events[i][1])
     produce(kafka_bootstrap, topics.input, events)
 
-    records = collect(kafka_bootstrap, [topics.output, topics.dlq], until=lambda rs: len(rs) >= 30, timeout=180,
+    records = collect(kafka_bootstrap, [topics.output, topics.dlq], until=lambda rs: len(rs) >= 90, timeout=180,
                       settle=3, watch=[worker])  # fmt: skip
 
     answers = _answers(records, topics)
-    assert len(answers) == 30, "one record per event"
-    (letter,) = [record for record in records if record.topic == topics.dlq]
-    assert letter.headers["error.reason"] == b"result_refused"
-    assert letter.value == events[12][1]
-    assert letter.key is None
-    assert b"INVALID_RECORD" in letter.headers["error.detail"] or b"validate" in letter.headers["error.detail"]
-    assert {f"e{i}" for i in range(30) if i != 12} <= set(answers)
+    assert len(answers) == 90, "one record per event"
+    letters = [record for record in records if record.topic == topics.dlq]
+    assert sorted(letter.value for letter in letters) == sorted(events[i][1] for i in keyless)
+    for letter in letters:
+        assert letter.headers["error.reason"] == b"result_refused"
+        assert letter.key is None
+        detail = letter.headers["error.detail"]
+        assert b"INVALID_RECORD" in detail or b"validate" in detail
+    assert {f"e{i}" for i in range(90) if i not in keyless} <= set(answers)
     _in_order_per_key(records, topics)
     if guarantee == "exactly-once":
         assert scrape(port)[("stream_clf_transaction_aborts_total", (("cause", "record"),))] >= 1

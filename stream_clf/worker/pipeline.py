@@ -4,8 +4,9 @@
 
     feed ─► intake ─► tokenize ─► batcher ─► infer ────────► publish ─► confirm
             (queue)   (thread)    (count,    (2 batches at    (read      (deliveries awaited,
-                                   wait,      once, buckets    order)     then acks in read order)
-                                   tokens)    in the lanes)
+                                   wait,      once, buckets    order,     then acks in read order)
+                                   tokens)    in the lanes)    one batch
+                                                               at a time)
 
 Each stage is a task, so the stages overlap: while the lanes run batch N, the event loop decodes,
 the tokenizer thread plans what will become batch N+2, batch N+1 queues its buckets behind N's (so
@@ -18,9 +19,12 @@ The order of the last steps is the delivery guarantee: batches are published in 
 were formed, every record of a batch is handed to the producer in read order (so per-key order
 holds), all deliveries are awaited, the previous batch is fully acked, and only then are this
 batch's events acked, in the order they were read. So the consumer never commits an offset whose
-record the broker has not acknowledged, and acks never run ahead of an earlier batch. At most
-:data:`INFERENCES_IN_FLIGHT` batches are classified and :data:`PUBLISHES_IN_FLIGHT` await
-delivery at once, and the events from the intake to their ack weigh at most ``max_bytes``
+record the broker has not acknowledged, and acks never run ahead of an earlier batch. A batch goes
+to the producer only once the one before it is delivered: when the broker refuses a record for
+itself, it fails its whole produce request, and the neighbours sent again on their own
+(:class:`~stream_clf.worker.publisher.BatchPublisher`) must not land behind the next batch's
+results for the same keys. At most :data:`INFERENCES_IN_FLIGHT` batches are classified meanwhile,
+and the events from the intake to their ack weigh at most ``max_bytes``
 (:class:`~stream_clf.worker.budget.ByteBudget`).
 
 **Handing partitions over.** When its partitions are about to go (a rebalance, or the worker
@@ -48,12 +52,10 @@ from stream_clf.worker.budget import ByteBudget
 from stream_clf.worker.core import BatchStep, ProcessedBatch
 from stream_clf.worker.records import InFlight, OutRecord
 
-__all__ = ["INFERENCES_IN_FLIGHT", "PUBLISHES_IN_FLIGHT", "Pipeline", "Sender"]
+__all__ = ["INFERENCES_IN_FLIGHT", "Pipeline", "Sender"]
 
 # Batches being classified at once: the next one queues its buckets behind the current one's.
 INFERENCES_IN_FLIGHT = 2
-# Batches whose records may be awaiting delivery while the next ones are classified.
-PUBLISHES_IN_FLIGHT = 2
 
 
 class Sender(Protocol):
@@ -103,7 +105,7 @@ class Pipeline:
         )
         self._inferring = asyncio.Semaphore(INFERENCES_IN_FLIGHT)
         self._classified: asyncio.Queue[asyncio.Future[ProcessedBatch]] = asyncio.Queue()
-        self._slots = asyncio.Semaphore(PUBLISHES_IN_FLIGHT)
+        self._delivering = asyncio.Semaphore(1)  # held by the batch awaiting its deliveries
         self._serving: int | None = 0  # the group generation whose events are taken in; None: none
 
     async def feed(self, record: InFlight) -> None:
@@ -196,10 +198,10 @@ class Pipeline:
             finally:
                 self._inferring.release()
             clock.enter("blocked")
-            await self._slots.acquire()
+            await self._delivering.acquire()
             clock.enter("busy")
             # Records are handed over here, in batch order, so they keep their order per key;
-            # waiting for their delivery and acking happen in a task, beside the next batches.
+            # waiting for their delivery and acking happen in a task, while the next ones are classified.
             delivered = self._send(processed.records)
             previous = group.create_task(self._confirm(processed, delivered, previous))
 
@@ -208,15 +210,15 @@ class Pipeline:
     ) -> None:
         try:
             sent = await delivered
-            if previous is not None:
-                await previous
-            started = time.perf_counter()
-            processed.count(self._metrics, sent)
-            for record in processed.events:
-                await record.ack()
-                self._state.processed(record.source.topic, record.source.partition, record.source.offset)
-                self._budget.give(record.weight)
-            self._state.waiting(held=self._budget.events)
-            self._metrics.stage("confirm").add("busy", time.perf_counter() - started)
         finally:
-            self._slots.release()
+            self._delivering.release()  # the next batch may go to the producer
+        if previous is not None:
+            await previous
+        started = time.perf_counter()
+        processed.count(self._metrics, sent)
+        for record in processed.events:
+            await record.ack()
+            self._state.processed(record.source.topic, record.source.partition, record.source.offset)
+            self._budget.give(record.weight)
+        self._state.waiting(held=self._budget.events)
+        self._metrics.stage("confirm").add("busy", time.perf_counter() - started)
