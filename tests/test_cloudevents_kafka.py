@@ -64,7 +64,7 @@ def test_cloudevents_in_both_modes_are_answered_with_their_ids_and_traces(
     guarantee, kafka_bootstrap, schema_registry, tiny_bundle, start_worker
 ):
     topics = Topics.fresh(kafka_bootstrap)
-    avro = AvroSerializer(SchemaRegistryClient({"url": schema_registry.url}), orjson.dumps(AVRO_NOTE).decode())(
+    avro = AvroSerializer(SchemaRegistryClient(schema_registry.client_config()), orjson.dumps(AVRO_NOTE).decode())(
         {"text": SAMPLE_TEXTS[1]}, SerializationContext(topics.input, MessageField.VALUE)
     )
     events = _events(avro)

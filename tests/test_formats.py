@@ -156,7 +156,7 @@ def test_unknown_schema_ids_are_asked_again_then_remembered_and_retries_are_rati
         book.reader(2**30 + 2)
     assert book.fetches == 2 * LOOKUPS + 1, "past the ration, an unknown id is asked once"
 
-    client = SchemaRegistryClient({"url": schema_registry.url})
+    client = SchemaRegistryClient(schema_registry.client_config())
     schema = {"type": "record", "name": "Note", "fields": [{"name": "text", "type": "string"}]}
     schema_id = client.register_schema(f"notes-{free_port()}-value", Schema(orjson.dumps(schema).decode(), "AVRO"))
     assert book.reader(schema_id).format == "avro"

@@ -91,8 +91,8 @@ def _subject(kind: str) -> dict:
 class Writers:
     """A producer's serializers, one per format, writing ``{"id", "review": {"title", "body"}}`` events."""
 
-    def __init__(self, url: str, topic: str, review_pb2: ModuleType) -> None:
-        self.client = SchemaRegistryClient({"url": url})
+    def __init__(self, registry: dict, topic: str, review_pb2: ModuleType) -> None:
+        self.client = SchemaRegistryClient(registry)
         self.topic = topic
         # One subject per format (a registry subject holds one schema type): "<topic>-<format>-value".
         self.avro = AvroSerializer(self.client, orjson.dumps(AVRO_REVIEW).decode(), conf=_subject("avro"))
@@ -142,7 +142,7 @@ def test_registry_events_of_every_format_are_answered_with_the_labels_of_their_t
     guarantee, kafka_bootstrap, schema_registry, tiny_bundle, start_worker, review_pb2
 ):
     topics = Topics.fresh(kafka_bootstrap)
-    writers = Writers(schema_registry.url, topics.input, review_pb2)
+    writers = Writers(schema_registry.client_config(), topics.input, review_pb2)
     events, texts = _events(writers, 15)
     assert {value[0] for _, value in events} == {0, ord("{")}, "registry-framed values beside plain JSON"
     produce(kafka_bootstrap, topics.input, events)
@@ -173,7 +173,7 @@ def test_hostile_and_evolving_registry_events_cost_one_dead_letter_each(
     kafka_bootstrap, schema_registry, tiny_bundle, start_worker, review_pb2
 ):
     topics = Topics.fresh(kafka_bootstrap, partitions=1)
-    writers = Writers(schema_registry.url, topics.input, review_pb2)
+    writers = Writers(schema_registry.client_config(), topics.input, review_pb2)
     context = SerializationContext(topics.input, MessageField.VALUE)
     good = writers.write("avro", "good-1", "Fine", "a good film")
     avro_id = good[1:5]
@@ -228,7 +228,7 @@ def test_a_registry_outage_makes_new_schemas_wait_never_dead_letter(
     guarantee, kafka_bootstrap, schema_registry, tiny_bundle, start_worker, review_pb2
 ):
     topics = Topics.fresh(kafka_bootstrap)
-    writers = Writers(schema_registry.url, topics.input, review_pb2)
+    writers = Writers(schema_registry.client_config(), topics.input, review_pb2)
     first = [(b"k", writers.write("json", f"before-{i}", "Before", SAMPLE_TEXTS[i])) for i in range(4)]
     # A schema the worker has not seen: registered now, its events written while the registry is down.
     fresh = {**AVRO_REVIEW, "name": f"Review{guarantee.replace('-', '')}{time.monotonic_ns()}"}
@@ -303,7 +303,7 @@ def test_results_review_copies_and_shadow_answers_written_through_the_registry_r
     expected = 3 * len(events)  # a result, a review copy (every score is under 0.999) and a shadow answer each
     records = collect(kafka_bootstrap, [topics.output, review, shadow, topics.dlq],
                       until=lambda seen: len(seen) >= expected, timeout=180, settle=2, watch=[worker])  # fmt: skip
-    client = SchemaRegistryClient({"url": schema_registry.url})
+    client = SchemaRegistryClient(schema_registry.client_config())
     read = _reader(output_format, client)
     decoded: dict[str, list[dict]] = {}
     for record in records:
@@ -338,7 +338,7 @@ def test_a_results_subject_whose_schema_cannot_evolve_stops_the_worker_with_one_
     kafka_bootstrap, schema_registry, tiny_bundle, start_worker
 ):
     topics = Topics.fresh(kafka_bootstrap)
-    client = SchemaRegistryClient({"url": schema_registry.url})
+    client = SchemaRegistryClient(schema_registry.client_config())
     subject = f"{topics.output}-value"
     client.set_compatibility(subject_name=subject, level="BACKWARD")
     other = {"type": "record", "name": "Result", "fields": [{"name": "count", "type": "int"}]}
@@ -355,7 +355,7 @@ def test_replay_reads_registry_events_and_writes_results_through_the_registry(
     kafka_bootstrap, schema_registry, tiny_bundle, review_pb2
 ):
     topics = Topics.fresh(kafka_bootstrap)
-    writers = Writers(schema_registry.url, topics.input, review_pb2)
+    writers = Writers(schema_registry.client_config(), topics.input, review_pb2)
     events, texts = _events(writers, 6)
     produce(kafka_bootstrap, topics.input, [*events, (b"k", b"\x00\x7f\xff\xff\xf0 not a known schema")])
     relabelled = f"relabelled-{topics.output}"
@@ -367,7 +367,7 @@ def test_replay_reads_registry_events_and_writes_results_through_the_registry(
     assert f"replayed {len(events) + 1} events" in done.stdout, done.stdout
     records = collect(kafka_bootstrap, [relabelled, topics.dlq], until=lambda seen: len(seen) > len(events),
                       timeout=60, settle=2)  # fmt: skip
-    read = AvroDeserializer(SchemaRegistryClient({"url": schema_registry.url}))
+    read = AvroDeserializer(SchemaRegistryClient(schema_registry.client_config()))
     context = SerializationContext(relabelled, MessageField.VALUE)
     results = {result["id"]: result for result in (read(r.value, context) for r in records if r.topic == relabelled)}
     assert set(results) == set(texts), "every format read, each once"
@@ -404,7 +404,7 @@ def test_produce_writes_records_through_the_registry_and_stops_at_a_line_that_do
     assert "line 6:" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     sent = collect(kafka_bootstrap, [topics.input], until=lambda seen: len(seen) >= len(records), timeout=60, settle=2)
-    read = AvroDeserializer(SchemaRegistryClient({"url": schema_registry.url}))
+    read = AvroDeserializer(SchemaRegistryClient(schema_registry.client_config()))
     context = SerializationContext(topics.input, MessageField.VALUE)
     assert [read(record.value, context) for record in sent] == records, "the lines before it, in order"
     tailed = subprocess.run(

@@ -17,6 +17,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -34,6 +35,7 @@ _SHA512 = (
 )
 _ARTIFACT = f"io/apicurio/apicurio-registry-app/{APICURIO_VERSION}/apicurio-registry-app-{APICURIO_VERSION}-all.tar.gz"
 CCOMPAT_PATH = "/apis/ccompat/v7"
+CLIENT_TIMEOUT_SECONDS = 10.0
 
 
 class RegistryError(StreamClfError):
@@ -123,6 +125,14 @@ class LocalSchemaRegistry:
     def url(self) -> str:
         """The Confluent-compatible API, as ``--schema-registry`` takes it."""
         return f"http://127.0.0.1:{self.port}{CCOMPAT_PATH}"
+
+    def client_config(self) -> dict[str, Any]:
+        """confluent-kafka's ``SchemaRegistryClient`` configuration for this registry.
+
+        With a request timeout: without one, a request the registry never answers (seen once right
+        after a restart) blocks its caller for good; with one, the client retries it.
+        """
+        return {"url": self.url, "timeout": CLIENT_TIMEOUT_SECONDS}
 
     @property
     def pid(self) -> int | None:

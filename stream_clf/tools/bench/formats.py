@@ -55,7 +55,8 @@ def _avro_events(registry: str, topic: str) -> EventEncoder:
     from confluent_kafka.schema_registry.avro import AvroSerializer
     from confluent_kafka.serialization import MessageField, SerializationContext
 
-    serialize = AvroSerializer(SchemaRegistryClient({"url": registry}), orjson.dumps(_AVRO_EVENT).decode())
+    client = SchemaRegistryClient({"url": registry, "timeout": 10})  # a request never answered is retried
+    serialize = AvroSerializer(client, orjson.dumps(_AVRO_EVENT).decode())
     context = SerializationContext(topic, MessageField.VALUE)
     return lambda event_id, text: serialize({"id": event_id, "text": text}, context)
 
