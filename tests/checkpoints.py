@@ -13,18 +13,10 @@ from pathlib import Path
 
 import torch
 import transformers
-from tokenizers import (
-    SentencePieceUnigramTokenizer,
-    Tokenizer,
-    decoders,
-    models,
-    normalizers,
-    pre_tokenizers,
-    processors,
-    trainers,
-)
+from tokenizers import Tokenizer
 
 from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS
+from stream_clf.tools.build.tokenizer_kinds import byte_level_bpe, unigram, wordpiece
 
 CORPUS = [*SAMPLE_TEXTS, "Café owners in Zürich say naïve pricing hurt them, 😀 or not."] * 20
 
@@ -33,54 +25,15 @@ POSITIONS = 128
 
 
 def _wordpiece(lowercase: bool) -> Tokenizer:
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer.train_from_iterator(
-        CORPUS, trainers.WordPieceTrainer(vocab_size=400, special_tokens=special, show_progress=False)
-    )
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    return tokenizer
+    return wordpiece(CORPUS, 400, lowercase=lowercase)
 
 
 def _byte_level_bpe() -> Tokenizer:
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=500,
-        special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(CORPUS, trainer)
-    tokenizer.post_processor = processors.RobertaProcessing(
-        ("</s>", tokenizer.token_to_id("</s>")), ("<s>", tokenizer.token_to_id("<s>"))
-    )
-    return tokenizer
+    return byte_level_bpe(CORPUS, 500)
 
 
 def _unigram(lowercase: bool, special: list[str], template: tuple[str, str], unk: str) -> Tokenizer:
-    trainer_side = SentencePieceUnigramTokenizer()
-    trainer_side.train_from_iterator(CORPUS, vocab_size=300, special_tokens=special, unk_token=unk, show_progress=False)
-    tokenizer = trainer_side._tokenizer
-    steps = [normalizers.Replace("``", '"'), normalizers.Replace("''", '"'), normalizers.NFKC()]
-    if lowercase:
-        steps.append(normalizers.Lowercase())
-    tokenizer.normalizer = normalizers.Sequence(steps)
-    first, last = template
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{first} $A {last}",
-        pair=f"{first} $A {last} $B:1 {last}:1",
-        special_tokens=[(first, tokenizer.token_to_id(first)), (last, tokenizer.token_to_id(last))],
-    )
-    return tokenizer
+    return unigram(CORPUS, 300, lowercase=lowercase, special=special, template=template, unk=unk)
 
 
 @dataclass(frozen=True)

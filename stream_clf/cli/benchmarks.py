@@ -16,6 +16,7 @@ from stream_clf.cli.common import (
     whole_number,
 )
 from stream_clf.errors import ConfigError
+from stream_clf.model.catalog import PRECISIONS, SHAPES
 
 __all__ = ["register"]
 
@@ -74,7 +75,17 @@ def _bench(parser: Parser) -> None:
     from stream_clf.tools.bench import BenchOptions
 
     defaults = BenchOptions()
-    parser.add_argument("--model", type=Path, default=defaults.model, help="bundle or built model (default: news-int8)")
+    parser.add_argument("--model", type=Path, help="bundle or built model (default: news-int8)")
+    shape = parser.add_argument_group("a reference card's model shape, random weights (instead of --model)")
+    shape.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        help="built and cached on first use (models build --shape): cost, not accuracy",
+    )
+    shape.add_argument(
+        "--shape-length", type=int, choices=[512, 256], default=512, help="512 tokens, or 256 head+tail (default: 512)"
+    )
+    shape.add_argument("--precision", choices=PRECISIONS, default="int8", help="(default: %(default)s)")
     _mix_option(parser, defaults.mix)
     parser.add_argument("--events", type=positive_int, default=defaults.events, help="(default: %(default)s)")
     parser.add_argument("--baseline-events", type=positive_int, default=defaults.baseline_events, help="(%(default)s)")
@@ -130,6 +141,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     options = options_from(
         BenchOptions,
         args,
+        model=_bench_model(args),
         mix=args.mix[0],
         mix_file=_mix_file(args.mix),
         lanes=args.lanes or args.threads,
@@ -154,6 +166,23 @@ def _run_bench(args: argparse.Namespace) -> int:
     Console(width=None if sys.stdout.isatty() else 120).print(render(report))
     print(f"results written to {args.json}")
     return 0
+
+
+def _bench_model(args: argparse.Namespace) -> Path:
+    """``--model``, or the ``--shape`` bundle (built first if it is not cached)."""
+    if args.shape is None:
+        if args.shape_length != 512 or args.precision != "int8":
+            raise ConfigError("--shape-length and --precision go with --shape")
+        return args.model or Path("news-int8")
+    if args.model is not None:
+        raise ConfigError("give --model or --shape, not both")
+    try:
+        from stream_clf.tools.build.shapes import build_shape
+    except ImportError as error:
+        raise needs_extra(error, "models") from None
+    with progress_bars() as progress:
+        build = build_shape(args.shape, progress=tracker(progress))
+    return build.bundles[args.shape_length, args.precision]
 
 
 def _soak(parser: Parser) -> None:

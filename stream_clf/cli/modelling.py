@@ -19,6 +19,7 @@ from stream_clf.cli.common import (
     tracker,
 )
 from stream_clf.errors import ConfigError
+from stream_clf.model.catalog import SHAPES
 from stream_clf.model.windows import Truncation, Windowing
 from stream_clf.tools.build.quantization import QuantizationReport
 
@@ -128,6 +129,12 @@ def _models_build(parser: Parser) -> None:
         type=_fraction,
         help="exit 1 when the fp32 held-out accuracy is below this fraction (a gate for CI), e.g. 0.9",
     )
+    parser.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        help="instead of NAME: a reference card's model shape with random weights (cost, not accuracy):"
+        " fp32 and int8 bundles at 512 tokens, and at 256 with head+tail",
+    )
     own = parser.add_argument_group("a model from your own labelled file (instead of NAME)")
     own.add_argument("--data", type=Path, help="CSV, TSV or JSONL file with a text and a label per row")
     own.add_argument("--name", dest="model_name", help="the model's name in the cache and in results")
@@ -141,6 +148,8 @@ def _models_build(parser: Parser) -> None:
             from stream_clf.tools.build.training import build_data_model, build_trained_model
         except ImportError as error:
             raise needs_extra(error, "models") from None
+        if args.shape:
+            return _build_shape(args)
         name = _checked_build(args)
         with progress_bars() as progress:
             if args.data:
@@ -171,6 +180,22 @@ def _models_build(parser: Parser) -> None:
     parser.set_defaults(run=run, parser=parser)
 
 
+def _build_shape(args: argparse.Namespace) -> int:
+    from stream_clf.tools.build.shapes import build_shape
+
+    if args.name or args.data or args.quick or args.min_accuracy is not None:
+        raise ConfigError("--shape builds a random-weight model: give it alone (with --force at most)")
+    with progress_bars() as progress:
+        build = build_shape(args.shape, force=args.force, progress=tracker(progress))
+    state = "already built (cached)" if build.cached else "built"
+    print(f"{args.shape}: {state}; {build.parameters / 1e6:.0f}M parameters, the configuration of {build.source}")
+    print("  random weights: for measuring cost (speed, memory), never accuracy")
+    for (length, precision), bundle in build.bundles.items():
+        print(f"  {precision} at {length} tokens: {bundle}")
+    print(f"\nmeasure it: stream-clf bench --shape {args.shape}")
+    return 0
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -190,7 +215,7 @@ def _checked_build(args: argparse.Namespace) -> str:
             raise ConfigError("--data needs --name NAME for the model")
         return args.model_name
     if not args.name:
-        raise ConfigError("give a built-in model (news, sentiment, imdb) or --data FILE --name NAME")
+        raise ConfigError("give a built-in model (news, sentiment, imdb), --shape SHAPE or --data FILE --name NAME")
     if args.model_name or args.fine_tune or args.text_column:
         raise ConfigError("--name, --fine-tune and --text-column go with --data FILE")
     if args.quick and args.name != "imdb":
@@ -211,6 +236,9 @@ def _models_list(parser: Parser) -> None:
     def run(_: argparse.Namespace) -> int:
         from stream_clf.model.catalog import TRAINED, bundle_name, models_dir
 
+        for shape, description in SHAPES.items():
+            state = "built" if (models_dir() / bundle_name(shape, "int8")).is_dir() else "not built"
+            print(f"{shape:15s} random weights, cost only: {description}; {state} (models build --shape {shape})")
         for name, model in TRAINED.items():
             built = [p for p in ("fp32", "int8") if (models_dir() / bundle_name(name, p)).is_dir()]
             state = f"built ({', '.join(built)}) in {models_dir()}" if built else "not built"

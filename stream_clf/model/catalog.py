@@ -11,7 +11,17 @@ from pathlib import Path
 from stream_clf.cache import cache_root
 from stream_clf.errors import ModelError
 
-__all__ = ["PRECISIONS", "TRAINED", "TrainedModel", "bundle_name", "heldout_file", "models_dir", "resolve_model"]
+__all__ = [
+    "PRECISIONS",
+    "SHAPES",
+    "TRAINED",
+    "TrainedModel",
+    "bundle_name",
+    "heldout_file",
+    "models_dir",
+    "resolve_model",
+    "shape_checkpoint",
+]
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,13 @@ TRAINED = {
     )
 }
 PRECISIONS = ("fp32", "int8")
+# The reference cards' model shapes with random weights (cost, not accuracy): `models build --shape NAME`.
+SHAPES = {
+    "bert-base": "BERT-base (12 layers, 768 wide, 110M parameters), as bert_base_sequence_classifier_imdb",
+    "distilbert-base": "DistilBERT-base (6 layers, 768 wide, 67M), as distilbert_base_sequence_classifier_imdb",
+    "roberta-base": "RoBERTa-base (12 layers, 768 wide, 125M), as roberta_base_sequence_classifier_imdb/ag_news",
+    "albert-base": "ALBERT-base-v2 (12 shared layers, 768 wide, 12M), as albert_base_sequence_classifier_imdb",
+}
 
 
 def models_dir() -> Path:
@@ -46,6 +63,11 @@ def models_dir() -> Path:
 def bundle_name(name: str, precision: str) -> str:
     """``news`` for fp32, ``news-int8`` for int8."""
     return name if precision == "fp32" else f"{name}-{precision}"
+
+
+def shape_checkpoint(shape: str) -> Path:
+    """A built shape's PyTorch checkpoint (what the bench's naive baseline loads)."""
+    return models_dir() / f"{shape}-checkpoint"
 
 
 def heldout_file(name: str) -> Path:
@@ -65,6 +87,12 @@ def resolve_model(value: Path) -> Path:
         build = names[str(value)].replace("imdb-quick", "imdb --quick")
         raise ModelError(
             f"model '{value}' is not built yet: run `stream-clf models build {build}`"
+            " (needs pip install 'stream-clf[models]')"
+        )
+    shape = next((shape for shape in SHAPES if str(value).startswith(shape)), None)
+    if shape is not None:
+        raise ModelError(
+            f"model '{value}' is not built yet: run `stream-clf models build --shape {shape}`"
             " (needs pip install 'stream-clf[models]')"
         )
     return value

@@ -30,10 +30,15 @@ def judge(report: dict[str, Any], max_wait_ms: int, bundle: Any, engine: Any) ->
     bound = max_wait_ms / 1000 + 2 * report["engine"]["full_batch_seconds"]
     report["latency_bound_seconds"] = bound
     report["ratios"] = ratios
+    # On a card's base shape the stream's share of the work is smaller, and so is what it may cost.
+    shape = report["model"].get("shape")
+    share = 0.95 if shape else 0.9
     report["targets"] = {
-        "end_to_end_at_least_90pct_of_engine": ratios["stream_clf_vs_engine"] >= 0.9,
+        f"end_to_end_at_least_{share:.0%}_of_engine".replace("%", "pct"): ratios["stream_clf_vs_engine"] >= share,
         "p99_within_bound": report["stream_clf"]["latency"]["p99"] <= bound,
     }
+    if shape and "fraction_of_peak" in report["engine"]:
+        report["targets"]["engine_at_least_60pct_of_peak"] = report["engine"]["fraction_of_peak"] >= 0.6
     if "with_shadow" in report:
         ratios["with_shadow_vs_without"] = report["with_shadow"]["events_per_second"] / stream_rate
     if "stream_clf_vs_baseline" in ratios:

@@ -12,8 +12,8 @@ import orjson
 
 from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.control import ask_swap
-from stream_clf.model.bundle import load_bundle
-from stream_clf.model.catalog import resolve_model
+from stream_clf.model.bundle import load_bundle, read_manifest
+from stream_clf.model.catalog import resolve_model, shape_checkpoint
 from stream_clf.model.classifier import Classifier
 from stream_clf.settings import WORKER_OPTIONS
 from stream_clf.tools.bench.engine import measure_engine, measure_full_batch, measure_peak
@@ -92,6 +92,9 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
             "version": bundle.version,
             "precision": bundle.precision,
             "path": str(bundle.path),
+            "max_length": bundle.max_length,
+            "truncation": str(bundle.truncation),
+            "shape": (read_manifest(bundle.path).get("shape") or {}).get("name"),
         },
         "mix": {
             "name": describe_mix(options.mix, options.mix_file),
@@ -269,13 +272,17 @@ def _measure_swap(run: _Run, bundle: Path, texts: list[str], pace: float, new: P
 
 def _measure_baseline(run: _Run, classifier: Classifier, texts: list[str]) -> dict[str, Any]:
     bench = run.bench
-    checkpoint = _baseline_checkpoint(classifier, bench.root / "baseline-checkpoint")
+    shape = read_manifest(classifier.bundle.path).get("shape")
+    if shape:  # a card's shape: the same random-weight checkpoint the bundle was exported from
+        checkpoint, described = shape_checkpoint(shape["name"]), f"{shape['name']} (the same checkpoint)"
+    else:
+        checkpoint, described = _baseline_checkpoint(classifier, bench.root / "baseline-checkpoint"), "MiniLM-L6 (BERT)"
     command = ["stream_clf.tools.bench.baseline", "--checkpoint", str(checkpoint)]
     sample = texts[: run.options.baseline_events]
     with bench.serving([*command, "--max-length", str(classifier.bundle.max_length)], "baseline.log") as service:
         advance = bench.track("naive baseline (transformers pipeline)", len(sample))
         result = measure_throughput(bench.bootstrap, service, sample, run.options.timeout, advance)
-    return {"events_per_second": result.events_per_second, "events": len(sample), "checkpoint": "MiniLM-L6 (BERT)"}
+    return {"events_per_second": result.events_per_second, "events": len(sample), "checkpoint": described}
 
 
 def _baseline_checkpoint(classifier: Classifier, out: Path) -> Path:
