@@ -20,6 +20,8 @@ from stream_clf.model.catalog import PRECISIONS, SHAPES
 
 __all__ = ["register"]
 
+ALL_SHAPES = "all"
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add this module's subcommands."""
@@ -79,8 +81,9 @@ def _bench(parser: Parser) -> None:
     shape = parser.add_argument_group("a reference card's model shape, random weights (instead of --model)")
     shape.add_argument(
         "--shape",
-        choices=sorted(SHAPES),
-        help="built and cached on first use (models build --shape): cost, not accuracy",
+        choices=[*sorted(SHAPES), ALL_SHAPES],
+        help="built and cached on first use (models build --shape): cost, not accuracy; all: each in turn, then"
+        " one table",
     )
     shape.add_argument(
         "--shape-length", type=int, choices=[512, 256], default=512, help="512 tokens, or 256 head+tail (default: 512)"
@@ -136,12 +139,31 @@ def _bench(parser: Parser) -> None:
 def _run_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from stream_clf.tools.bench import BenchOptions, render, run_bench
+    from stream_clf.tools.bench import render
+    from stream_clf.tools.bench.report import render_summary
+
+    # Piped output (a CI log, a file) gets room for the table rather than the default 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    shapes = sorted(SHAPES) if args.shape == ALL_SHAPES else [args.shape]
+    reports = []
+    for shape in shapes:
+        report = _bench_one(args, _bench_model(args, shape))
+        console.print(render(report))
+        reports.append(report)
+    if len(reports) > 1:
+        console.print(render_summary(reports))
+    args.json.write_bytes(orjson.dumps(reports[0] if len(reports) == 1 else reports, option=orjson.OPT_INDENT_2))
+    print(f"results written to {args.json}")
+    return 0
+
+
+def _bench_one(args: argparse.Namespace, model: Path) -> dict:
+    from stream_clf.tools.bench import BenchOptions, run_bench
 
     options = options_from(
         BenchOptions,
         args,
-        model=_bench_model(args),
+        model=model,
         mix=args.mix[0],
         mix_file=_mix_file(args.mix),
         lanes=args.lanes or args.threads,
@@ -160,17 +182,12 @@ def _run_bench(args: argparse.Namespace) -> int:
         except ImportError as error:
             raise needs_extra(error, "registry") from None
     with progress_bars() as progress:
-        report = run_bench(options, tracker(progress))
-    args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    # Piped output (a CI log, a file) gets room for the table rather than the default 80 columns.
-    Console(width=None if sys.stdout.isatty() else 120).print(render(report))
-    print(f"results written to {args.json}")
-    return 0
+        return run_bench(options, tracker(progress))
 
 
-def _bench_model(args: argparse.Namespace) -> Path:
-    """``--model``, or the ``--shape`` bundle (built first if it is not cached)."""
-    if args.shape is None:
+def _bench_model(args: argparse.Namespace, shape: str | None) -> Path:
+    """``--model``, or the ``shape``'s bundle (built first if it is not cached)."""
+    if shape is None:
         if args.shape_length != 512 or args.precision != "int8":
             raise ConfigError("--shape-length and --precision go with --shape")
         return args.model or Path("news-int8")
@@ -181,7 +198,7 @@ def _bench_model(args: argparse.Namespace) -> Path:
     except ImportError as error:
         raise needs_extra(error, "models") from None
     with progress_bars() as progress:
-        build = build_shape(args.shape, progress=tracker(progress))
+        build = build_shape(shape, progress=tracker(progress))
     return build.bundles[args.shape_length, args.precision]
 
 

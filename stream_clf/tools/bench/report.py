@@ -5,7 +5,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-__all__ = ["judge", "render"]
+__all__ = ["judge", "render", "render_summary"]
 
 
 def judge(report: dict[str, Any], max_wait_ms: int, bundle: Any, engine: Any) -> dict[str, Any]:
@@ -219,3 +219,34 @@ def render(report: dict[str, Any]) -> Group:
         "targets: " + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in report["targets"].items()),
     ]
     return Group(*lines)
+
+
+def render_summary(reports: list[dict[str, Any]]) -> Table:
+    """One row per bench run (``--shape all``): the figures a card's user compares across shapes."""
+    first = reports[0]
+    table = Table(
+        title=f"{first['mix']['name']} mix, {first['mix']['texts']} texts; {first['machine']['cpu']},"
+        f" {first['machine']['threads']} threads; latency at 70% of each end-to-end rate"
+    )
+    columns = ("model", "engine texts/s", "of peak", "end to end", "vs engine", "baseline", "vs baseline")
+    columns += ("p50 / p99 ms", "p99 bound ms", "worker RSS MiB", "targets missed")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "targets missed") else "right")
+    for report in reports:
+        engine, stream, baseline = report["engine"], report["stream_clf"], report.get("baseline")
+        latency, ratios = stream["latency"], report["ratios"]
+        missed = [name for name, ok in report["targets"].items() if not ok]
+        table.add_row(
+            f"{report['model']['name']} ({report['model']['max_length']}, {report['model']['truncation']})",
+            f"{engine['texts_per_second']:.1f}",
+            f"{engine['fraction_of_peak']:.0%}" if "fraction_of_peak" in engine else "",
+            f"{stream['events_per_second']:.1f}",
+            f"{ratios['stream_clf_vs_engine']:.0%}",
+            f"{baseline['events_per_second']:.2f}" if baseline else "",
+            f"{ratios['stream_clf_vs_baseline']:.1f}x" if baseline else "",
+            f"{latency['p50'] * 1000:.0f} / {latency['p99'] * 1000:.0f}",
+            f"{report['latency_bound_seconds'] * 1000:.0f}",
+            f"{stream['memory_bytes']['peak'] / 2**20:.0f}" if stream.get("memory_bytes") else "",
+            ", ".join(missed) or "none",
+        )
+    return table
