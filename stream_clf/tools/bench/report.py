@@ -221,23 +221,25 @@ def render(report: dict[str, Any]) -> Group:
     return Group(*lines)
 
 
-def render_summary(reports: list[dict[str, Any]]) -> Table:
+def render_summary(reports: list[dict[str, Any]]) -> Group:
     """One row per bench run (``--shape all``): the figures a card's user compares across shapes."""
     first = reports[0]
+    model = first["model"]
     table = Table(
-        title=f"{first['mix']['name']} mix, {first['mix']['texts']} texts; {first['machine']['cpu']},"
-        f" {first['machine']['threads']} threads; latency at 70% of each end-to-end rate"
+        title=f"{first['mix']['name']} mix, {first['mix']['texts']} texts, {model['max_length']} tokens"
+        f" ({model['truncation']}), {model['precision']}; {first['machine']['cpu']}, {first['machine']['threads']}"
+        " threads; latency at 70% of each end-to-end rate"
     )
     columns = ("model", "engine texts/s", "of peak", "end to end", "vs engine", "baseline", "vs baseline")
-    columns += ("p50 / p99 ms", "p99 bound ms", "worker RSS MiB", "targets missed")
+    columns += ("p50 / p99 ms", "p99 bound ms", "worker RSS MiB", "targets met")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("model", "targets missed") else "right")
+        table.add_column(column, justify="left" if column == "model" else "right")
+    missed = []
     for report in reports:
         engine, stream, baseline = report["engine"], report["stream_clf"], report.get("baseline")
-        latency, ratios = stream["latency"], report["ratios"]
-        missed = [name for name, ok in report["targets"].items() if not ok]
+        latency, ratios, targets = stream["latency"], report["ratios"], report["targets"]
         table.add_row(
-            f"{report['model']['name']} ({report['model']['max_length']}, {report['model']['truncation']})",
+            report["model"]["shape"] or report["model"]["name"],
             f"{engine['texts_per_second']:.1f}",
             f"{engine['fraction_of_peak']:.0%}" if "fraction_of_peak" in engine else "",
             f"{stream['events_per_second']:.1f}",
@@ -247,6 +249,9 @@ def render_summary(reports: list[dict[str, Any]]) -> Table:
             f"{latency['p50'] * 1000:.0f} / {latency['p99'] * 1000:.0f}",
             f"{report['latency_bound_seconds'] * 1000:.0f}",
             f"{stream['memory_bytes']['peak'] / 2**20:.0f}" if stream.get("memory_bytes") else "",
-            ", ".join(missed) or "none",
+            f"{sum(targets.values())} of {len(targets)}",
         )
-    return table
+        if not all(targets.values()):
+            names = ", ".join(name for name, ok in targets.items() if not ok)
+            missed.append(f"{report['model']['name']} missed: {names}")
+    return Group(table, *missed)
