@@ -9,11 +9,13 @@ import sys
 
 import orjson
 import pytest
+from rich.console import Console
 from tokenizers import Tokenizer
 
 from stream_clf.model.bundle import load_bundle, read_manifest
 from stream_clf.model.catalog import shape_checkpoint
 from stream_clf.model.windows import Truncation
+from stream_clf.tools.bench.report import render_summary
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -59,9 +61,9 @@ def test_a_shape_comes_as_four_bundles_that_measure_cost_not_accuracy(distilbert
 
 def test_bench_runs_a_shape_and_its_baseline_is_the_same_checkpoint(distilbert_base, kafka_bootstrap, tmp_path):
     report_file = tmp_path / "bench.json"
-    finished = _cli("bench", "--shape", "distilbert-base", "--shape-length", "256", "--events", "24",
-                    "--baseline-events", "4", "--latency-seconds", "2", "--brokers", kafka_bootstrap,
-                    "--json", str(report_file))  # fmt: skip
+    finished = _cli("bench", "--shape", "distilbert-base", "--shape-length", "256", "--events", "32",
+                    "--max-batch", "8", "--baseline-events", "4", "--latency-seconds", "2",
+                    "--brokers", kafka_bootstrap, "--json", str(report_file))  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-3000:]
     report = orjson.loads(report_file.read_bytes())
     assert report["model"]["name"] == "distilbert-base-256-int8"
@@ -71,6 +73,13 @@ def test_bench_runs_a_shape_and_its_baseline_is_the_same_checkpoint(distilbert_b
     assert report["engine"]["texts_per_second"] > 0
     assert report["stream_clf"]["events_per_second"] > 0
     assert "end_to_end_at_least_95pct_of_engine" in report["targets"], "a base shape's target"
+    # --shape all prints one table across the shapes' reports (here the same report twice).
+    console = Console(width=160, record=True)
+    console.print(render_summary([report, report]))
+    summary = console.export_text()
+    assert "256 tokens (head+tail), int8" in summary
+    assert summary.count("distilbert-base ") == 2
+    assert report["latency_bound_seconds"] > 0, "a full batch of 8 was measured"
 
 
 @pytest.mark.parametrize(

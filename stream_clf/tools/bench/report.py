@@ -1,5 +1,6 @@
 """``stream-clf bench``'s report: the ratios and targets judged from the measurements, and the tables."""
 
+import math
 from typing import Any
 
 from rich.console import Group
@@ -221,6 +222,11 @@ def render(report: dict[str, Any]) -> Group:
     return Group(*lines)
 
 
+def _ms(seconds: float | None) -> str:
+    """Milliseconds; "-" for a figure a short run could not measure (NaN, or null once in JSON)."""
+    return "-" if seconds is None or math.isnan(seconds) else f"{seconds * 1000:,.0f}"
+
+
 def render_summary(reports: list[dict[str, Any]]) -> Group:
     """One row per bench run (``--shape all``): the figures a card's user compares across shapes."""
     first = reports[0]
@@ -246,8 +252,8 @@ def render_summary(reports: list[dict[str, Any]]) -> Group:
             f"{ratios['stream_clf_vs_engine']:.0%}",
             f"{baseline['events_per_second']:.2f}" if baseline else "",
             f"{ratios['stream_clf_vs_baseline']:.1f}x" if baseline else "",
-            f"{latency['p50'] * 1000:.0f} / {latency['p99'] * 1000:.0f}",
-            f"{report['latency_bound_seconds'] * 1000:.0f}",
+            f"{_ms(latency['p50'])} / {_ms(latency['p99'])}",
+            _ms(report["latency_bound_seconds"]),
             f"{stream['memory_bytes']['peak'] / 2**20:.0f}" if stream.get("memory_bytes") else "",
             f"{sum(targets.values())} of {len(targets)}",
         )
