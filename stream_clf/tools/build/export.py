@@ -34,8 +34,8 @@ import transformers
 from stream_clf.errors import ExportError
 from stream_clf.model.bundle import DEFAULT_MAX_LENGTH, load_bundle, usable_positions, write_manifest
 from stream_clf.model.classifier import Classifier
-from stream_clf.tools.build.quantization import SAMPLE_TEXTS, QuantizationReport, encoded_samples, quantize_int8
 from stream_clf.model.windows import Truncation, Windowing
+from stream_clf.tools.build.quantization import SAMPLE_TEXTS, QuantizationReport, encoded_samples, quantize_int8
 
 __all__ = ["PARITY_TEXTS", "ExportReport", "export_checkpoint", "export_module", "load_checkpoint", "torch_to_onnx"]
 

@@ -98,7 +98,7 @@ _SHAPES: dict[str, _Shape] = {
         _albert_unigram,
     ),
 }
-assert set(_SHAPES) == set(SHAPES), "the catalog names every shape built here"  # noqa: S101
+assert set(_SHAPES) == set(SHAPES), "the catalog names every shape built here"
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,6 @@ import torch
 import transformers
 
 from stream_clf.errors import ConfigError, ExportError, ModelError
-from stream_clf.tools.evaluation.evaluate import read_dataset
-from stream_clf.tools.evaluation.scoring import ClassificationReport, classification_report
 from stream_clf.model.bundle import load_bundle, read_manifest
 from stream_clf.model.catalog import TRAINED, bundle_name, heldout_file, models_dir
 from stream_clf.model.classifier import Classifier
@@ -41,6 +39,8 @@ from stream_clf.tools.build.corpora import PACKAGES, SEED, Corpus, load_corpus, 
 from stream_clf.tools.build.export import export_module, torch_to_onnx
 from stream_clf.tools.build.finetune import FineTuning, fine_tune
 from stream_clf.tools.build.quantization import quantize_bundle
+from stream_clf.tools.evaluation.evaluate import read_dataset
+from stream_clf.tools.evaluation.scoring import ClassificationReport, classification_report
 
 __all__ = [
     "BuildReport",
