@@ -112,7 +112,7 @@ def test_data_and_built_in_names_do_not_mix(tmp_path):
         (["news", "--data", "x.csv", "--name", "y"], "give --name, not a built-in NAME or --quick"),
         (["--data", "x.csv"], "--data needs --name NAME"),
         (["news", "--quick"], "--quick is for imdb only"),
-        ([], "give a built-in model (news, sentiment, imdb) or --data FILE --name NAME"),
+        ([], "give a built-in model (news, sentiment, imdb), --shape SHAPE or --data FILE --name NAME"),
     ]:
         finished = build(tmp_path, *args)
         assert finished.returncode == 2
