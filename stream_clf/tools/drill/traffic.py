@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from stream_clf.kafka.connection import Connection
 from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS
@@ -83,7 +83,12 @@ class Answer:
 
 
 class ResultWatch:
-    """Reads ``topics`` (results and dead letters) from their start with ``read_committed``, in a thread."""
+    """Reads ``topics`` (results and dead letters) from their start with ``read_committed``, in a thread.
+
+    Its partitions are assigned, not subscribed: a group member's ``close()`` waits in librdkafka for
+    the group's coordinator, and hung for good once after a broker was killed; an assigned reader
+    belongs to no group and closes at once.
+    """
 
     def __init__(self, connection: Connection, output: str, dlq: str) -> None:
         self._consumer: Consumer = connection.consumer(
@@ -95,11 +100,28 @@ class ResultWatch:
                 "fetch.wait.max.ms": 10,
             }
         )
-        self._consumer.subscribe([output, dlq])
+        self._consumer.assign(
+            [
+                TopicPartition(topic, partition, OFFSET_BEGINNING)
+                for topic in (output, dlq)
+                for partition in self._partitions(topic)
+            ]
+        )
         self._dlq = dlq
         self.answers: list[Answer] = []
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="result-watch", daemon=True)
+
+    def _partitions(self, topic: str) -> list[int]:
+        """The topic's partitions, once the metadata shows them (it may lag a topic just created)."""
+        deadline = time.monotonic() + 30
+        while True:
+            found = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if found is not None and found.error is None and found.partitions:
+                return sorted(found.partitions)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} has no partitions in the cluster's metadata")
+            time.sleep(0.2)
 
     def start(self) -> "ResultWatch":
         self._thread.start()
