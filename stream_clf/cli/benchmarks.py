@@ -187,10 +187,12 @@ def _bench_one(args: argparse.Namespace, model: Path) -> dict:
 
 def _bench_model(args: argparse.Namespace, shape: str | None) -> Path:
     """``--model``, or the ``shape``'s bundle (built first if it is not cached)."""
+    from stream_clf.tools.bench import BenchOptions
+
     if shape is None:
         if args.shape_length != 512 or args.precision != "int8":
             raise ConfigError("--shape-length and --precision go with --shape")
-        return args.model or Path("news-int8")
+        return args.model or BenchOptions().model
     if args.model is not None:
         raise ConfigError("give --model or --shape, not both")
     try:
