@@ -3,9 +3,13 @@
 The benchmark proper (thousands of events, a few minutes) is run by hand; docs/performance.md records it.
 """
 
+import hashlib
+import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 
 import orjson
 import pytest
@@ -13,6 +17,7 @@ import pytest
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.classifier import Classifier
 from stream_clf.tools.bench.mixes import MIXES, load_texts
+from stream_clf.tools.bench.streaming import CpuMeter
 from stream_clf.tools.build.corpora import load_corpus, split
 
 
@@ -181,3 +186,25 @@ def test_bench_names_a_mix_it_cannot_find_in_one_line(tiny_bundle, tmp_path):
         f"stream-clf bench: error: --mix '{tmp_path / 'missing.txt'}':"
         " neither imdb, tweets, ag-news, lengths nor a file of texts"
     ]
+
+
+def _busy(seconds: float) -> None:
+    """Burn CPU in the calling thread for ``seconds`` of its own CPU time."""
+    end = time.thread_time() + seconds
+    data = bytes(1 << 20)
+    while time.thread_time() < end:
+        hashlib.sha256(data).digest()
+
+
+def test_the_cpu_meter_reads_a_process_main_thread_apart_from_its_other_threads():
+    """The bench's per-event cost of the worker's event loop is its main thread's CPU time."""
+    meter = CpuMeter({"process": os.getpid()}, threads={"main thread": os.getpid()})
+    meter.mark()
+    _busy(0.4)
+    other = threading.Thread(target=_busy, args=(0.4,))
+    other.start()
+    other.join()
+    cores, used = meter.read()
+    assert 0.3 <= used["main thread"] <= 0.6
+    assert used["process"] - used["main thread"] >= 0.3, "the other thread counts for the process only"
+    assert cores["process"] > cores["main thread"] > 0

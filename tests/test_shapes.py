@@ -4,22 +4,36 @@ CI builds the smallest shape (DistilBERT-base, 67M parameters; about a minute, t
 a short bench on it through the broker: a smoke test that the path works, not a timing test.
 """
 
+import os
+import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import orjson
 import pytest
 from rich.console import Console
 from tokenizers import Tokenizer
 
-from stream_clf.model.bundle import load_bundle, read_manifest
-from stream_clf.model.catalog import shape_checkpoint
+from stream_clf.model.bundle import load_bundle, read_manifest, write_manifest
+from stream_clf.model.catalog import bundle_shape, shape_checkpoint
 from stream_clf.model.windows import Truncation
 from stream_clf.tools.bench.report import render_summary
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stream_clf", *args], capture_output=True, text=True, timeout=900)
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "stream_clf", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+
+
+def _with_shape_record(bundle: Path, to: Path, record: object) -> Path:
+    """A copy of ``bundle`` whose manifest's ``shape`` record is ``record``, as a hand-made bundle may hold."""
+    shutil.copytree(bundle, to)
+    manifest = read_manifest(to)
+    manifest["shape"] = record
+    write_manifest(to, manifest)
+    return to
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +110,31 @@ def test_a_shape_flag_out_of_place_stops_the_command_in_one_line(args, message):
     assert finished.returncode == 2
     assert message in finished.stderr
     assert "Traceback" not in finished.stderr
+
+
+@pytest.mark.parametrize(
+    ("record", "shape"),
+    [
+        ({"name": "bert-base", "source": "bert-base-uncased"}, "bert-base"),
+        ("bert-base", None),
+        ({"name": 12}, None),
+        ({"name": "gpt-5"}, None),
+        ([{"name": "bert-base"}], None),
+        (None, None),
+    ],
+)
+def test_a_manifests_shape_record_counts_only_when_it_names_a_known_shape(tiny_bundle, tmp_path, record, shape):
+    bundle = _with_shape_record(tiny_bundle, tmp_path / "bundle", record)
+    assert bundle_shape(bundle) == shape
+    load_bundle(bundle)  # whatever the record holds, the bundle itself still loads
+
+
+def test_bench_of_a_shape_whose_checkpoint_is_missing_stops_before_measuring(tiny_bundle, tmp_path):
+    bundle = _with_shape_record(tiny_bundle, tmp_path / "bundle", {"name": "bert-base"})
+    env = {**os.environ, "STREAM_CLF_CACHE": str(tmp_path / "empty-cache")}
+    started = time.monotonic()
+    finished = _cli("bench", "--model", str(bundle), "--brokers", "127.0.0.1:1", env=env)
+    assert finished.returncode == 2, finished.stderr[-2000:]
+    assert "run `stream-clf models build --shape bert-base`, or bench with --no-baseline" in finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert time.monotonic() - started < 60, "refused before any measurement"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from stream_clf.cache import cache_root
 from stream_clf.errors import ModelError
+from stream_clf.model.bundle import read_manifest
 
 __all__ = [
     "PRECISIONS",
@@ -17,6 +18,7 @@ __all__ = [
     "TRAINED",
     "TrainedModel",
     "bundle_name",
+    "bundle_shape",
     "heldout_file",
     "models_dir",
     "resolve_model",
@@ -68,6 +70,14 @@ def bundle_name(name: str, precision: str) -> str:
 def shape_checkpoint(shape: str) -> Path:
     """A built shape's PyTorch checkpoint (what the bench's naive baseline loads)."""
     return models_dir() / f"{shape}-checkpoint"
+
+
+def bundle_shape(bundle: Path) -> str | None:
+    """The card's shape a bundle was built as (``models build --shape``), as its manifest says; None
+    for any other bundle, and for a ``shape`` record that names no known shape (a hand-made manifest)."""
+    record = read_manifest(bundle).get("shape")
+    name = record.get("name") if isinstance(record, dict) else None
+    return name if isinstance(name, str) and name in SHAPES else None
 
 
 def heldout_file(name: str) -> Path:

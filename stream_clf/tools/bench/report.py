@@ -216,10 +216,25 @@ def render(report: dict[str, Any]) -> Group:
         + ", ".join(f"{name} {used:.2f}" for name, used in stream["cores"].items())
         + f" (of {machine['usable_cores']})"
         + _memory_line(stream.get("memory_bytes")),
+        *_loop_line(stream, exactly_once),
         *_stage_tables(report),
         "targets: " + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in report["targets"].items()),
     ]
     return Group(*lines)
+
+
+def _loop_line(stream: dict[str, Any], exactly_once: dict[str, Any] | None) -> list[str]:
+    """The per-event CPU cost of the worker's event loop (its main thread), for each guarantee measured."""
+    costs = {"at-least-once": stream.get("event_loop_microseconds_per_event")}
+    if exactly_once:
+        costs["exactly-once"] = exactly_once.get("event_loop_microseconds_per_event")
+    measured = {guarantee: cost for guarantee, cost in costs.items() if cost}
+    if not measured:
+        return []
+    return [
+        "worker's event loop (main thread), CPU per event: "
+        + ", ".join(f"{guarantee} {cost:.0f} µs" for guarantee, cost in measured.items())
+    ]
 
 
 def _ms(seconds: float | None) -> str:

@@ -10,10 +10,11 @@ from typing import Any
 import onnxruntime as ort
 import orjson
 
+from stream_clf.errors import ConfigError
 from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.control import ask_swap
-from stream_clf.model.bundle import load_bundle, read_manifest
-from stream_clf.model.catalog import resolve_model, shape_checkpoint
+from stream_clf.model.bundle import load_bundle
+from stream_clf.model.catalog import bundle_shape, resolve_model, shape_checkpoint
 from stream_clf.model.classifier import Classifier
 from stream_clf.settings import WORKER_OPTIONS
 from stream_clf.tools.bench.engine import measure_engine, measure_full_batch, measure_peak
@@ -67,6 +68,12 @@ class BenchOptions:
 def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
     """Run every measurement; return the results as one JSON-ready document."""
     bundle = load_bundle(resolve_model(options.model))
+    shape = bundle_shape(bundle.path)
+    if options.baseline and shape is not None and not shape_checkpoint(shape).is_dir():
+        raise ConfigError(
+            f"{bundle.path} is the {shape} shape, but the checkpoint its baseline loads is not built:"
+            f" run `stream-clf models build --shape {shape}`, or bench with --no-baseline"
+        )
     # The raw engine is the session at its fastest: idle threads spin, nothing else runs; in the
     # worker's lanes, and as one call on all threads. The faster of the two is the ceiling.
     engines = {
@@ -94,7 +101,7 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
             "path": str(bundle.path),
             "max_length": bundle.max_length,
             "truncation": str(bundle.truncation),
-            "shape": (read_manifest(bundle.path).get("shape") or {}).get("name"),
+            "shape": shape,
         },
         "mix": {
             "name": describe_mix(options.mix, options.mix_file),
@@ -155,7 +162,7 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
         if options.peer == "spark-nlp":
             report["spark_nlp"] = _measure_spark_nlp(run, bundle.path, texts, labels)
         if options.baseline:
-            report["baseline"] = _measure_baseline(run, classifier, texts)
+            report["baseline"] = _measure_baseline(run, classifier, texts, shape)
     return judge(report, options.max_wait_ms, bundle, engine)
 
 
@@ -204,6 +211,7 @@ def _measure_worker(
     return {
         "events_per_second": throughput.events_per_second,
         "cores": {("worker" if name == "service" else name): used for name, used in throughput.cores.items()},
+        "event_loop_microseconds_per_event": throughput.loop_microseconds_per_event,
         "stages": throughput.stages,
         "memory_bytes": throughput.memory,
         "latency": {"load_events_per_second": pace, **p50_p99(latency)},
@@ -270,11 +278,12 @@ def _measure_swap(run: _Run, bundle: Path, texts: list[str], pace: float, new: P
     return {"to": str(new), "load_events_per_second": pace, **result}
 
 
-def _measure_baseline(run: _Run, classifier: Classifier, texts: list[str]) -> dict[str, Any]:
+def _measure_baseline(run: _Run, classifier: Classifier, texts: list[str], shape: str | None) -> dict[str, Any]:
+    """The naive baseline on ``texts``; for a card's ``shape``, the random-weight checkpoint its bundle
+    was exported from, else MiniLM-L6 (the encoder of the trained bundles)."""
     bench = run.bench
-    shape = read_manifest(classifier.bundle.path).get("shape")
-    if shape:  # a card's shape: the same random-weight checkpoint the bundle was exported from
-        checkpoint, described = shape_checkpoint(shape["name"]), f"{shape['name']} (the same checkpoint)"
+    if shape is not None:
+        checkpoint, described = shape_checkpoint(shape), f"{shape} (the same checkpoint)"
     else:
         checkpoint, described = _baseline_checkpoint(classifier, bench.root / "baseline-checkpoint"), "MiniLM-L6 (BERT)"
     command = ["stream_clf.tools.bench.baseline", "--checkpoint", str(checkpoint)]

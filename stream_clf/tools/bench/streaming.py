@@ -53,36 +53,40 @@ Advance = Callable[[int], None]
 EventEncoder = Callable[[str, str], bytes]
 # A progress bar's maker: ``track(description, total)`` returns its advance.
 Track = Callable[[str, int | None], Advance]
+LOOP = "service event loop"
 
 
 class CpuMeter:
-    """Cores used by named processes between :meth:`mark` and :meth:`read` (from /proc, Linux only).
+    """CPU used by named processes (or threads) between :meth:`mark` and :meth:`read` (from /proc, Linux only).
 
     It tells where the machine went during the end-to-end run: to the worker, or to the broker and
-    the benchmark's own clients that share its cores.
+    the benchmark's own clients that share its cores. ``threads`` are measured alone: a process's main
+    thread is its event loop.
     """
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self._pids = pids
+    def __init__(self, pids: dict[str, int], threads: dict[str, int] | None = None) -> None:
+        self._stats = {name: Path(f"/proc/{pid}/stat") for name, pid in pids.items()}
+        self._stats.update({name: Path(f"/proc/{pid}/task/{pid}/stat") for name, pid in (threads or {}).items()})
         self._start: dict[str, float] = {}
         self._started = 0.0
 
     def mark(self) -> None:
-        self._start = {name: _cpu_seconds(pid) for name, pid in self._pids.items()}
+        self._start = {name: _cpu_seconds(stat) for name, stat in self._stats.items()}
         self._started = time.monotonic()
 
-    def read(self) -> dict[str, float]:
-        """Average cores used by each process since :meth:`mark`."""
+    def read(self) -> tuple[dict[str, float], dict[str, float]]:
+        """The average cores each one used since :meth:`mark`, and its CPU seconds."""
         elapsed = time.monotonic() - self._started
         if not self._start or elapsed <= 0:
-            return {}
-        return {name: (_cpu_seconds(pid) - self._start[name]) / elapsed for name, pid in self._pids.items()}
+            return {}, {}
+        used = {name: _cpu_seconds(stat) - self._start[name] for name, stat in self._stats.items()}
+        return {name: seconds / elapsed for name, seconds in used.items()}, used
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of a process so far; 0 where /proc cannot tell."""
+def _cpu_seconds(stat: Path) -> float:
+    """User plus system CPU seconds of a process (or thread) so far; 0 where /proc cannot tell."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat.read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -146,10 +150,16 @@ class StreamResult:
     labels: dict[str, str]
     stages: dict[str, dict[str, float]] | None = None
     memory: dict[str, int] | None = None
+    loop_seconds: float | None = None  # CPU seconds of the service's main thread (its event loop)
 
     @property
     def events_per_second(self) -> float:
         return self.counted / self.seconds
+
+    @property
+    def loop_microseconds_per_event(self) -> float | None:
+        """CPU time the service's event loop spent per event counted: its per-event Python cost."""
+        return None if not self.loop_seconds else self.loop_seconds / self.counted * 1e6
 
 
 @dataclass
@@ -306,15 +316,16 @@ def measure_throughput(
 
     With ``from_filled``, from the moment the topic is filled to the last result instead: for a
     service that answers a micro-batch at a time, first-to-last would count a whole batch for free.
-    Also the cores used meanwhile by the service, this process (the benchmark's clients) and
-    ``others`` (name to pid: the broker); the service's resident memory at the end; each event's
-    label; and with ``stages``, the share of the time each of its stages spent busy, starved and
-    blocked. ``encode`` writes the events (JSON unless a format is being compared).
+    Also the cores used meanwhile by the service (and the CPU time of its event loop), this process
+    (the benchmark's clients) and ``others`` (name to pid: the broker); the service's resident memory
+    at the end; each event's label; and with ``stages``, the share of the time each of its stages
+    spent busy, starved and blocked. ``encode`` writes the events (JSON unless a format is being compared).
     """
     events = [(f"t{i}", text) for i, text in enumerate(texts)]
     _produce(bootstrap, service.input, events, encode=encode)
     filled = time.monotonic()
-    meter = CpuMeter({"service": service.process.pid, "bench clients": os.getpid(), **(others or {})})
+    pids = {"service": service.process.pid, "bench clients": os.getpid(), **(others or {})}
+    meter = CpuMeter(pids, threads={LOOP: service.process.pid})
     if from_filled:
         meter.mark()
     consumer = _consumer(bootstrap, service.output)
@@ -330,7 +341,8 @@ def measure_throughput(
     try:
         ids = {event_id for event_id, _ in events}
         arrived = _collect(consumer, ids, service, timeout, advance, on_first=on_first, results=results)
-        cores = meter.read()
+        cores, used = meter.read()
+        cores.pop(LOOP, None)
         shares = None
         if first:
             started, earlier = first[0]
@@ -344,6 +356,7 @@ def measure_throughput(
         counted=len(times) if from_filled else len(times) - 1,
         seconds=times[-1] - start,
         cores=cores,
+        loop_seconds=used.get(LOOP),
         labels={event_id: result.get("label") for event_id, result in results.items()},
         stages=shares,
         memory=resident_bytes(service.process.pid),
