@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
+import orjson
 import pytest
 
 torch = pytest.importorskip("torch", reason="the export tests need the export extra (torch, transformers)")
@@ -14,6 +16,7 @@ from stream_clf.errors import ExportError  # noqa: E402
 from stream_clf.model.bundle import load_bundle, read_manifest  # noqa: E402
 from stream_clf.model.classifier import Classifier  # noqa: E402
 from stream_clf.tools.build.export import PARITY_TEXTS, export_checkpoint  # noqa: E402
+from stream_clf.tools.build.fusion import FUSED_ARCHITECTURES  # noqa: E402
 from tests.checkpoints import ARCHITECTURES, POSITIONS  # noqa: E402
 
 LONG_TEXT = "Researchers unveiled a faster chip that cuts power use in half. " * 40
@@ -65,6 +68,28 @@ def test_int8_bundles_record_their_precision_and_a_true_comparison_with_fp32(nam
     assert manifest["int8"]["label_agreement"] == pytest.approx(agreement)
     assert 0 <= manifest["int8"]["max_logit_diff"] < float("inf")
     assert all(0.0 <= b.score <= 1.0 for _, b in pairs)
+
+
+def _operators(bundle: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(bundle / "model.onnx", load_external_data=False).graph.node}
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_attention_is_fused_where_it_measured_faster_and_int8_still_quantizes_every_projection(name, exported):
+    """The parity tests above run on the fused graphs: this one says which graphs are fused."""
+    config = orjson.loads((exported[name] / "config.json").read_bytes())
+    operators = {precision: _operators(exported[key]) for precision, key in (("fp32", name), ("int8", f"{name}-int8"))}
+    fusion = read_manifest(exported[name])["fusion"]
+    if config["model_type"] not in FUSED_ARCHITECTURES:
+        assert fusion is None
+        assert "MultiHeadAttention" not in operators["fp32"]
+        return
+    layers = config.get("num_hidden_layers") or config["n_layers"]
+    assert fusion["MultiHeadAttention"] == layers, "one fused attention per layer"
+    assert read_manifest(exported[f"{name}-int8"])["fusion"] == fusion
+    assert "MultiHeadAttention" in operators["int8"]
+    assert "MatMulInteger" in operators["int8"]
+    assert "MatMul" not in operators["int8"], "every projection is int8"
 
 
 @pytest.mark.parametrize("name", ["bert-uncased", "albert", "minilm"])

@@ -6,8 +6,10 @@ builds attention masks from Python-level shapes, which tracing freezes to the sa
 its graphs give wrong logits on other lengths (measured: logit errors near 1.0 on every
 architecture), while the dynamo graphs match PyTorch to 1e-6.
 
-After export, two checks: the bundle's tokenizer.json with our truncation must produce the
-checkpoint tokenizer's own ids, and the ONNX logits must match PyTorch's within a tolerance.
+On BERT, DistilBERT, RoBERTa and ALBERT the graph's attention is then fused for ONNX Runtime
+(:mod:`~stream_clf.tools.build.fusion`). After that, two checks: the bundle's tokenizer.json with
+our truncation must produce the checkpoint tokenizer's own ids, and the ONNX logits must match
+PyTorch's within a tolerance.
 ``quantize="int8"`` then applies ONNX Runtime's dynamic quantization and reports how far its logits
 move and how often its labels agree with fp32.
 
@@ -35,6 +37,7 @@ from stream_clf.errors import ExportError
 from stream_clf.model.bundle import DEFAULT_MAX_LENGTH, load_bundle, usable_positions, write_manifest
 from stream_clf.model.classifier import Classifier
 from stream_clf.model.windows import Truncation, Windowing
+from stream_clf.tools.build.fusion import fuse_attention
 from stream_clf.tools.build.quantization import SAMPLE_TEXTS, QuantizationReport, encoded_samples, quantize_int8
 
 __all__ = ["PARITY_TEXTS", "ExportReport", "export_checkpoint", "export_module", "load_checkpoint", "torch_to_onnx"]
@@ -171,6 +174,11 @@ def export_module(
             },
             **(extra_manifest or {}),
         }
+        write_manifest(staging, manifest)
+        step("fusing attention")
+        manifest["fusion"] = fuse_attention(
+            staging / "model.onnx", config.model_type, encoded_samples(staging, texts), tolerance=tolerance / 10
+        )
         write_manifest(staging, manifest)
         step("checking parity with PyTorch")
         _check_tokenization(tokenizer, staging, texts, max_length)
