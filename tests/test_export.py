@@ -74,22 +74,55 @@ def _operators(bundle: Path) -> set[str]:
     return {node.op_type for node in onnx.load(bundle / "model.onnx", load_external_data=False).graph.node}
 
 
+@pytest.fixture(scope="module")
+def fused(checkpoints, tmp_path_factory):
+    """Every architecture exported with ``--fuse`` (fp32), and int8 where the attention is fused."""
+    root = tmp_path_factory.mktemp("fused")
+    bundles = {name: export_checkpoint(str(checkpoints[name]), root / name, fuse=True).bundle for name in ARCHITECTURES}
+    for name in ARCHITECTURES:
+        if read_manifest(bundles[name])["fusion"]:
+            bundles[f"{name}-int8"] = export_checkpoint(
+                str(checkpoints[name]), root / f"{name}-int8", fuse=True, quantize="int8"
+            ).bundle
+    return bundles
+
+
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
-def test_attention_is_fused_where_it_measured_faster_and_int8_still_quantizes_every_projection(name, exported):
-    """The parity tests above run on the fused graphs: this one says which graphs are fused."""
-    config = orjson.loads((exported[name] / "config.json").read_bytes())
-    operators = {precision: _operators(exported[key]) for precision, key in (("fp32", name), ("int8", f"{name}-int8"))}
-    fusion = read_manifest(exported[name])["fusion"]
+def test_fused_attention_serves_pytorchs_probabilities_and_int8_still_quantizes_every_projection(
+    name, checkpoints, fused
+):
+    config = orjson.loads((fused[name] / "config.json").read_bytes())
+    fusion = read_manifest(fused[name])["fusion"]
     if config["model_type"] not in FUSED_ARCHITECTURES:
-        assert fusion is None
-        assert "MultiHeadAttention" not in operators["fp32"]
+        assert fusion is None, "an architecture not measured keeps its graph as exported"
+        assert "MultiHeadAttention" not in _operators(fused[name])
         return
     layers = config.get("num_hidden_layers") or config["n_layers"]
     assert fusion["MultiHeadAttention"] == layers, "one fused attention per layer"
-    assert read_manifest(exported[f"{name}-int8"])["fusion"] == fusion
-    assert "MultiHeadAttention" in operators["int8"]
-    assert "MatMulInteger" in operators["int8"]
-    assert "MatMul" not in operators["int8"], "every projection is int8"
+    assert "MultiHeadAttention" in _operators(fused[name])
+    # In one batch, so that the shorter texts are padded: the fused mask must hide the padding.
+    bundle = load_bundle(fused[name])
+    texts = [*PARITY_TEXTS, LONG_TEXT]
+    served = Classifier(bundle).predict(texts)
+    expected = _torch_probabilities(checkpoints[name], texts, lowercase=not bundle.case_sensitive)
+    for prediction, probabilities in zip(served, expected, strict=True):
+        assert [prediction.scores[label] for label in bundle.labels] == pytest.approx(probabilities, abs=1e-5)
+    int8 = _operators(fused[f"{name}-int8"])
+    assert "MultiHeadAttention" in int8
+    assert "MatMulInteger" in int8
+    assert "MatMul" not in int8, "every projection is int8"
+
+
+def test_a_fused_bundle_is_refused_for_spark_nlp_in_one_line(fused, tmp_path):
+    finished = subprocess.run(
+        [sys.executable, "-m", "stream_clf", "spark-nlp", "export", "--model", str(fused["bert"]),
+         "--out", str(tmp_path / "folder")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert finished.returncode == 2
+    assert "export the checkpoint again without --fuse" in finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert not (tmp_path / "folder").exists()
 
 
 @pytest.mark.parametrize("name", ["bert-uncased", "albert", "minilm"])

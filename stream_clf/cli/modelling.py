@@ -64,6 +64,12 @@ def _export(parser: Parser) -> None:
     parser.add_argument("--max-length", type=positive_int, help="tokens per text (default: 512, or the positions)")
     parser.add_argument("--lowercase", action="store_true", help="lowercase input (Spark NLP's caseSensitive=false)")
     parser.add_argument("--quantize", choices=["int8"], help="ONNX Runtime dynamic quantization")
+    parser.add_argument(
+        "--fuse",
+        action="store_true",
+        help="fuse attention for ONNX Runtime (BERT, DistilBERT, RoBERTa, ALBERT; needs ONNX Runtime 1.20+,"
+        " so not for Spark NLP 5.5)",
+    )
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest |logit diff| allowed (default: 1e-3)")
     parser.add_argument("--texts", type=Path, help="file of texts, one per line, for the parity and int8 checks")
 
@@ -82,6 +88,7 @@ def _export(parser: Parser) -> None:
                 max_length=args.max_length,
                 lowercase=args.lowercase,
                 quantize=args.quantize,
+                fuse=args.fuse,
                 tolerance=args.tolerance,
                 texts=read_texts(args.texts) if args.texts else PARITY_TEXTS,
                 step=lambda what: progress.update(task, description=what),
@@ -93,6 +100,10 @@ def _export(parser: Parser) -> None:
             f"  max_length {report.max_length}, case {case}; parity with PyTorch: max |logit diff|"
             f" {report.parity_max_logit_diff:.2e} (tolerance {args.tolerance:g})"
         )
+        if report.fusion:
+            print("  fused for ONNX Runtime: " + ", ".join(f"{name} {count}" for name, count in report.fusion.items()))
+        elif args.fuse:
+            print("  not fused: the graph is kept as exported (another architecture, or nothing to gain)")
         if report.int8:
             _print_int8(report.int8)
         return 0

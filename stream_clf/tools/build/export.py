@@ -6,8 +6,8 @@ builds attention masks from Python-level shapes, which tracing freezes to the sa
 its graphs give wrong logits on other lengths (measured: logit errors near 1.0 on every
 architecture), while the dynamo graphs match PyTorch to 1e-6.
 
-On BERT, DistilBERT, RoBERTa and ALBERT the graph's attention is then fused for ONNX Runtime
-(:mod:`~stream_clf.tools.build.fusion`). After that, two checks: the bundle's tokenizer.json with
+On request (``fuse``), on BERT, DistilBERT, RoBERTa and ALBERT, the graph's attention is then fused
+for ONNX Runtime (:mod:`~stream_clf.tools.build.fusion`). After that, two checks: the bundle's tokenizer.json with
 our truncation must produce the checkpoint tokenizer's own ids, and the ONNX logits must match
 PyTorch's within a tolerance.
 ``quantize="int8"`` then applies ONNX Runtime's dynamic quantization and reports how far its logits
@@ -60,6 +60,7 @@ class ExportReport:
     max_length: int
     parity_max_logit_diff: float
     int8: QuantizationReport | None
+    fusion: dict[str, int] | None = None  # the fused operators, when the attention was fused
 
 
 def load_checkpoint(
@@ -95,6 +96,7 @@ def export_checkpoint(
     max_length: int | None = None,
     lowercase: bool = False,
     quantize: str | None = None,
+    fuse: bool = False,
     tolerance: float = 1e-3,
     texts: Sequence[str] = PARITY_TEXTS,
     step: Step = lambda _: None,
@@ -112,6 +114,7 @@ def export_checkpoint(
         max_length=max_length,
         lowercase=lowercase,
         quantize=quantize,
+        fuse=fuse,
         tolerance=tolerance,
         texts=texts,
         step=step,
@@ -129,12 +132,17 @@ def export_module(
     max_length: int | None = None,
     lowercase: bool = False,
     quantize: str | None = None,
+    fuse: bool = False,
     tolerance: float = 1e-3,
     texts: Sequence[str] = PARITY_TEXTS,
     extra_manifest: dict[str, Any] | None = None,
     step: Step = lambda _: None,
 ) -> ExportReport:
     """Export any module that maps tokenizer outputs to logits (``.logits`` or a tensor) to a bundle.
+
+    ``fuse`` fuses the attention for ONNX Runtime where the architecture gains
+    (:func:`~stream_clf.tools.build.fusion.fuse_attention`); the bundle then needs ONNX Runtime 1.20
+    or later, which Spark NLP 5.5 (1.19) is not.
 
     ``max_length`` defaults to 512 (the Spark NLP cards' setting) or the model's positions if
     fewer. The bundle is assembled in a scratch directory and moved to ``out`` only once it has
@@ -175,11 +183,12 @@ def export_module(
             **(extra_manifest or {}),
         }
         write_manifest(staging, manifest)
-        step("fusing attention")
-        manifest["fusion"] = fuse_attention(
-            staging / "model.onnx", config.model_type, encoded_samples(staging, texts), tolerance=tolerance / 10
-        )
-        write_manifest(staging, manifest)
+        if fuse:
+            step("fusing attention")
+            manifest["fusion"] = fuse_attention(
+                staging / "model.onnx", config.model_type, encoded_samples(staging, texts), tolerance=tolerance / 10
+            )
+            write_manifest(staging, manifest)
         step("checking parity with PyTorch")
         _check_tokenization(tokenizer, staging, texts, max_length)
         worst = _parity(model, staging, texts, tolerance)
@@ -204,6 +213,7 @@ def export_module(
         max_length=max_length,
         parity_max_logit_diff=worst,
         int8=int8,
+        fusion=manifest.get("fusion"),
     )
 
 

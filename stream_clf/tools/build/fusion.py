@@ -1,4 +1,4 @@
-"""Attention fusion for ONNX Runtime, at export, on the architectures where it measured faster.
+"""Attention fusion for ONNX Runtime, at export on request (``--fuse``), where it measured faster.
 
 ONNX Runtime's own optimizer (run when a session loads) fuses SkipLayerNormalization and BiasGelu
 in our ``torch.export`` graphs but no attention: the exported attention is not the pattern its
@@ -14,6 +14,10 @@ alternated rounds, 2-vCPU Zen 3, 2026-12-06): BERT-base +15% at 256 tokens and +
 DistilBERT-base +7% and +4%, RoBERTa-base +5% at 256, ALBERT-base-v2 +15% at 256; MiniLM-L6 (a BERT)
 on 32 and 128 tokens +0.5% and +0.4%. No architecture was slower, so the four that were measured
 are fused; any other keeps its graph as exported.
+
+It is asked for, not the default: the fused ``MultiHeadAttention`` takes the padding mask broadcast
+over heads, which ONNX Runtime accepts from 1.20 on; Spark NLP 5.5 runs 1.19, and the bundles it is
+handed (``spark-nlp export``, the bench's peer) must stay unfused.
 
 A fused graph must give the logits of the graph it replaces (``tolerance``) on the sample feeds;
 when it does not, or a rewrite fails, the export keeps the unfused graph and says so.
