@@ -183,10 +183,13 @@ def export_module(
             **(extra_manifest or {}),
         }
         write_manifest(staging, manifest)
+        # The worker's encodings of the texts, for the graph rewrites to be compared on (tokenizing
+        # does not depend on the graph, so once for both).
+        samples = encoded_samples(staging, texts) if fuse or quantize else []
         if fuse:
             step("fusing attention")
             manifest["fusion"] = fuse_attention(
-                staging / "model.onnx", config.model_type, encoded_samples(staging, texts), tolerance=tolerance / 10
+                staging / "model.onnx", config.model_type, samples, tolerance=tolerance / 10
             )
             write_manifest(staging, manifest)
         step("checking parity with PyTorch")
@@ -196,7 +199,7 @@ def export_module(
         int8 = None
         if quantize == "int8":
             step("quantizing to int8")
-            int8 = quantize_int8(staging / "model.onnx", encoded_samples(staging, texts))
+            int8 = quantize_int8(staging / "model.onnx", samples)
             manifest["precision"] = "int8"
             manifest["int8"] = asdict(int8)
         write_manifest(staging, manifest)

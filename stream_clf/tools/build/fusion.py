@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
-import onnxruntime as ort
 from onnxscript.optimizer import optimize
 from onnxscript.rewriter import rewrite
 from onnxscript.rewriter.ort_fusions import _core as ort_fusions
+
+from stream_clf.tools.build.quantization import max_logit_diff, onnx_logits
 
 __all__ = ["FUSED_ARCHITECTURES", "fuse_attention"]
 
@@ -66,7 +67,7 @@ def fuse_attention(
             return None
         if not counts.get("MultiHeadAttention"):
             return None
-        moved = _largest_difference(model, fused, feeds)
+        moved = max_logit_diff(onnx_logits(model, feeds), onnx_logits(fused, feeds))
         if not moved <= tolerance:
             log.warning("event=fusion_skipped model_type=%s max_logit_diff=%.3g", model_type, moved)
             return None
@@ -90,12 +91,3 @@ def _rewrite(source: Path, out: Path) -> dict[str, int]:
     ir.save(graph, out)
     operators = Counter(node.op_type for node in graph.graph)
     return {name: operators[name] for name in _FUSED_OPERATORS}
-
-
-def _largest_difference(original: Path, fused: Path, feeds: Sequence[dict[str, np.ndarray]]) -> float:
-    sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in (original, fused)]
-    worst = 0.0
-    for feed in feeds:
-        before, after = (session.run(["logits"], feed)[0] for session in sessions)
-        worst = max(worst, float(np.max(np.abs(before - after))))
-    return worst

@@ -25,7 +25,15 @@ from stream_clf.errors import ExportError
 from stream_clf.model.bundle import load_bundle, read_manifest, write_manifest
 from stream_clf.model.classifier import Classifier
 
-__all__ = ["SAMPLE_TEXTS", "QuantizationReport", "encoded_samples", "quantize_bundle", "quantize_int8"]
+__all__ = [
+    "SAMPLE_TEXTS",
+    "QuantizationReport",
+    "encoded_samples",
+    "max_logit_diff",
+    "onnx_logits",
+    "quantize_bundle",
+    "quantize_int8",
+]
 
 # Texts to compare int8 with fp32 on when the caller has none of its own.
 SAMPLE_TEXTS: tuple[str, ...] = (
@@ -50,7 +58,7 @@ class QuantizationReport:
 
 def quantize_int8(model: Path, feeds: Sequence[dict[str, np.ndarray]]) -> QuantizationReport:
     """Replace the fp32 ``model`` with its int8 version; compare the two on ``feeds``."""
-    before = _logits(model, feeds)
+    before = onnx_logits(model, feeds)
     with tempfile.TemporaryDirectory(prefix="stream-clf-int8-") as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quantized = Path(scratch) / "int8.onnx"
@@ -63,17 +71,23 @@ def quantize_int8(model: Path, feeds: Sequence[dict[str, np.ndarray]]) -> Quanti
             quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8, per_channel=True)
         finally:
             root.setLevel(level)
-        after = _logits(quantized, feeds)
+        after = onnx_logits(quantized, feeds)
         quantized.replace(model)
     agree = [int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(before, after, strict=True)]
     return QuantizationReport(
-        max_logit_diff=float(max(np.max(np.abs(a - b)) for a, b in zip(before, after, strict=True))),
+        max_logit_diff=max_logit_diff(before, after),
         label_agreement=sum(agree) / len(agree),
         texts=len(agree),
     )
 
 
-def _logits(model: Path, feeds: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
+def max_logit_diff(before: Sequence[np.ndarray], after: Sequence[np.ndarray]) -> float:
+    """The largest |logit difference| between two graphs' answers to the same feeds."""
+    return float(max(np.max(np.abs(a - b)) for a, b in zip(before, after, strict=True)))
+
+
+def onnx_logits(model: Path, feeds: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """``model``'s logits for each feed (one text each), on the CPU."""
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     return [session.run(["logits"], feed)[0][0] for feed in feeds]
 
