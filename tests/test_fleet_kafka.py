@@ -114,7 +114,7 @@ def test_a_broker_killed_under_load_loses_nothing_and_exactly_once_repeats_nothi
     exits = [code for _, code in flow.fleet.exits]
     await_whole(bootstrap)
     print(f"broker kill -9, {guarantee}: {seen}")
-    assert exits == [0, 0]
+    assert exits == [0, 0], flow.fleet.failures
     _assert_seen_whole(seen, duplicates_allowed=guarantee == "at-least-once")
 
 
@@ -142,7 +142,7 @@ def test_a_partition_leader_moved_by_reassignment_while_the_stream_flows(
     await_whole(bootstrap, [flow.input, flow.output])
     assert all(len(replicas_of(bootstrap, t, p)) == 3 for t, p in moved)
     print(f"leader moved by reassignment, {guarantee}: {seen}")
-    assert exits == [0, 0]
+    assert exits == [0, 0], flow.fleet.failures
     _assert_seen_whole(seen)
 
 

@@ -70,6 +70,12 @@ ASSIGNORS = {"eager": "range,roundrobin", "cooperative": "cooperative-sticky"}
 # Tries of one event's own transaction that abort for a reason other than its records (the first
 # after a refused record can fail on the producer's epoch bump) before the batch is read again.
 EVENT_ATTEMPTS = 3
+# librdkafka (2.10 to 2.16 at least) can leave send_offsets_to_transaction waiting, past its timeout,
+# for a group coordinator on a broker that was killed and dropped from the metadata: the request is
+# looked at again only when one of the producer's connections goes up or down (librdkafka issues
+# 5456 and 5511). Closing connections idle this long makes one go down while the call waits, and it
+# finds the coordinator anew; a connection in use is never idle this long.
+IDLE_CONNECTION_MS = 10_000
 
 
 class Commit(enum.Enum):
@@ -181,6 +187,7 @@ def _producer(settings: WorkerSettings, connection: Connection, compression: str
         {
             "transactional.id": delivery.transactional_id,
             "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_SECONDS * 1000),
+            "connections.max.idle.ms": IDLE_CONNECTION_MS,
             "compression.type": compression,
             **limits,
             **PRODUCER_SETTINGS,

@@ -52,13 +52,15 @@ class Replica:
 @dataclass
 class Fleet:
     """Replicas of one group on ``bootstrap``: ``worker_args`` are every replica's flags, and each gets
-    ``--instance NAME`` and a web port of its own. Every exit code is kept, by instance, in order."""
+    ``--instance NAME`` and a web port of its own. Every exit code is kept, by instance, in order, and
+    the last lines of each replica's log that stopped with another code than 0."""
 
     bootstrap: str
     worker_args: Sequence[str]
     logs: Path
     replicas: dict[str, Replica] = field(default_factory=dict)
     exits: list[tuple[str, int]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
     _started: int = 0
 
     def start(self, instance: str) -> Replica:
@@ -98,6 +100,8 @@ class Fleet:
             replica.process.kill()
             code = replica.process.wait()
         self.exits.append((instance, code))
+        if code != 0:
+            self.failures.append(f"{instance} exited with {code}: {replica.log_tail(8)}")
         return code
 
     def check(self) -> None:
