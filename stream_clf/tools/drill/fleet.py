@@ -48,6 +48,10 @@ class Replica:
     def log_tail(self, lines: int = 5) -> str:
         return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-lines:])
 
+    def exit_line(self, lines: int = 5) -> str:
+        """How it ended: its exit code and the last ``lines`` of its log."""
+        return f"worker {self.instance} exited with {self.process.returncode}: {self.log_tail(lines)}"
+
 
 @dataclass
 class Fleet:
@@ -84,7 +88,7 @@ class Fleet:
         started = time.monotonic()
         while not replica.joined():
             if not replica.running:
-                raise _exited(replica)
+                raise StreamClfError(replica.exit_line())
             if time.monotonic() - started > timeout:
                 raise StreamClfError(f"worker {instance} did not join after {timeout:.0f}s: {replica.log_tail()}")
             time.sleep(0.2)
@@ -101,19 +105,15 @@ class Fleet:
             code = replica.process.wait()
         self.exits.append((instance, code))
         if code != 0:
-            self.failures.append(f"{instance} exited with {code}: {replica.log_tail(8)}")
+            self.failures.append(replica.exit_line(8))
         return code
 
     def check(self) -> None:
         """Raise if a replica exited on its own."""
         for replica in self.replicas.values():
             if not replica.running:
-                raise _exited(replica)
+                raise StreamClfError(replica.exit_line())
 
     def stop_all(self) -> None:
         for instance in list(self.replicas):
             self.stop(instance)
-
-
-def _exited(replica: Replica) -> StreamClfError:
-    return StreamClfError(f"worker {replica.instance} exited with {replica.process.returncode}: {replica.log_tail()}")
