@@ -1,5 +1,6 @@
 """Export of every architecture: parity with PyTorch, int8 agreement, tokenizer behaviour, failures."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ torch = pytest.importorskip("torch", reason="the export tests need the export ex
 transformers = pytest.importorskip("transformers")
 
 from stream_clf.errors import ExportError  # noqa: E402
-from stream_clf.model.bundle import load_bundle, read_manifest  # noqa: E402
+from stream_clf.model.bundle import load_bundle, read_manifest, write_manifest  # noqa: E402
 from stream_clf.model.classifier import Classifier  # noqa: E402
 from stream_clf.tools.build.export import PARITY_TEXTS, export_checkpoint  # noqa: E402
 from stream_clf.tools.build.fusion import FUSED_ARCHITECTURES  # noqa: E402
@@ -74,53 +75,63 @@ def _operators(bundle: Path) -> set[str]:
     return {node.op_type for node in onnx.load(bundle / "model.onnx", load_external_data=False).graph.node}
 
 
-@pytest.fixture(scope="module")
-def fused(checkpoints, tmp_path_factory):
-    """Every architecture exported with ``--fuse`` (fp32), and int8 where the attention is fused."""
-    root = tmp_path_factory.mktemp("fused")
-    bundles = {name: export_checkpoint(str(checkpoints[name]), root / name, fuse=True).bundle for name in ARCHITECTURES}
-    for name in ARCHITECTURES:
-        if read_manifest(bundles[name])["fusion"]:
-            bundles[f"{name}-int8"] = export_checkpoint(
-                str(checkpoints[name]), root / f"{name}-int8", fuse=True, quantize="int8"
-            ).bundle
-    return bundles
-
-
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
-def test_fused_attention_serves_pytorchs_probabilities_and_int8_still_quantizes_every_projection(
-    name, checkpoints, fused
+def test_export_fuses_attention_serving_pytorchs_probabilities_and_int8_still_quantizes_every_projection(
+    name, checkpoints, exported
 ):
-    config = orjson.loads((fused[name] / "config.json").read_bytes())
-    fusion = read_manifest(fused[name])["fusion"]
+    config = orjson.loads((exported[name] / "config.json").read_bytes())
+    manifest = read_manifest(exported[name])
     if config["model_type"] not in FUSED_ARCHITECTURES:
-        assert fusion is None, "an architecture not measured keeps its graph as exported"
-        assert "MultiHeadAttention" not in _operators(fused[name])
+        assert manifest["fusion"] is None, "an architecture not measured keeps its graph as exported"
+        assert "MultiHeadAttention" not in _operators(exported[name])
         return
     layers = config.get("num_hidden_layers") or config["n_layers"]
-    assert fusion["MultiHeadAttention"] == layers, "one fused attention per layer"
-    assert "MultiHeadAttention" in _operators(fused[name])
+    assert manifest["fusion"]["MultiHeadAttention"] == layers, "one fused attention per layer"
+    assert manifest["fusion_mask"] == "key_padding", "the mask form ONNX Runtime 1.19 (Spark NLP's) takes"
+    graph = onnx.load(exported[name] / "model.onnx", load_external_data=False).graph
+    attentions = [node for node in graph.node if node.op_type == "MultiHeadAttention"]
+    assert len(attentions) == layers
+    assert all(len(node.input) == 5 and node.input[4] for node in attentions), "a key padding mask and no bias"
     # In one batch, so that the shorter texts are padded: the fused mask must hide the padding.
-    bundle = load_bundle(fused[name])
+    bundle = load_bundle(exported[name])
     texts = [*PARITY_TEXTS, LONG_TEXT]
     served = Classifier(bundle).predict(texts)
     expected = _torch_probabilities(checkpoints[name], texts, lowercase=not bundle.case_sensitive)
     for prediction, probabilities in zip(served, expected, strict=True):
         assert [prediction.scores[label] for label in bundle.labels] == pytest.approx(probabilities, abs=1e-5)
-    int8 = _operators(fused[f"{name}-int8"])
+    int8 = _operators(exported[f"{name}-int8"])
     assert "MultiHeadAttention" in int8
     assert "MatMulInteger" in int8
     assert "MatMul" not in int8, "every projection is int8"
 
 
-def test_a_fused_bundle_is_refused_for_spark_nlp_in_one_line(fused, tmp_path):
+def test_no_fuse_keeps_the_graph_as_exported(checkpoints, tmp_path):
     finished = subprocess.run(
-        [sys.executable, "-m", "stream_clf", "spark-nlp", "export", "--model", str(fused["bert"]),
+        [sys.executable, "-m", "stream_clf", "export", str(checkpoints["bert"]), "--out", str(tmp_path / "b"),
+         "--no-fuse"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert finished.returncode == 0, finished.stderr
+    assert "fused for ONNX Runtime" not in finished.stdout
+    assert read_manifest(tmp_path / "b").get("fusion") is None
+    assert "MultiHeadAttention" not in _operators(tmp_path / "b")
+
+
+def test_a_bundle_fused_with_the_earlier_mask_form_is_refused_for_spark_nlp_in_one_line(exported, tmp_path):
+    """Before the key padding mask, fused bundles fed the mask as a bias that ONNX Runtime 1.19 refuses;
+    their manifests say fused and name no mask form."""
+    earlier = tmp_path / "earlier"
+    shutil.copytree(exported["bert"], earlier)
+    manifest = read_manifest(earlier)
+    del manifest["fusion_mask"]
+    write_manifest(earlier, manifest)
+    finished = subprocess.run(
+        [sys.executable, "-m", "stream_clf", "spark-nlp", "export", "--model", str(earlier),
          "--out", str(tmp_path / "folder")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert finished.returncode == 2
-    assert "export the checkpoint again without --fuse" in finished.stderr
+    assert "was fused by an earlier stream-clf" in finished.stderr
     assert "Traceback" not in finished.stderr
     assert not (tmp_path / "folder").exists()
 

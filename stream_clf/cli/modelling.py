@@ -66,9 +66,10 @@ def _export(parser: Parser) -> None:
     parser.add_argument("--quantize", choices=["int8"], help="ONNX Runtime dynamic quantization")
     parser.add_argument(
         "--fuse",
-        action="store_true",
-        help="fuse attention for ONNX Runtime (BERT, DistilBERT, RoBERTa, ALBERT; needs ONNX Runtime 1.20+,"
-        " so not for Spark NLP 5.5)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fuse attention for ONNX Runtime on BERT, DistilBERT, RoBERTa and ALBERT (default: on;"
+        " --no-fuse keeps the graph as exported)",
     )
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest |logit diff| allowed (default: 1e-3)")
     parser.add_argument("--texts", type=Path, help="file of texts, one per line, for the parity and int8 checks")
@@ -103,7 +104,7 @@ def _export(parser: Parser) -> None:
         if report.fusion:
             print("  fused for ONNX Runtime: " + ", ".join(f"{name} {count}" for name, count in report.fusion.items()))
         elif args.fuse:
-            print("  not fused: the graph is kept as exported (another architecture, or nothing to gain)")
+            print("  not fused: the graph is kept as exported (another architecture, or nothing matched)")
         if report.int8:
             _print_int8(report.int8)
         return 0

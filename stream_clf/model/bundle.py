@@ -24,6 +24,7 @@ from stream_clf.errors import ModelError
 from stream_clf.model.windows import DEFAULT_TRUNCATION, Truncation
 
 __all__ = [
+    "FUSION_MASK",
     "MANIFEST",
     "REQUIRED_FILES",
     "ModelBundle",
@@ -40,6 +41,9 @@ MANIFEST = "stream_clf.json"
 REQUIRED_FILES = ("model.onnx", "tokenizer.json", "config.json")
 ACTIVATIONS = ("softmax", "sigmoid")
 DEFAULT_MAX_LENGTH = 512
+# How a fused graph's attention takes the padding mask (the manifest's ``fusion_mask``): as
+# MultiHeadAttention's key padding mask, which ONNX Runtime 1.19 (Spark NLP 5.5's) takes too.
+FUSION_MASK = "key_padding"
 # Models whose position ids start after the padding index, so the first ones are unusable.
 _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer"}
 

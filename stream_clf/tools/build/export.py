@@ -6,10 +6,10 @@ builds attention masks from Python-level shapes, which tracing freezes to the sa
 its graphs give wrong logits on other lengths (measured: logit errors near 1.0 on every
 architecture), while the dynamo graphs match PyTorch to 1e-6.
 
-On request (``fuse``), on BERT, DistilBERT, RoBERTa and ALBERT, the graph's attention is then fused
-for ONNX Runtime (:mod:`~stream_clf.tools.build.fusion`). After that, two checks: the bundle's tokenizer.json with
-our truncation must produce the checkpoint tokenizer's own ids, and the ONNX logits must match
-PyTorch's within a tolerance.
+On BERT, DistilBERT, RoBERTa and ALBERT the graph's attention is then fused for ONNX Runtime
+(:mod:`~stream_clf.tools.build.fusion`), unless ``fuse`` is off. After that, two checks: the
+bundle's tokenizer.json with our truncation must produce the checkpoint tokenizer's own ids, and the
+ONNX logits must match PyTorch's within a tolerance.
 ``quantize="int8"`` then applies ONNX Runtime's dynamic quantization and reports how far its logits
 move and how often its labels agree with fp32.
 
@@ -34,7 +34,7 @@ import torch
 import transformers
 
 from stream_clf.errors import ExportError
-from stream_clf.model.bundle import DEFAULT_MAX_LENGTH, load_bundle, usable_positions, write_manifest
+from stream_clf.model.bundle import DEFAULT_MAX_LENGTH, FUSION_MASK, load_bundle, usable_positions, write_manifest
 from stream_clf.model.classifier import Classifier
 from stream_clf.model.windows import Truncation, Windowing
 from stream_clf.tools.build.fusion import fuse_attention
@@ -96,7 +96,7 @@ def export_checkpoint(
     max_length: int | None = None,
     lowercase: bool = False,
     quantize: str | None = None,
-    fuse: bool = False,
+    fuse: bool = True,
     tolerance: float = 1e-3,
     texts: Sequence[str] = PARITY_TEXTS,
     step: Step = lambda _: None,
@@ -132,7 +132,7 @@ def export_module(
     max_length: int | None = None,
     lowercase: bool = False,
     quantize: str | None = None,
-    fuse: bool = False,
+    fuse: bool = True,
     tolerance: float = 1e-3,
     texts: Sequence[str] = PARITY_TEXTS,
     extra_manifest: dict[str, Any] | None = None,
@@ -141,8 +141,8 @@ def export_module(
     """Export any module that maps tokenizer outputs to logits (``.logits`` or a tensor) to a bundle.
 
     ``fuse`` fuses the attention for ONNX Runtime where the architecture gains
-    (:func:`~stream_clf.tools.build.fusion.fuse_attention`); the bundle then needs ONNX Runtime 1.20
-    or later, which Spark NLP 5.5 (1.19) is not.
+    (:func:`~stream_clf.tools.build.fusion.fuse_attention`); the fused graph runs on ONNX Runtime
+    1.19 (Spark NLP 5.5's) and later.
 
     ``max_length`` defaults to 512 (the Spark NLP cards' setting) or the model's positions if
     fewer. The bundle is assembled in a scratch directory and moved to ``out`` only once it has
@@ -191,6 +191,8 @@ def export_module(
             manifest["fusion"] = fuse_attention(
                 staging / "model.onnx", config.model_type, samples, tolerance=tolerance / 10
             )
+            if manifest["fusion"]:
+                manifest["fusion_mask"] = FUSION_MASK
             write_manifest(staging, manifest)
         step("checking parity with PyTorch")
         _check_tokenization(tokenizer, staging, texts, max_length)

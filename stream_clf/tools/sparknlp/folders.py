@@ -30,7 +30,7 @@ import orjson
 from onnx import helper
 
 from stream_clf.errors import ModelError
-from stream_clf.model.bundle import ModelBundle, read_manifest
+from stream_clf.model.bundle import FUSION_MASK, ModelBundle, read_manifest
 
 __all__ = ["ANNOTATORS", "FAIRSEQ_SPECIALS", "Annotator", "annotator_for", "export_for_spark_nlp"]
 
@@ -89,10 +89,11 @@ def annotator_for(bundle: Path) -> Annotator:
 def export_for_spark_nlp(bundle: ModelBundle, out: Path) -> Annotator:
     """Write the folder Spark NLP's ``loadSavedModel`` takes for ``bundle``; return its annotator."""
     annotator = annotator_for(bundle.path)
-    if read_manifest(bundle.path).get("fusion"):
+    manifest = read_manifest(bundle.path)
+    if manifest.get("fusion") and manifest.get("fusion_mask") != FUSION_MASK:
         raise ModelError(
-            f"model bundle '{bundle.path}' has its attention fused (export --fuse), which needs ONNX Runtime 1.20"
-            " or later; Spark NLP 5.5 runs 1.19: export the checkpoint again without --fuse"
+            f"model bundle '{bundle.path}' was fused by an earlier stream-clf, with a padding mask that ONNX"
+            " Runtime 1.20 or later takes and Spark NLP 5.5's 1.19 refuses: export the checkpoint again"
         )
     tokenizer = orjson.loads(bundle.tokenizer_file.read_bytes())
     with tempfile.TemporaryDirectory(prefix="stream-clf-spark-nlp-", dir=_scratch_parent(out)) as scratch:
