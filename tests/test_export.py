@@ -94,6 +94,7 @@ def test_export_fuses_attention_serving_pytorchs_probabilities_and_int8_still_qu
     assert all(len(node.input) == 5 and node.input[4] for node in attentions), "a key padding mask and no bias"
     # In one batch, so that the shorter texts are padded: the fused mask must hide the padding.
     bundle = load_bundle(exported[name])
+    assert bundle.fused
     texts = [*PARITY_TEXTS, LONG_TEXT]
     served = Classifier(bundle).predict(texts)
     expected = _torch_probabilities(checkpoints[name], texts, lowercase=not bundle.case_sensitive)
@@ -114,6 +115,7 @@ def test_no_fuse_keeps_the_graph_as_exported(checkpoints, tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert "fused for ONNX Runtime" not in finished.stdout
     assert read_manifest(tmp_path / "b").get("fusion") is None
+    assert not load_bundle(tmp_path / "b").fused
     assert "MultiHeadAttention" not in _operators(tmp_path / "b")
 
 

@@ -93,6 +93,24 @@ def test_without_a_manifest_the_card_defaults_apply(bundle_dir):
     assert bundle.name == "bundle"
 
 
+@pytest.mark.parametrize(
+    ("fusion", "max_length", "lanes"),
+    [
+        ({"MultiHeadAttention": 2, "SkipLayerNormalization": 4}, 512, 1),  # fused, long rows: one call
+        ({"MultiHeadAttention": 2}, 256, 2),  # fused, rows of 256 or fewer: a lane per thread
+        (None, 512, 2),  # as exported: a lane per thread at any length
+        ({"MultiHeadAttention": 0}, 512, 2),  # a fusion that matched no attention
+        ("yes", 512, 2),  # a hand-written manifest's odd record is not a fused graph
+        ([{"MultiHeadAttention": 2}], 512, 2),
+    ],
+)
+def test_the_lanes_default_follows_the_manifests_fusion_and_max_length(bundle_dir, fusion, max_length, lanes):
+    _edit_json(bundle_dir / MANIFEST, fusion=fusion, max_length=max_length)
+    bundle = load_bundle(bundle_dir)
+    assert Classifier(bundle, threads=2, lanes=None).lanes == lanes
+    assert Classifier(bundle, threads=2, lanes=2).lanes == 2, "--lanes given wins"
+
+
 def test_the_version_is_a_content_hash(bundle_dir, tiny_bundle):
     assert load_bundle(bundle_dir).version == load_bundle(tiny_bundle).version
     _edit_json(bundle_dir / "config.json", id2label={"0": "neg", "1": "pos"})

@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 
 from stream_clf.model.bundle import load_bundle, read_manifest, write_manifest
 from stream_clf.model.catalog import bundle_shape, shape_checkpoint
+from stream_clf.model.classifier import default_lanes
 from stream_clf.model.windows import Truncation
 from stream_clf.tools.bench.report import render_summary
 
@@ -65,6 +66,9 @@ def test_a_shape_comes_as_four_bundles_that_measure_cost_not_accuracy(distilbert
         ((256, "int8"), "int8", 256),
     }
     assert bundles[256, "int8"].truncation == Truncation.HEAD_TAIL
+    # Fused, so past 256 tokens the worker runs one call on every core; at 256, a lane per core.
+    assert all(b.fused for b in bundles.values())
+    assert [default_lanes(bundles[length, "int8"], threads=2) for length in (512, 256)] == [1, 2]
     assert bundles[512, "int8"].truncation == Truncation.HEAD
     manifest = read_manifest(distilbert_base.bundles[512, "fp32"])
     assert "measures cost, not accuracy" in manifest["source"]
@@ -85,6 +89,7 @@ def test_bench_runs_a_shape_and_its_baseline_is_the_same_checkpoint(distilbert_b
     assert report["baseline"]["checkpoint"].startswith("distilbert-base")
     assert report["stream_clf"]["exit_code"] == 0
     assert report["engine"]["texts_per_second"] > 0
+    assert report["engine"]["worker_configuration"] == "2 lanes", "256 tokens: the worker's default, a lane per core"
     assert report["stream_clf"]["events_per_second"] > 0
     assert "end_to_end_at_least_95pct_of_engine" in report["targets"], "a base shape's target"
     # --shape all prints one table across the shapes' reports (here the same report twice).

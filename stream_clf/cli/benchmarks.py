@@ -120,7 +120,11 @@ def _bench(parser: Parser) -> None:
     )
     parser.add_argument("--latency-seconds", type=float, default=defaults.latency_seconds, help="(%(default)s)")
     parser.add_argument("--threads", type=positive_int, default=defaults.threads, help="(default: usable cores)")
-    parser.add_argument("--lanes", type=positive_int, help="ONNX Runtime calls at once (default: --threads)")
+    parser.add_argument(
+        "--lanes",
+        type=positive_int,
+        help="ONNX Runtime calls at once (default: the worker's: --threads; 1 for a fused model past 256 tokens)",
+    )
     for name in ("max_batch", "max_wait_ms", "max_tokens", "bucket_size", "bucket_tokens"):
         parser.add_argument(
             f"--{name.replace('_', '-')}",
@@ -166,7 +170,7 @@ def _bench_one(args: argparse.Namespace, model: Path) -> dict:
         model=model,
         mix=args.mix[0],
         mix_file=_mix_file(args.mix),
-        lanes=args.lanes or args.threads,
+        lanes=args.lanes,
         spinning=args.spinning == "on",
         baseline=not args.no_baseline,
     )

@@ -62,6 +62,7 @@ class ModelBundle:
     precision: str
     pad_token_id: int
     truncation: Truncation = DEFAULT_TRUNCATION
+    fused: bool = False  # the export fused its attention (the manifest's ``fusion``)
 
     @property
     def model_file(self) -> Path:
@@ -122,6 +123,7 @@ def load_bundle(path: Path | str) -> ModelBundle:
         precision=str(manifest.get("precision", "fp32")),
         pad_token_id=pad_token_id if isinstance(pad_token_id, int) else 0,
         truncation=truncation,
+        fused=bool(isinstance(fusion := manifest.get("fusion"), dict) and fusion.get("MultiHeadAttention")),
     )
 
 

@@ -311,7 +311,7 @@ class Inference:
         None,
         "ONNX Runtime calls run at once on the CPU, each on threads/lanes cores (1: one call on all threads)",
         "N",
-        "--threads",
+        "--threads; 1 for a fused model that reads more than 256 tokens",
     )
     provider: str = setting(p.one_of(PROVIDERS), "cpu", "ONNX Runtime execution provider: cpu, cuda, or auto", "NAME")
     spinning: bool = setting(
@@ -325,11 +325,6 @@ class Inference:
     def __post_init__(self) -> None:
         if self.lanes is not None and self.lanes > self.threads:
             raise ConfigError(f"--lanes {self.lanes} is more than --threads {self.threads}: a lane needs a core")
-
-    @property
-    def inference_lanes(self) -> int:
-        """ONNX Runtime calls at once: ``--lanes``, else one per thread."""
-        return self.lanes or self.threads
 
 
 @dataclass(frozen=True)
@@ -561,7 +556,7 @@ class WorkerSettings:
         """How the worker runs each model: the keyword arguments of a ``Classifier``."""
         return {
             "threads": self.inference.threads,
-            "lanes": self.inference.inference_lanes,
+            "lanes": self.inference.lanes,
             "windowing": self.models.windowing,
             "thresholds": self.models.thresholds,
             "bucket_size": self.batching.bucket_size,

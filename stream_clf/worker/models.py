@@ -164,10 +164,11 @@ class ModelLoader:
                 f"model bundle '{bundle.path}': fails on a full bucket of short texts ({detail})"
             ) from None
         log.info(
-            "event=model_loaded model=%s model_version=%s source=%s seconds=%.2f",
+            "event=model_loaded model=%s model_version=%s source=%s lanes=%d seconds=%.2f",
             bundle.name,
             bundle.version,
             source,
+            classifier.lanes,
             time.perf_counter() - started,
         )
         return ServedModel(classifier, source)

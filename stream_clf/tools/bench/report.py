@@ -211,7 +211,8 @@ def render(report: dict[str, Any]) -> Group:
         *_event_format_lines(report),
         *_spark_nlp_lines(report),
         "raw engine by configuration: "
-        + ", ".join(f"{name} {rate:.1f} texts/s" for name, rate in engine["configurations"].items()),
+        + ", ".join(f"{name} {rate:.1f} texts/s" for name, rate in engine["configurations"].items())
+        + f" (the worker's: {engine['worker_configuration']})",
         "cores used during the end-to-end run: "
         + ", ".join(f"{name} {used:.2f}" for name, used in stream["cores"].items())
         + f" (of {machine['usable_cores']})"

@@ -15,7 +15,7 @@ from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.control import ask_swap
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.catalog import bundle_shape, resolve_model, shape_checkpoint
-from stream_clf.model.classifier import Classifier
+from stream_clf.model.classifier import Classifier, default_lanes
 from stream_clf.settings import WORKER_OPTIONS
 from stream_clf.tools.bench.engine import measure_engine, measure_full_batch, measure_peak
 from stream_clf.tools.bench.formats import measure_event_formats, registry_for
@@ -46,7 +46,7 @@ class BenchOptions:
     latency_seconds: float = 20.0
     load: float = 0.7
     threads: int = _WORKER_DEFAULTS["threads"]
-    lanes: int = _WORKER_DEFAULTS["threads"]
+    lanes: int | None = None  # the worker's default (see default_lanes)
     max_batch: int = _WORKER_DEFAULTS["max_batch"]
     max_wait_ms: int = _WORKER_DEFAULTS["max_wait_ms"]
     max_tokens: int = _WORKER_DEFAULTS["max_tokens"]
@@ -75,19 +75,20 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
             f" run `stream-clf models build --shape {shape}`, or bench with --no-baseline"
         )
     # The raw engine is the session at its fastest: idle threads spin, nothing else runs; in the
-    # worker's lanes, and as one call on all threads. The faster of the two is the ceiling.
+    # worker's lanes, in a lane per thread, and as one call on all threads. The fastest is the ceiling.
+    lanes = options.lanes or default_lanes(bundle, options.threads)
     engines = {
-        f"{lanes} lane{'s' if lanes > 1 else ''}": Classifier(
+        f"{count} lane{'s' if count > 1 else ''}": Classifier(
             bundle,
             threads=options.threads,
-            lanes=lanes,
+            lanes=count,
             bucket_size=options.bucket_size,
             bucket_tokens=options.bucket_tokens,
             spinning=True,
         )
-        for lanes in sorted({options.lanes, 1}, reverse=True)
+        for count in sorted({lanes, options.threads, 1}, reverse=True)
     }
-    classifier = next(iter(engines.values()))  # the worker's configuration
+    classifier = next(engine for engine in engines.values() if engine.lanes == lanes)  # the worker's configuration
     config = orjson.loads((bundle.path / "config.json").read_bytes())
     texts = load_texts(options.mix, options.events, options.mix_file, bundle=bundle)
     plans = classifier.plan(texts)
@@ -134,6 +135,7 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
     report["engine"] = {
         "texts_per_second": engine.texts_per_second,
         "configuration": best,
+        "worker_configuration": next(name for name, candidate in engines.items() if candidate is classifier),
         "configurations": {name: result.texts_per_second for name, result in measured.items()},
         "padding": 1 - engine.tokens / engine.padded_tokens,
         "gflops_achieved": engine.achieved_gflops,
@@ -176,7 +178,8 @@ class _Run:
 
 def _worker_command(options: BenchOptions, bundle: Path, guarantee: str = "at-least-once") -> list[str]:
     command = ["stream_clf", "worker", "--model", str(bundle), "--threads", str(options.threads)]
-    command += ["--lanes", str(options.lanes)]
+    if options.lanes is not None:
+        command += ["--lanes", str(options.lanes)]
     command += ["--guarantee", guarantee, "--instance", f"bench-{guarantee}"]
     command += ["--max-batch", str(options.max_batch), "--max-wait-ms", str(options.max_wait_ms)]
     command += ["--max-tokens", str(options.max_tokens), "--bucket-size", str(options.bucket_size)]
