@@ -1,6 +1,9 @@
 """Bundles are checked at load with one-line errors; the classifier pads, truncates and scores right."""
 
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +112,29 @@ def test_the_lanes_default_follows_the_manifests_fusion_and_max_length(bundle_di
     bundle = load_bundle(bundle_dir)
     assert Classifier(bundle, threads=2, lanes=None).lanes == lanes
     assert Classifier(bundle, threads=2, lanes=2).lanes == 2, "--lanes given wins"
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_calls_from_two_batches_at_once_never_run_more_than_the_lanes(tiny_bundle, lanes):
+    # The worker classifies two batches at once; one call on every core must not meet another.
+    classifier = Classifier(load_bundle(tiny_bundle), threads=2, lanes=lanes)
+    feeds = classifier.encode(["a short text", "the match ended in a draw"]).feeds
+    running, most, lock = 0, 0, threading.Lock()
+
+    def build() -> dict[str, np.ndarray]:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return feeds
+
+    with ThreadPoolExecutor(2) as batches:
+        answers = list(batches.map(lambda _: classifier.run_all([build] * 3), range(2)))
+    assert most == lanes
+    assert all(len(logits) == 3 for logits in answers)
 
 
 def test_the_version_is_a_content_hash(bundle_dir, tiny_bundle):

@@ -129,7 +129,9 @@ class Classifier:
         self.provider = self._session.get_providers()[0]
         # A GPU runs one call at a time on its stream: lanes there would only queue.
         self.lanes = lanes if self.provider == "CPUExecutionProvider" else 1
-        self._lanes = ThreadPoolExecutor(self.lanes, thread_name_prefix="lane") if self.lanes > 1 else None
+        # Every call goes through the lanes, whichever thread asks: the worker classifies two batches
+        # at once, and their calls together must not run more than ``lanes`` at a time.
+        self._lanes = ThreadPoolExecutor(self.lanes, thread_name_prefix="lane")
         inputs = {item.name: item for item in self._session.get_inputs()}
         unknown = sorted(set(inputs) - set(_KNOWN_INPUTS))
         missing = [name for name in _REQUIRED_INPUTS if name not in inputs]
@@ -242,9 +244,11 @@ class Classifier:
     def run_all(
         self, calls: Sequence[Callable[[], Mapping[str, np.ndarray]]], observe: Callable[[float], None] | None = None
     ) -> list[np.ndarray]:
-        """Run the model on the feeds each of ``calls`` builds, up to ``lanes`` at once; logits in order.
+        """Run the model on the feeds each of ``calls`` builds, in the lanes; logits in order.
 
-        ``observe`` is told the seconds each call spent building its feeds and running.
+        At most ``lanes`` calls run at once across every thread that calls this, the rest queued in
+        the order they came (so a second batch's calls wait behind the first's). ``observe`` is told
+        the seconds each call spent building its feeds and running.
         """
 
         def call(build: Callable[[], Mapping[str, np.ndarray]]) -> np.ndarray:
@@ -254,8 +258,6 @@ class Classifier:
                 observe(time.perf_counter() - started)
             return logits
 
-        if self._lanes is None or len(calls) < 2:
-            return [call(build) for build in calls]
         return list(self._lanes.map(call, calls))
 
     def logits(self, batch: EncodedBatch) -> np.ndarray:
