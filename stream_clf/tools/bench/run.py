@@ -78,7 +78,7 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
     # worker's lanes, in a lane per thread, and as one call on all threads. The fastest is the ceiling.
     lanes = options.lanes or default_lanes(bundle, options.threads)
     engines = {
-        f"{count} lane{'s' if count > 1 else ''}": Classifier(
+        _lanes_name(count): Classifier(
             bundle,
             threads=options.threads,
             lanes=count,
@@ -88,7 +88,7 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
         )
         for count in sorted({lanes, options.threads, 1}, reverse=True)
     }
-    classifier = next(engine for engine in engines.values() if engine.lanes == lanes)  # the worker's configuration
+    classifier = engines[_lanes_name(lanes)]  # the worker's configuration
     config = orjson.loads((bundle.path / "config.json").read_bytes())
     texts = load_texts(options.mix, options.events, options.mix_file, bundle=bundle)
     plans = classifier.plan(texts)
@@ -135,7 +135,7 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
     report["engine"] = {
         "texts_per_second": engine.texts_per_second,
         "configuration": best,
-        "worker_configuration": next(name for name, candidate in engines.items() if candidate is classifier),
+        "worker_configuration": _lanes_name(lanes),
         "configurations": {name: result.texts_per_second for name, result in measured.items()},
         "padding": 1 - engine.tokens / engine.padded_tokens,
         "gflops_achieved": engine.achieved_gflops,
@@ -174,6 +174,10 @@ class _Run:
 
     options: BenchOptions
     bench: Bench
+
+
+def _lanes_name(count: int) -> str:
+    return f"{count} lane{'s' if count > 1 else ''}"
 
 
 def _worker_command(options: BenchOptions, bundle: Path, guarantee: str = "at-least-once") -> list[str]:
