@@ -56,7 +56,15 @@ from stream_clf.worker.publisher import PRODUCER_SETTINGS, Refit, produce
 from stream_clf.worker.records import JSON_EVENTS, InFlight, OutRecord
 from stream_clf.worker.schema_wait import SchemaWait
 
-__all__ = ["ABORT_LIMIT", "Commit", "Transaction", "TransactionalLoop", "commit_batch", "run_exactly_once"]
+__all__ = [
+    "ABORT_LIMIT",
+    "Commit",
+    "Transaction",
+    "TransactionalLoop",
+    "abort_cause",
+    "commit_batch",
+    "run_exactly_once",
+]
 
 log = logging.getLogger(__name__)
 TRANSACTION_TIMEOUT_SECONDS = 60.0
@@ -76,6 +84,8 @@ EVENT_ATTEMPTS = 3
 # 5456 and 5511). Closing connections idle this long makes one go down while the call waits, and it
 # finds the coordinator anew; a connection in use is never idle this long.
 IDLE_CONNECTION_MS = 10_000
+# A record's delivery report after an abort: not refused by the broker, only dropped with the rest.
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
 
 class Commit(enum.Enum):
@@ -522,14 +532,25 @@ def commit_batch(
         error = failure.args[0]
         if not error.txn_requires_abort():
             raise BrokerError(f"a transaction failed for good: {error.str()}") from None
-        log.warning("event=transaction_aborted error=%r", error.str())
         producer.abort_transaction(TRANSACTION_TIMEOUT_SECONDS)
+        producer.poll(0)  # the records' delivery reports: a record refused first may be the cause
+        error = abort_cause(error, refused)
+        log.warning("event=transaction_aborted error=%r", error.str())
         return Transaction(Commit.ABORTED, sent, error, refused)
     return Transaction(Commit.COMMITTED, sent)
 
 
+def abort_cause(error: KafkaError, refused: dict[int, KafkaError]) -> KafkaError:
+    """Why a transaction aborted: ``error``, unless it only says that the transaction was already
+    failing (librdkafka's erroneous state, when a record was refused before the offsets were sent,
+    which names no cause): then the first record's refusal, which does (an authorization, say)."""
+    if error.code() != KafkaError._STATE:
+        return error
+    return next(iter(refused.values()), error)
+
+
 def _note_refusal(refused: dict[int, KafkaError], index: int, error: KafkaError | None, _message: Message) -> None:
-    if error is not None:
+    if error is not None and error.code() not in _PURGED:
         refused[index] = error
 
 
