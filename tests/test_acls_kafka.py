@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import (
     AclBinding,
     AclBindingFilter,
@@ -33,6 +33,8 @@ from stream_clf.kafka.topics import ensure_topics
 from stream_clf.model.bundle import load_bundle
 from stream_clf.tools.broker import LocalKafka, free_port
 from stream_clf.tools.build.tiny_model import build_tiny_bundle
+from stream_clf.worker.records import OutRecord
+from stream_clf.worker.transactional import Commit, commit_batch
 from tests.kafka_helpers import Topics, WorkerProcess, keyed_events
 from tests.web_helpers import get, scrape, wait_for_status
 
@@ -251,6 +253,30 @@ def test_aborts_back_off_count_make_the_worker_unhealthy_and_end_it_with_one_lin
     assert len(stamps) == 8, stamps
     assert gaps[-1] > 4 * gaps[0], f"the back-off grows: {gaps}"
     assert get(port, "/healthz")[0] == 0, "the worker has exited"
+
+
+def test_every_abort_for_a_refused_write_names_the_authorization_whichever_call_meets_it(secure_kafka):
+    # The write is refused when the record's partition joins the transaction, on librdkafka's own
+    # thread. Met first by the offsets' call, it reads "Erroneous state" (5 in 40 of these, measured):
+    # the cause must be named all the same, as the worker's last line names it when it gives up.
+    topics, _, _ = _set_up(secure_kafka)
+    admin = AdminClient({"bootstrap.servers": secure_kafka.admin_bootstrap})
+    denied = AclBindingFilter(ResourceType.TOPIC, topics.output, LITERAL, "User:worker", "*", Op.WRITE,
+                              AclPermissionType.ALLOW)  # fmt: skip
+    for future in admin.delete_acls([denied]).values():
+        future.result(timeout=30)
+    consumer = Consumer({**_sasl(secure_kafka, "worker"), "group.id": topics.group})
+    producer = Producer({**_sasl(secure_kafka, "worker"), "transactional.id": f"{topics.group}-causes"})
+    producer.init_transactions(30)
+    record = OutRecord(topics.output, b"k", b"a result", [])
+    offsets = [TopicPartition(topics.input, 0, 1)]
+    try:
+        causes = [commit_batch(producer, consumer, [record], offsets) for _ in range(40)]
+    finally:
+        consumer.close()
+    assert {transaction.outcome for transaction in causes} == {Commit.ABORTED}
+    named = [transaction.error.code() if transaction.error else None for transaction in causes]
+    assert set(named) == {KafkaError.TOPIC_AUTHORIZATION_FAILED}, named
 
 
 def _time(line: str) -> float:

@@ -27,7 +27,7 @@ from stream_clf.worker.models import ModelHolder, ModelSet, ServedModel
 from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT, Pipeline
 from stream_clf.worker.records import InFlight, OutRecord
 from stream_clf.worker.routing import Routing
-from stream_clf.worker.transactional import Commit, TransactionalLoop, abort_cause
+from stream_clf.worker.transactional import Commit, TransactionalLoop
 
 POISON = "POISON"
 SLOW = "SLOW"
@@ -548,14 +548,3 @@ def test_liveness_is_progress_events_waiting_and_none_finished_is_a_stall_howeve
     assert routes.answer("/healthz").status == 200, "nothing waits: no stall, however long"
     vital = Routes(metrics, BrokerAnswers(Connection.to("127.0.0.1:1"), state, vital=[lambda: "the follower died"]))
     assert orjson.loads(vital.answer("/healthz").body)["reason"] == "the follower died"
-
-
-def test_an_abort_names_the_refused_records_cause_when_librdkafka_only_says_its_state_was_wrong():
-    # A record refused before the offsets were sent leaves the transaction failing, and the next call
-    # fails with "Erroneous state", which names no cause: the worker's last line must name it.
-    state = KafkaError(KafkaError._STATE, "Failed to commit offsets to transaction: Local: Erroneous state")
-    denied = KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "Broker: Topic authorization failed")
-    assert abort_cause(state, {3: denied}).code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
-    assert abort_cause(state, {}) is state, "no record refused: the error as it came"
-    fenced = KafkaError(KafkaError._FENCED, "Local: This instance has been fenced by a newer instance")
-    assert abort_cause(fenced, {3: denied}) is fenced, "an error that names its cause is kept"

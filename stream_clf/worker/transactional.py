@@ -532,21 +532,28 @@ def commit_batch(
         error = failure.args[0]
         if not error.txn_requires_abort():
             raise BrokerError(f"a transaction failed for good: {error.str()}") from None
+        error = abort_cause(producer, error)  # before the abort, which forgets it
         producer.abort_transaction(TRANSACTION_TIMEOUT_SECONDS)
-        producer.poll(0)  # the records' delivery reports: a record refused first may be the cause
-        error = abort_cause(error, refused)
+        producer.poll(0)  # the records' delivery reports: which the broker refused
         log.warning("event=transaction_aborted error=%r", error.str())
         return Transaction(Commit.ABORTED, sent, error, refused)
     return Transaction(Commit.COMMITTED, sent)
 
 
-def abort_cause(error: KafkaError, refused: dict[int, KafkaError]) -> KafkaError:
-    """Why a transaction aborted: ``error``, unless it only says that the transaction was already
-    failing (librdkafka's erroneous state, when a record was refused before the offsets were sent,
-    which names no cause): then the first record's refusal, which does (an authorization, say)."""
+def abort_cause(producer: Producer, error: KafkaError) -> KafkaError:
+    """Why the transaction must abort: ``error``, unless it only says that the transaction was in
+    the wrong state. That is how the offsets' call fails when librdkafka found the transaction
+    failed in the meantime (a record's partition refused, say: an authorization), and it names no
+    cause. Then the transaction's own error, which librdkafka gives to the next call that needs a
+    healthy transaction: ``begin_transaction``, which cannot begin one before the abort."""
     if error.code() != KafkaError._STATE:
         return error
-    return next(iter(refused.values()), error)
+    try:
+        producer.begin_transaction()
+    except KafkaException as failure:
+        own: KafkaError = failure.args[0]
+        return own if own.txn_requires_abort() else error
+    return error  # nothing had failed it: the abort that follows ends the transaction just begun
 
 
 def _note_refusal(refused: dict[int, KafkaError], index: int, error: KafkaError | None, _message: Message) -> None:
