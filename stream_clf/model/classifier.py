@@ -7,7 +7,7 @@ Inference runs in *lanes*: a micro-batch's length buckets go to ``lanes`` thread
 own ``Session.run`` on ``threads / lanes`` cores. On 2 cores, two single-threaded lanes ran short
 texts 20-30% faster than one call on two intra-op threads (which synchronize at every operator,
 and stall whenever another thread of the process takes one of their cores) and long texts the same.
-A model whose attention is fused and that reads rows longer than 256 tokens is the exception (see
+A model whose attention is fused and that reads rows longer than ``WIDE_ROWS`` tokens is the exception (see
 :func:`default_lanes`): there one call on every core was the faster, and halves a lone text's wait.
 """
 
@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 
 from stream_clf.errors import ConfigError, ModelError, fails_alone
 from stream_clf.model.buckets import length_buckets
-from stream_clf.model.bundle import ModelBundle
+from stream_clf.model.bundle import WIDE_ROWS, ModelBundle
 from stream_clf.model.cuts import Cut
 from stream_clf.model.windows import Plan, Row, Template, Truncation, Windowing, plan, reach
 
@@ -40,8 +40,6 @@ DEFAULT_WINDOWING = Windowing()
 # spot on 2 cores (32 was 2-23% slower per sequence at 256+ tokens); 8 rows of 512 fit the token cap.
 DEFAULT_BUCKET_SIZE = 8
 DEFAULT_BUCKET_TOKENS = 4096
-# Rows longer than this on a fused graph run faster as one call on every core (see default_lanes).
-WIDE_ROWS = 256
 
 
 def default_lanes(bundle: ModelBundle, threads: int) -> int:
