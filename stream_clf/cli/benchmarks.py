@@ -16,6 +16,7 @@ from stream_clf.cli.common import (
     whole_number,
 )
 from stream_clf.errors import ConfigError
+from stream_clf.model.bundle import WIDE_ROWS
 from stream_clf.model.catalog import PRECISIONS, SHAPES
 
 __all__ = ["register"]
@@ -123,7 +124,8 @@ def _bench(parser: Parser) -> None:
     parser.add_argument(
         "--lanes",
         type=positive_int,
-        help="ONNX Runtime calls at once (default: the worker's: --threads; 1 for a fused model past 256 tokens)",
+        help=f"ONNX Runtime calls at once (default: the worker's: --threads; 1 for a fused model past {WIDE_ROWS}"
+        " tokens)",
     )
     for name in ("max_batch", "max_wait_ms", "max_tokens", "bucket_size", "bucket_tokens"):
         parser.add_argument(
