@@ -1,7 +1,9 @@
 """Measurements through a real broker: a worker process between an input and an output topic.
 
-Throughput: the worker is started, the input topic filled at once; the rate is counted from the
-first result to the last, so start-up is left out. Latency: with the worker warm, events are sent
+Throughput: the input topic is filled at once; a service that batches (stream-clf's worker, Spark
+NLP) is ready first and counted from the filled topic to the last result, so that its first batch
+counts; the naive baseline, one event at a time, from its first result to its last, so that its
+start-up is left out. Latency: with the worker warm, events are sent
 at a fixed fraction of that rate, and each one's time from ``produce()`` to its result arriving at
 a consumer is recorded.
 """
