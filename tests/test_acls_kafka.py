@@ -158,6 +158,14 @@ def _produce_as(secure: SecureKafka, principal: str, topic: str, events: list) -
     return errors
 
 
+def _deny_worker_writes(secure: SecureKafka, topic: str) -> None:
+    """Take the worker's write permission on ``topic`` away."""
+    admin = AdminClient({"bootstrap.servers": secure.admin_bootstrap})
+    denied = AclBindingFilter(ResourceType.TOPIC, topic, LITERAL, "User:worker", "*", Op.WRITE, AclPermissionType.ALLOW)
+    for future in admin.delete_acls([denied]).values():
+        future.result(timeout=30)
+
+
 def _results_as_subscriber(secure: SecureKafka, topics: Topics, count: int, timeout: float = 120) -> list[dict]:
     consumer = Consumer(
         {**_sasl(secure, "subscriber"), "group.id": f"{topics.group}-subscriber", "auto.offset.reset": "earliest"}
@@ -226,11 +234,7 @@ def test_aborts_back_off_count_make_the_worker_unhealthy_and_end_it_with_one_lin
     assert _produce_as(secure_kafka, "producer", topics.input, keyed_events(10)) == []
     assert len(_results_as_subscriber(secure_kafka, topics, 10)) == 10
     # The worker loses its write permission on the output topic: every transaction now aborts.
-    admin = AdminClient({"bootstrap.servers": secure_kafka.admin_bootstrap})
-    denied = AclBindingFilter(ResourceType.TOPIC, topics.output, LITERAL, "User:worker", "*", Op.WRITE,
-                              AclPermissionType.ALLOW)  # fmt: skip
-    for future in admin.delete_acls([denied]).values():
-        future.result(timeout=30)
+    _deny_worker_writes(secure_kafka, topics.output)
     time.sleep(1)
     assert _produce_as(secure_kafka, "producer", topics.input, keyed_events(10, start=10)) == []
 
@@ -260,11 +264,7 @@ def test_every_abort_for_a_refused_write_names_the_authorization_whichever_call_
     # thread. Met first by the offsets' call, it reads "Erroneous state" (5 in 40 of these, measured):
     # the cause must be named all the same, as the worker's last line names it when it gives up.
     topics, _, _ = _set_up(secure_kafka)
-    admin = AdminClient({"bootstrap.servers": secure_kafka.admin_bootstrap})
-    denied = AclBindingFilter(ResourceType.TOPIC, topics.output, LITERAL, "User:worker", "*", Op.WRITE,
-                              AclPermissionType.ALLOW)  # fmt: skip
-    for future in admin.delete_acls([denied]).values():
-        future.result(timeout=30)
+    _deny_worker_writes(secure_kafka, topics.output)
     consumer = Consumer({**_sasl(secure_kafka, "worker"), "group.id": topics.group})
     producer = Producer({**_sasl(secure_kafka, "worker"), "transactional.id": f"{topics.group}-causes"})
     producer.init_transactions(30)

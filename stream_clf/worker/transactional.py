@@ -56,15 +56,7 @@ from stream_clf.worker.publisher import PRODUCER_SETTINGS, Refit, produce
 from stream_clf.worker.records import JSON_EVENTS, InFlight, OutRecord
 from stream_clf.worker.schema_wait import SchemaWait
 
-__all__ = [
-    "ABORT_LIMIT",
-    "Commit",
-    "Transaction",
-    "TransactionalLoop",
-    "abort_cause",
-    "commit_batch",
-    "run_exactly_once",
-]
+__all__ = ["ABORT_LIMIT", "Commit", "Transaction", "TransactionalLoop", "commit_batch", "run_exactly_once"]
 
 log = logging.getLogger(__name__)
 TRANSACTION_TIMEOUT_SECONDS = 60.0
@@ -532,7 +524,7 @@ def commit_batch(
         error = failure.args[0]
         if not error.txn_requires_abort():
             raise BrokerError(f"a transaction failed for good: {error.str()}") from None
-        error = abort_cause(producer, error)  # before the abort, which forgets it
+        error = _abort_cause(producer, error)  # before the abort, which forgets it
         producer.abort_transaction(TRANSACTION_TIMEOUT_SECONDS)
         producer.poll(0)  # the records' delivery reports: which the broker refused
         log.warning("event=transaction_aborted error=%r", error.str())
@@ -540,7 +532,7 @@ def commit_batch(
     return Transaction(Commit.COMMITTED, sent)
 
 
-def abort_cause(producer: Producer, error: KafkaError) -> KafkaError:
+def _abort_cause(producer: Producer, error: KafkaError) -> KafkaError:
     """Why the transaction must abort: ``error``, unless it only says that the transaction was in
     the wrong state. That is how the offsets' call fails when librdkafka found the transaction
     failed in the meantime (a record's partition refused, say: an authorization), and it names no
