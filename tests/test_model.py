@@ -14,6 +14,7 @@ import pytest
 from stream_clf.errors import ModelError
 from stream_clf.model.bundle import MANIFEST, load_bundle
 from stream_clf.model.classifier import Classifier
+from stream_clf.model.lanes import WIDE_ROWS, Layout
 from stream_clf.tools.build.tiny_model import SAMPLE_TEXTS, build_tiny_bundle
 
 
@@ -97,21 +98,62 @@ def test_without_a_manifest_the_card_defaults_apply(bundle_dir):
 
 
 @pytest.mark.parametrize(
-    ("fusion", "max_length", "lanes"),
+    ("fusion", "max_length", "wide_rows"),
     [
-        ({"MultiHeadAttention": 2, "SkipLayerNormalization": 4}, 512, 1),  # fused, long rows: one call
-        ({"MultiHeadAttention": 2}, 256, 2),  # fused, rows of 256 or fewer: a lane per thread
-        (None, 512, 2),  # as exported: a lane per thread at any length
-        ({"MultiHeadAttention": 0}, 512, 2),  # a fusion that matched no attention
-        ("yes", 512, 2),  # a hand-written manifest's odd record is not a fused graph
-        ([{"MultiHeadAttention": 2}], 512, 2),
+        ({"MultiHeadAttention": 2, "SkipLayerNormalization": 4}, 512, WIDE_ROWS),  # fused, long rows
+        ({"MultiHeadAttention": 2}, 256, None),  # fused, rows of 256 or fewer: a lane per thread
+        (None, 512, None),  # as exported: a lane per thread at any length
+        ({"MultiHeadAttention": 0}, 512, None),  # a fusion that matched no attention
+        ("yes", 512, None),  # a hand-written manifest's odd record is not a fused graph
+        ([{"MultiHeadAttention": 2}], 512, None),
     ],
 )
-def test_the_lanes_default_follows_the_manifests_fusion_and_max_length(bundle_dir, fusion, max_length, lanes):
+def test_the_lanes_default_follows_the_manifests_fusion_and_max_length(bundle_dir, fusion, max_length, wide_rows):
     _edit_json(bundle_dir / MANIFEST, fusion=fusion, max_length=max_length)
     bundle = load_bundle(bundle_dir)
-    assert Classifier(bundle, threads=2, lanes=None).lanes == lanes
-    assert Classifier(bundle, threads=2, lanes=2).lanes == 2, "--lanes given wins"
+    assert Classifier(bundle, threads=2, lanes=None).layout == Layout(2, 2, wide_rows)
+    assert Classifier(bundle, threads=1, lanes=None).layout == Layout(1, 1), "one thread has nothing to share"
+    assert Classifier(bundle, threads=2, lanes=1).layout == Layout(2, 1), "--lanes given wins"
+
+
+def test_a_fused_long_model_runs_a_batch_of_long_rows_alone_and_one_of_short_rows_in_lanes(bundle_dir):
+    _edit_json(bundle_dir / MANIFEST, fusion={"MultiHeadAttention": 2}, max_length=512)
+    classifier = Classifier(load_bundle(bundle_dir), threads=2, lanes=None, bucket_size=2)
+    shorts = [f"short text number {n}" for n in range(8)]
+    reviews = [*shorts[:5], " ".join(SAMPLE_TEXTS * 40), *shorts[5:]]  # one long row makes the batch wide
+    short_plans, review_plans = classifier.plan(shorts), classifier.plan(reviews)
+    review_rows = [row for text_plan in review_plans for row in text_plan.rows]
+    assert classifier.wide(review_rows)
+    assert not classifier.wide([row for p in short_plans for row in p.rows])
+    spans, run = [], classifier.run
+
+    def slowed(feeds: dict[str, np.ndarray], *, wide: bool = False) -> np.ndarray:  # long enough to overlap
+        started = time.perf_counter()
+        time.sleep(0.03)
+        logits = run(feeds, wide=wide)
+        spans.append((started, time.perf_counter(), wide))
+        return logits
+
+    classifier.run = slowed
+    with ThreadPoolExecutor(2) as batches:  # as the worker: two batches at once
+        answers = list(batches.map(classifier.infer, [review_plans, short_plans, review_plans]))
+
+    def overlap(a: tuple, b: tuple) -> bool:
+        return a[0] < b[1] and b[0] < a[1]
+
+    wide = [span for span in spans if span[2]]
+    assert len(wide) == 2 * len(classifier.buckets([r for p in review_plans for r in p.rows])), (
+        "every call of a wide batch"
+    )
+    for span in wide:
+        assert not any(overlap(span, other) for other in spans if other is not span), "a wide call ran beside another"
+    narrow = [span for span in spans if not span[2]]
+    assert any(overlap(a, b) for a in narrow for b in narrow if a is not b), (
+        "a short batch's calls never ran two at once"
+    )
+    one_call = Classifier(load_bundle(bundle_dir), threads=2, lanes=1)
+    assert answers[0] == answers[2] == one_call.infer(review_plans)
+    assert answers[1] == one_call.infer(short_plans)
 
 
 @pytest.mark.parametrize("lanes", [1, 2])

@@ -18,14 +18,14 @@ from tokenizers import Tokenizer
 
 from stream_clf.model.bundle import load_bundle, read_manifest, write_manifest
 from stream_clf.model.catalog import bundle_shape, shape_checkpoint
-from stream_clf.model.classifier import default_lanes
+from stream_clf.model.lanes import WIDE_ROWS, Layout
 from stream_clf.model.windows import Truncation
 from stream_clf.tools.bench.report import render_summary
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "stream_clf", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=cwd)
 
 
 def _with_shape_record(bundle: Path, to: Path, record: object) -> Path:
@@ -66,9 +66,9 @@ def test_a_shape_comes_as_four_bundles_that_measure_cost_not_accuracy(distilbert
         ((256, "int8"), "int8", 256),
     }
     assert bundles[256, "int8"].truncation == Truncation.HEAD_TAIL
-    # Fused, so past 256 tokens the worker runs one call on every core; at 256, a lane per core.
+    # Fused, so the worker runs calls on rows past 256 tokens on every core, the others in a lane per core.
     assert all(b.fused for b in bundles.values())
-    assert [default_lanes(bundles[length, "int8"], threads=2) for length in (512, 256)] == [1, 2]
+    assert [Layout.default(bundles[length, "int8"], threads=2).wide_rows for length in (512, 256)] == [WIDE_ROWS, None]
     assert bundles[512, "int8"].truncation == Truncation.HEAD
     manifest = read_manifest(distilbert_base.bundles[512, "fp32"])
     assert "measures cost, not accuracy" in manifest["source"]
@@ -78,11 +78,13 @@ def test_a_shape_comes_as_four_bundles_that_measure_cost_not_accuracy(distilbert
 
 
 def test_bench_runs_a_shape_and_its_baseline_is_the_same_checkpoint(distilbert_base, kafka_bootstrap, tmp_path):
-    report_file = tmp_path / "bench.json"
+    report_file, workdir = tmp_path / "bench.json", tmp_path / "workdir"
+    workdir.mkdir()
     finished = _cli("bench", "--shape", "distilbert-base", "--shape-length", "256", "--events", "32",
                     "--max-batch", "8", "--baseline-events", "4", "--latency-seconds", "2",
-                    "--brokers", kafka_bootstrap, "--json", str(report_file))  # fmt: skip
+                    "--brokers", kafka_bootstrap, "--json", str(report_file), cwd=workdir)  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-3000:]
+    assert list(workdir.iterdir()) == [], "the bench and its baseline leave nothing where they run"
     report = orjson.loads(report_file.read_bytes())
     assert report["model"]["name"] == "distilbert-base-256-int8"
     assert report["model"]["precision"] == "int8"

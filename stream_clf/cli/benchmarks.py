@@ -16,8 +16,8 @@ from stream_clf.cli.common import (
     whole_number,
 )
 from stream_clf.errors import ConfigError
-from stream_clf.model.bundle import WIDE_ROWS
 from stream_clf.model.catalog import PRECISIONS, SHAPES
+from stream_clf.model.lanes import WIDE_ROWS
 
 __all__ = ["register"]
 
@@ -124,8 +124,8 @@ def _bench(parser: Parser) -> None:
     parser.add_argument(
         "--lanes",
         type=positive_int,
-        help=f"ONNX Runtime calls at once (default: the worker's: --threads; 1 for a fused model past {WIDE_ROWS}"
-        " tokens)",
+        help=f"ONNX Runtime calls at once (default: the worker's: --threads; a fused model runs batches with rows"
+        f" past {WIDE_ROWS} tokens on all threads)",
     )
     for name in ("max_batch", "max_wait_ms", "max_tokens", "bucket_size", "bucket_tokens"):
         parser.add_argument(

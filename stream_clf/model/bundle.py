@@ -27,7 +27,6 @@ __all__ = [
     "FUSION_MASK",
     "MANIFEST",
     "REQUIRED_FILES",
-    "WIDE_ROWS",
     "ModelBundle",
     "content_hash",
     "load_bundle",
@@ -45,9 +44,6 @@ DEFAULT_MAX_LENGTH = 512
 # How a fused graph's attention takes the padding mask (the manifest's ``fusion_mask``): as
 # MultiHeadAttention's key padding mask, which ONNX Runtime 1.19 (Spark NLP 5.5's) takes too.
 FUSION_MASK = "key_padding"
-# Rows longer than this on a fused graph ran faster as one ONNX Runtime call on every core than in
-# lanes (the classifier's default_lanes; the worker's --lanes help names it).
-WIDE_ROWS = 256
 # Models whose position ids start after the padding index, so the first ones are unusable.
 _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer"}
 

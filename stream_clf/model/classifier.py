@@ -3,12 +3,9 @@
 Synchronous and free of Kafka: the worker calls :meth:`Classifier.infer` from executor threads
 (ONNX Runtime and the Rust tokenizer release the GIL), tests and ``eval`` call it directly.
 
-Inference runs in *lanes*: a micro-batch's length buckets go to ``lanes`` threads, each running its
-own ``Session.run`` on ``threads / lanes`` cores. On 2 cores, two single-threaded lanes ran short
-texts 20-30% faster than one call on two intra-op threads (which synchronize at every operator,
-and stall whenever another thread of the process takes one of their cores) and long texts the same.
-A model whose attention is fused and that reads rows longer than ``WIDE_ROWS`` tokens is the exception (see
-:func:`default_lanes`): there one call on every core was the faster, and halves a lone text's wait.
+Inference runs in *lanes* (:mod:`~stream_clf.model.lanes`): a micro-batch's length buckets go to
+``lanes`` threads, each running its own ``Session.run`` on ``threads / lanes`` cores, except that a
+fused model's batches of long rows run their calls one at a time on every core.
 """
 
 import copy
@@ -24,11 +21,12 @@ from tokenizers import Tokenizer
 
 from stream_clf.errors import ConfigError, ModelError, fails_alone
 from stream_clf.model.buckets import length_buckets
-from stream_clf.model.bundle import WIDE_ROWS, ModelBundle
+from stream_clf.model.bundle import ModelBundle
 from stream_clf.model.cuts import Cut
+from stream_clf.model.lanes import CoreGate, Layout
 from stream_clf.model.windows import Plan, Row, Template, Truncation, Windowing, plan, reach
 
-__all__ = ["Classifier", "EncodedBatch", "Prediction", "default_lanes"]
+__all__ = ["Classifier", "EncodedBatch", "Prediction"]
 
 _REQUIRED_INPUTS = ("input_ids", "attention_mask")
 _KNOWN_INPUTS = (*_REQUIRED_INPUTS, "token_type_ids")
@@ -40,18 +38,6 @@ DEFAULT_WINDOWING = Windowing()
 # spot on 2 cores (32 was 2-23% slower per sequence at 256+ tokens); 8 rows of 512 fit the token cap.
 DEFAULT_BUCKET_SIZE = 8
 DEFAULT_BUCKET_TOKENS = 4096
-
-
-def default_lanes(bundle: ModelBundle, threads: int) -> int:
-    """How many ONNX Runtime calls run at once when ``--lanes`` is not given: one per thread, but a
-    single call on all of them for a fused model that reads rows of more than ``WIDE_ROWS`` tokens.
-
-    Measured on 2 cores (engine alone, alternating rounds): at 512 tokens one call on both threads
-    ran the fused BERT-, DistilBERT-, RoBERTa- and ALBERT-base 6-25% faster than two lanes and a
-    lone text in half the time; at 256 tokens the two were within noise, and on tweets two lanes
-    were 21% faster. Unfused graphs favoured two lanes at every length.
-    """
-    return 1 if bundle.fused and bundle.max_length > WIDE_ROWS else threads
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +80,9 @@ class Classifier:
     """A bundle's tokenizer and ONNX Runtime session, checked against each other at construction.
 
     ``threads`` is the cores inference may use, ``lanes`` how many ONNX Runtime calls run at once
-    (each on ``threads // lanes`` intra-op threads; None: :func:`default_lanes`). ``spinning`` lets
-    idle intra-op threads busy-wait for the next call: it only matters where a lane has more than one
+    (each on ``threads // lanes`` intra-op threads; None: :meth:`Layout.default`, which may run wide
+    batches alone on every thread, in a second session of the same model). ``spinning`` lets idle
+    intra-op threads busy-wait for the next call: it only matters where a call has more than one
     thread; there it suits calls back to back on dedicated cores, and takes cores the event loop
     needs in the worker.
     """
@@ -119,17 +106,21 @@ class Classifier:
         self.bucket_tokens = bucket_tokens
         where = f"model bundle '{bundle.path}'"
         self._thresholds = _check_thresholds(bundle, thresholds or {})
-        if lanes is None:
-            lanes = default_lanes(bundle, threads)
-        if not 1 <= lanes <= threads:
+        layout = Layout.default(bundle, threads) if lanes is None else Layout(threads, lanes)
+        if not 1 <= layout.lanes <= threads:
             raise ConfigError(f"--lanes {lanes} must be between 1 and --threads ({threads})")
-        self._session = _open_session(bundle, threads // lanes, provider, spinning=spinning)
+        self._session = _open_session(bundle, threads // layout.lanes, provider, spinning=spinning)
         self.provider = self._session.get_providers()[0]
-        # A GPU runs one call at a time on its stream: lanes there would only queue.
-        self.lanes = lanes if self.provider == "CPUExecutionProvider" else 1
+        if self.provider != "CPUExecutionProvider":  # a GPU runs one call at a time: lanes would only queue
+            layout = Layout(threads, 1)
+        self.layout = layout
+        self._wide_session = (
+            self._session if layout.wide_rows is None else _open_session(bundle, threads, provider, spinning=spinning)
+        )
         # Every call goes through the lanes, whichever thread asks: the worker classifies two batches
-        # at once, and their calls together must not run more than ``lanes`` at a time.
-        self._lanes = ThreadPoolExecutor(self.lanes, thread_name_prefix="lane")
+        # at once, and their calls together must not hold more than ``lanes`` lanes at a time.
+        self._lanes = ThreadPoolExecutor(layout.lanes, thread_name_prefix="lane")
+        self._gate = CoreGate(layout.lanes)
         inputs = {item.name: item for item in self._session.get_inputs()}
         unknown = sorted(set(inputs) - set(_KNOWN_INPUTS))
         missing = [name for name in _REQUIRED_INPUTS if name not in inputs]
@@ -235,25 +226,49 @@ class Classifier:
         """The bundle's tokenizer, set to neither pad nor truncate."""
         return self._tokenizer
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Run the model on padded inputs (from :meth:`feeds`): logits of shape [rows, labels]."""
-        return self._session.run([self._output], dict(feeds))[0]
+    @property
+    def lanes(self) -> int:
+        """How many ONNX Runtime calls may run at once."""
+        return self.layout.lanes
+
+    def wide(self, rows: Sequence[Row]) -> bool:
+        """Whether a batch of ``rows`` runs its calls one at a time on every thread (see :class:`Layout`)."""
+        return self.layout.wide(max((len(ids) for ids, _ in rows), default=0))
+
+    def run(self, feeds: Mapping[str, np.ndarray], *, wide: bool = False) -> np.ndarray:
+        """Run the model on padded inputs (from :meth:`feeds`): logits of shape [rows, labels].
+
+        ``wide`` runs it in the session on every thread (where the layout has one). This runs
+        outside the lanes: see :meth:`run_all`."""
+        session = self._wide_session if wide else self._session
+        return session.run([self._output], dict(feeds))[0]
 
     def run_all(
-        self, calls: Sequence[Callable[[], Mapping[str, np.ndarray]]], observe: Callable[[float], None] | None = None
+        self,
+        calls: Sequence[Callable[[], Mapping[str, np.ndarray]]],
+        observe: Callable[[float], None] | None = None,
+        *,
+        wide: bool = False,
     ) -> list[np.ndarray]:
         """Run the model on the feeds each of ``calls`` builds, in the lanes; logits in order.
 
-        At most ``lanes`` calls run at once across every thread that calls this, the rest queued in
-        the order they came (so a second batch's calls wait behind the first's). ``observe`` is told
-        the seconds each call spent building its feeds and running.
+        Calls across every thread that calls this hold at most ``lanes`` lanes at once (a ``wide``
+        call, see :meth:`wide`, holds them all), the rest queued in the order they came (so a
+        second batch's calls wait behind the first's). ``observe`` is told the lane-seconds of each
+        call: the seconds it spent building its feeds, and those it ran times the lanes it held.
         """
+        wide = wide and self.layout.wide_rows is not None
+        held = self.lanes if wide else 1
 
         def call(build: Callable[[], Mapping[str, np.ndarray]]) -> np.ndarray:
             started = time.perf_counter()
-            logits = self.run(build())
+            feeds = build()
+            built = time.perf_counter()
+            with self._gate.hold(held):
+                running = time.perf_counter()
+                logits = self.run(feeds, wide=wide)
             if observe is not None:
-                observe(time.perf_counter() - started)
+                observe(built - started + (time.perf_counter() - running) * held)
             return logits
 
         return list(self._lanes.map(call, calls))
@@ -275,7 +290,7 @@ class Classifier:
         """Run the model on planned texts, by length bucket, in the lanes.
 
         Each bucket is padded only to rows of similar length; the answers go back to the texts' order.
-        ``observe`` is told the seconds each bucket took (see :meth:`run_all`).
+        ``observe`` is told the lane-seconds each bucket took (see :meth:`run_all`).
         """
         if not plans:
             return []
@@ -283,7 +298,7 @@ class Classifier:
         logits = np.empty((len(rows), len(self.labels)), dtype=np.float64)
         buckets = self.buckets(rows)
         calls = [functools.partial(self.feeds, [rows[i] for i in bucket]) for bucket in buckets]
-        for bucket, bucket_logits in zip(buckets, self.run_all(calls, observe), strict=True):
+        for bucket, bucket_logits in zip(buckets, self.run_all(calls, observe, wide=self.wide(rows)), strict=True):
             logits[bucket] = bucket_logits
         probabilities = self._activate(logits)
         return [

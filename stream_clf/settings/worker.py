@@ -23,7 +23,7 @@ from stream_clf.kafka.connection import COMPRESSION_CODECS, Connection
 from stream_clf.kafka.security import MECHANISMS, PROTOCOLS, KafkaSecurity
 from stream_clf.kafka.topics import Replication
 from stream_clf.model.abstain import MinConfidence, parse_min_confidence
-from stream_clf.model.bundle import WIDE_ROWS
+from stream_clf.model.lanes import WIDE_ROWS
 from stream_clf.model.windows import Truncation, Windowing
 from stream_clf.ops.logs import LOG_FORMATS
 from stream_clf.settings import parsers as p
@@ -312,7 +312,7 @@ class Inference:
         None,
         "ONNX Runtime calls run at once on the CPU, each on threads/lanes cores (1: one call on all threads)",
         "N",
-        f"--threads; 1 for a fused model that reads more than {WIDE_ROWS} tokens",
+        f"--threads; a fused model runs batches with rows past {WIDE_ROWS} tokens on all threads",
     )
     provider: str = setting(p.one_of(PROVIDERS), "cpu", "ONNX Runtime execution provider: cpu, cuda, or auto", "NAME")
     spinning: bool = setting(

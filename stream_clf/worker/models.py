@@ -164,11 +164,12 @@ class ModelLoader:
                 f"model bundle '{bundle.path}': fails on a full bucket of short texts ({detail})"
             ) from None
         log.info(
-            "event=model_loaded model=%s model_version=%s source=%s lanes=%d seconds=%.2f",
+            "event=model_loaded model=%s model_version=%s source=%s lanes=%d wide_rows=%s seconds=%.2f",
             bundle.name,
             bundle.version,
             source,
             classifier.lanes,
+            classifier.layout.wide_rows or "none",
             time.perf_counter() - started,
         )
         return ServedModel(classifier, source)

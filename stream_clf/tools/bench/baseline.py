@@ -1,7 +1,7 @@
 """The naive baseline a user would write: a Faust agent calling transformers' pipeline per event.
 
 Run as ``python -m stream_clf.tools.bench.baseline --checkpoint DIR --brokers ... --input ... --output
-...``. Nothing here is tuned on purpose: PyTorch eager, one text at a time, on the event loop,
+... --datadir DIR``. Nothing here is tuned on purpose: PyTorch eager, one text at a time, on the event loop,
 Faust's default acking. It is what stream-clf is measured against.
 """
 
@@ -16,7 +16,7 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="stream_clf.tools.bench.baseline")
-    for flag in ("--checkpoint", "--brokers", "--input", "--output", "--dlq", "--group", "--web-port"):
+    for flag in ("--checkpoint", "--brokers", "--input", "--output", "--dlq", "--group", "--web-port", "--datadir"):
         parser.add_argument(flag, required=True)
     parser.add_argument("--max-length", type=int, default=512)
     args = parser.parse_args(argv)
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         value_serializer="json",
         web_port=int(args.web_port),
         consumer_auto_offset_reset="earliest",
+        datadir=args.datadir,  # Faust's own tables directory; by default it is made in the working directory
     )
     source, results = app.topic(args.input), app.topic(args.output)
 

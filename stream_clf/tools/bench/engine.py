@@ -69,17 +69,25 @@ def measure_engine(
     classifier: Classifier, plans: Sequence[Plan], config: dict[str, Any], advance: Advance
 ) -> EngineResult:
     """Throughput of the ONNX session alone on all rows, globally sorted, in the classifier's buckets
-    and lanes (wall time of the whole pass; feeds are built beforehand)."""
+    and lanes (wall time of the whole pass; feeds are built beforehand).
+
+    Sorted so, the rows make at most two batches for the worker's layout: the calls on rows past its
+    ``wide_rows`` run as one wide batch, the others in the lanes."""
     rows = [row for text_plan in plans for row in text_plan.rows]
     buckets = [classifier.feeds([rows[i] for i in bucket]) for bucket in classifier.buckets(rows)]
-    classifier.run_all([functools.partial(dict, feeds) for feeds in buckets[-2 * classifier.lanes :]])  # warm up
+    batches: dict[bool, list[dict[str, np.ndarray]]] = {False: [], True: []}  # wide or not: the calls
+    for feeds in buckets:
+        batches[classifier.layout.wide(feeds["input_ids"].shape[1])].append(feeds)
+    for wide, batch in batches.items():  # warm up on the longest calls of each
+        classifier.run_all([functools.partial(dict, feeds) for feeds in batch[-2 * classifier.lanes :]], wide=wide)
 
     def counted(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         advance(len(feeds["input_ids"]))
         return feeds
 
     started = time.perf_counter()
-    classifier.run_all([functools.partial(counted, feeds) for feeds in buckets])
+    for wide, batch in batches.items():
+        classifier.run_all([functools.partial(counted, feeds) for feeds in batch], wide=wide)
     elapsed = time.perf_counter() - started
     flops = [encoder_flops(config, len(ids)) for ids, _ in rows]
     return EngineResult(

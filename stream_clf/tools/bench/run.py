@@ -15,7 +15,8 @@ from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.control import ask_swap
 from stream_clf.model.bundle import load_bundle
 from stream_clf.model.catalog import bundle_shape, resolve_model, shape_checkpoint
-from stream_clf.model.classifier import Classifier, default_lanes
+from stream_clf.model.classifier import Classifier
+from stream_clf.model.lanes import Layout
 from stream_clf.settings import WORKER_OPTIONS
 from stream_clf.tools.bench.engine import measure_engine, measure_full_batch, measure_peak
 from stream_clf.tools.bench.formats import measure_event_formats, registry_for
@@ -46,7 +47,7 @@ class BenchOptions:
     latency_seconds: float = 20.0
     load: float = 0.7
     threads: int = _WORKER_DEFAULTS["threads"]
-    lanes: int | None = None  # the worker's default (see default_lanes)
+    lanes: int | None = None  # the worker's default (see Layout.default)
     max_batch: int = _WORKER_DEFAULTS["max_batch"]
     max_wait_ms: int = _WORKER_DEFAULTS["max_wait_ms"]
     max_tokens: int = _WORKER_DEFAULTS["max_tokens"]
@@ -75,20 +76,20 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
             f" run `stream-clf models build --shape {shape}`, or bench with --no-baseline"
         )
     # The raw engine is the session at its fastest: idle threads spin, nothing else runs; in the
-    # worker's lanes, in a lane per thread, and as one call on all threads. The fastest is the ceiling.
-    lanes = options.lanes or default_lanes(bundle, options.threads)
-    engines = {
-        _lanes_name(count): Classifier(
-            bundle,
-            threads=options.threads,
-            lanes=count,
-            bucket_size=options.bucket_size,
-            bucket_tokens=options.bucket_tokens,
-            spinning=True,
-        )
-        for count in sorted({lanes, options.threads, 1}, reverse=True)
-    }
-    classifier = engines[_lanes_name(lanes)]  # the worker's configuration
+    # worker's layout, in a lane per thread, and as one call on all threads. The fastest is the ceiling.
+    engines: dict[str, Classifier] = {}
+    for lanes in (options.lanes, options.threads, 1):
+        layout = Layout.default(bundle, options.threads) if lanes is None else Layout(options.threads, lanes)
+        if str(layout) not in engines:
+            engines[str(layout)] = Classifier(
+                bundle,
+                threads=options.threads,
+                lanes=lanes,
+                bucket_size=options.bucket_size,
+                bucket_tokens=options.bucket_tokens,
+                spinning=True,
+            )
+    classifier = next(iter(engines.values()))  # the worker's configuration
     config = orjson.loads((bundle.path / "config.json").read_bytes())
     texts = load_texts(options.mix, options.events, options.mix_file, bundle=bundle)
     plans = classifier.plan(texts)
@@ -135,7 +136,7 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
     report["engine"] = {
         "texts_per_second": engine.texts_per_second,
         "configuration": best,
-        "worker_configuration": _lanes_name(lanes),
+        "worker_configuration": str(classifier.layout),
         "configurations": {name: result.texts_per_second for name, result in measured.items()},
         "padding": 1 - engine.tokens / engine.padded_tokens,
         "gflops_achieved": engine.achieved_gflops,
@@ -174,10 +175,6 @@ class _Run:
 
     options: BenchOptions
     bench: Bench
-
-
-def _lanes_name(count: int) -> str:
-    return f"{count} lane{'s' if count > 1 else ''}"
 
 
 def _worker_command(options: BenchOptions, bundle: Path, guarantee: str = "at-least-once") -> list[str]:
@@ -295,7 +292,13 @@ def _measure_baseline(run: _Run, classifier: Classifier, texts: list[str], shape
         checkpoint, described = shape_checkpoint(shape), f"{shape} (the same checkpoint)"
     else:
         checkpoint, described = _baseline_checkpoint(classifier, bench.root / "baseline-checkpoint"), "MiniLM-L6 (BERT)"
-    command = ["stream_clf.tools.bench.baseline", "--checkpoint", str(checkpoint)]
+    command = [
+        "stream_clf.tools.bench.baseline",
+        "--checkpoint",
+        str(checkpoint),
+        "--datadir",
+        str(bench.root / "baseline-data"),
+    ]
     sample = texts[: run.options.baseline_events]
     with bench.serving([*command, "--max-length", str(classifier.bundle.max_length)], "baseline.log") as service:
         advance = bench.track("naive baseline (transformers pipeline)", len(sample))
