@@ -106,7 +106,7 @@ class Classifier:
         self.bucket_tokens = bucket_tokens
         where = f"model bundle '{bundle.path}'"
         self._thresholds = _check_thresholds(bundle, thresholds or {})
-        layout = Layout.default(bundle, threads) if lanes is None else Layout(threads, lanes)
+        layout = Layout.of(bundle, threads, lanes)
         if not 1 <= layout.lanes <= threads:
             raise ConfigError(f"--lanes {lanes} must be between 1 and --threads ({threads})")
         self._session = _open_session(bundle, threads // layout.lanes, provider, spinning=spinning)

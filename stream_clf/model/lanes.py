@@ -39,14 +39,19 @@ class Layout:
         """A lane per thread; a fused model that may read rows longer than ``WIDE_ROWS`` tokens runs
         a batch with such rows one call at a time on every thread.
 
-        Measured on 2 cores, engine alone, the fused BERT-, DistilBERT-, RoBERTa- and ALBERT-base
-        shapes at 512 tokens: on IMDB reviews one call on both threads ran 0-9% faster than two
-        lanes (Zen 4) and 6-25% (Zen 3); on AG News texts of 53-62 tokens, two lanes ran 5-43%
-        faster than one call. At 256 tokens the two were within noise; unfused graphs favoured
-        lanes at every length.
+        Measured on 2 cores, the fused BERT-, DistilBERT-, RoBERTa- and ALBERT-base shapes at 512
+        tokens, engine alone: on IMDB reviews one call on both threads ran 0-9% faster than two
+        lanes (Zen 4) and 6-25% (Zen 3); on AG News texts of 53-62 tokens two lanes ran about 5%
+        faster, and end to end through the broker BERT-base's batches of them ran 9-27% faster in
+        lanes. At 256 tokens the two were within noise; unfused graphs favoured lanes at every length.
         """
         wide = bundle.fused and bundle.max_length > WIDE_ROWS and threads > 1
         return cls(threads, threads, WIDE_ROWS if wide else None)
+
+    @classmethod
+    def of(cls, bundle: ModelBundle, threads: int, lanes: int | None) -> "Layout":
+        """``lanes`` fixed calls at once, or None: the :meth:`default`."""
+        return cls.default(bundle, threads) if lanes is None else cls(threads, lanes)
 
     def wide(self, widest: int) -> bool:
         """Whether a batch whose longest row is ``widest`` tokens runs alone on every thread."""

@@ -79,9 +79,9 @@ def run_bench(options: BenchOptions, track: Track) -> dict[str, Any]:
     # worker's layout, in a lane per thread, and as one call on all threads. The fastest is the ceiling.
     engines: dict[str, Classifier] = {}
     for lanes in (options.lanes, options.threads, 1):
-        layout = Layout.default(bundle, options.threads) if lanes is None else Layout(options.threads, lanes)
-        if str(layout) not in engines:
-            engines[str(layout)] = Classifier(
+        layout = str(Layout.of(bundle, options.threads, lanes))
+        if layout not in engines:
+            engines[layout] = Classifier(
                 bundle,
                 threads=options.threads,
                 lanes=lanes,
