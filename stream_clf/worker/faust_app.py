@@ -14,11 +14,13 @@ published them again. Here, before Faust sees a revocation, and before a clean s
 pipeline hands over (:meth:`~stream_clf.worker.pipeline.Pipeline.hand_over`: what is not being
 classified is dropped, the rest delivered and acked) and the acked offsets are committed.
 
-Faust's aiokafka consumer is extended in two places (its transport is chosen by the app):
+Faust's aiokafka consumer is extended in three places (its transport is chosen by the app):
 
 - **isolation level**: Faust reads uncommitted data unless its own exactly-once mode is on; the
   consumer here uses ``--isolation`` (``read_committed`` by default), so events of an aborted
   upstream transaction are never labelled. Its fetches wait for 16 KiB or 20 ms, not one byte.
+- **hand-over**: each message reaches the stream without a task made for it
+  (:class:`~stream_clf.worker.eager_wait.EagerWaitFirst`).
 - **fetches**: each fetch marks the loop as consuming (for liveness), and a fetch that fails for
   good (a record the client cannot decode, say) ends the worker with one line and a non-zero exit,
   where Faust would log it and fetch nothing more.
@@ -43,6 +45,7 @@ from stream_clf.ops.health import ConsumerState
 from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
 from stream_clf.settings import WorkerSettings
 from stream_clf.worker.core import BatchStep
+from stream_clf.worker.eager_wait import EagerWaitFirst
 from stream_clf.worker.events import Source
 from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT, Pipeline, Sender
 from stream_clf.worker.records import Decoder, InFlight
@@ -111,7 +114,7 @@ class _ConsumerThread(AIOKafkaConsumerThread):
             raise
 
 
-class _Consumer(Consumer):
+class _Consumer(EagerWaitFirst, Consumer):
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
