@@ -86,6 +86,13 @@ def test_bench_compares_engine_stream_and_baseline_in_one_report(news_model, kaf
     assert all(share >= 0 for shares in stages.values() for share in shares.values())
     assert report["stream_clf"]["memory_bytes"]["peak"] >= report["stream_clf"]["memory_bytes"]["rss"] > 0
     assert "share of the end-to-end run per stage" in finished.stdout
+    # And where its cores went, by the role of its threads: the lanes, the event loop, the Kafka client.
+    threads = report["stream_clf"]["thread_cores"]
+    assert {"lane", "MainThread", "kafka-client", "tokenize", "other"} <= set(threads)
+    assert threads["lane"] > 0
+    assert "worker's cores by thread: " in finished.stdout
+    assert 0 < report["engine"]["cores"] <= report["machine"]["usable_cores"] + 0.2  # and the progress bars
+    assert "of the engine: inference had " in finished.stdout
 
 
 def test_bench_reads_a_file_of_texts_skips_the_baseline_and_adds_exactly_once_on_request(

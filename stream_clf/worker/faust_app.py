@@ -38,6 +38,7 @@ import faust
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
 from faust.types import TP, EventT, StreamT
+from mode.threads import WorkerThread
 
 from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.groups import GroupReader
@@ -88,7 +89,16 @@ class WorkerApp(faust.App):
         await self.hand_over()
 
 
+class _KafkaClientThread(WorkerThread):
+    """The thread that runs aiokafka's client, named for the thread CPU metric (mode calls it Thread-N)."""
+
+    def __init__(self, service: Any, **kwargs: Any) -> None:
+        super().__init__(service, name="kafka-client", **kwargs)
+
+
 class _ConsumerThread(AIOKafkaConsumerThread):
+    Worker = _KafkaClientThread
+
     def _create_worker_consumer(self, transport: Transport) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # aiokafka takes the level at construction and reads it at start; Faust passes

@@ -11,6 +11,7 @@ from stream_clf.ops.metrics.flow import FlowMetrics
 from stream_clf.ops.metrics.models import ModelMetrics
 from stream_clf.ops.metrics.partitions import PartitionMetrics
 from stream_clf.ops.metrics.stages import StageMetrics
+from stream_clf.ops.metrics.threads import ThreadCpu
 
 __all__ = ["CONTENT_TYPE", "WorkerMetrics"]
 
@@ -31,6 +32,7 @@ class WorkerMetrics(FlowMetrics, BatchMetrics, ModelMetrics, PartitionMetrics, S
         self._register_models(self.registry)
         self._register_partitions(self.registry)
         self._register_stages(self.registry)
+        self.registry.register(ThreadCpu())
 
     def result(self, version: str, label: str, score: float, latency: float | None) -> None:
         """One result of model ``version`` delivered; ``latency`` from the event's Kafka timestamp."""

@@ -217,11 +217,37 @@ def render(report: dict[str, Any]) -> Group:
         + ", ".join(f"{name} {used:.2f}" for name, used in stream["cores"].items())
         + f" (of {machine['usable_cores']})"
         + _memory_line(stream.get("memory_bytes")),
+        *_thread_line(stream.get("thread_cores")),
+        *_split_line(engine, stream),
         *_loop_line(stream, exactly_once),
         *_stage_tables(report),
         "targets: " + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in report["targets"].items()),
     ]
     return Group(*lines)
+
+
+def _thread_line(cores: dict[str, float] | None) -> list[str]:
+    """Where the worker's cores went during the end-to-end run, by the role of its threads."""
+    used = sorted(((role, share) for role, share in (cores or {}).items() if share >= 0.005), key=lambda r: -r[1])
+    if not used:
+        return []
+    return ["worker's cores by thread: " + ", ".join(f"{role} {share:.2f}" for role, share in used)]
+
+
+def _split_line(engine: dict[str, Any], stream: dict[str, Any]) -> list[str]:
+    """End to end against the engine, split in two: the cores inference had (the lanes' threads, and
+    ``other``: ONNX Runtime's own pool, with librdkafka's few) against the engine's alone, and what
+    inference made of each core against the engine."""
+    threads, engine_cores = stream.get("thread_cores") or {}, engine.get("cores")
+    inference = threads.get("lane", 0.0) + threads.get("other", 0.0)
+    if not inference or not engine_cores:
+        return []
+    of_engine = stream["events_per_second"] / engine["texts_per_second"]
+    share = inference / engine_cores
+    return [
+        f"end to end is {of_engine:.0%} of the engine: inference had {inference:.2f} cores"
+        f" to the engine's {engine_cores:.2f} ({share:.0%}), at {of_engine / share:.0%} of the engine's rate per core"
+    ]
 
 
 def _loop_line(stream: dict[str, Any], exactly_once: dict[str, Any] | None) -> list[str]:

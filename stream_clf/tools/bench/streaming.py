@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream_clf.errors import StreamClfError
 from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.topics import ensure_topics
+from stream_clf.ops.metrics.threads import cpu_seconds
 from stream_clf.tools.broker import free_port
 from stream_clf.worker.publisher import produce
 from stream_clf.worker.records import OutRecord
@@ -87,11 +88,7 @@ class CpuMeter:
 
 def _cpu_seconds(stat: Path) -> float:
     """User plus system CPU seconds of a process (or thread) so far; 0 where /proc cannot tell."""
-    try:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds(stat) or 0.0
 
 
 def resident_bytes(pid: int) -> dict[str, int]:
@@ -111,23 +108,31 @@ def resident_bytes(pid: int) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class StageSample:
-    """The worker's stage clocks (seconds per stage and state) and inference lanes, read from /metrics."""
+    """The worker's stage clocks (seconds per stage and state), inference lanes and CPU seconds of its
+    threads by role, read from /metrics."""
 
     seconds: dict[tuple[str, str], float]
     lanes: int
+    threads: dict[str, float]
 
     @classmethod
     def scrape(cls, port: int) -> "StageSample":
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()
-        seconds, lanes = {}, 1
+        seconds, lanes, threads = {}, 1, {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == "stream_clf_stage_seconds_total":
                     seconds[sample.labels["stage"], sample.labels["state"]] = sample.value
                 elif sample.name == "stream_clf_inference_lanes":
                     lanes = int(sample.value)
-        return cls(seconds, lanes)
+                elif sample.name == "stream_clf_thread_cpu_seconds_total":
+                    threads[sample.labels["thread"]] = sample.value
+        return cls(seconds, lanes, threads)
+
+    def thread_cores(self, earlier: "StageSample", wall: float) -> dict[str, float]:
+        """The cores each role of the worker's threads used over ``wall`` seconds since ``earlier``."""
+        return {role: (seconds - earlier.threads.get(role, 0.0)) / wall for role, seconds in self.threads.items()}
 
     def shares(self, earlier: "StageSample", wall: float) -> dict[str, dict[str, float]]:
         """Each stage's share of ``wall`` seconds in each state since ``earlier``; the lanes' busy
@@ -153,6 +158,7 @@ class StreamResult:
     stages: dict[str, dict[str, float]] | None = None
     memory: dict[str, int] | None = None
     loop_seconds: float | None = None  # CPU seconds of the service's main thread (its event loop)
+    threads: dict[str, float] | None = None  # cores used by the worker's threads, by role (with ``stages``)
 
     @property
     def events_per_second(self) -> float:
@@ -321,7 +327,8 @@ def measure_throughput(
     Also the cores used meanwhile by the service (and the CPU time of its event loop), this process
     (the benchmark's clients) and ``others`` (name to pid: the broker); the service's resident memory
     at the end; each event's label; and with ``stages``, the share of the time each of its stages
-    spent busy, starved and blocked. ``encode`` writes the events (JSON unless a format is being compared).
+    spent busy, starved and blocked, and the cores its threads used, by role. ``encode`` writes the
+    events (JSON unless a format is being compared).
     """
     events = [(f"t{i}", text) for i, text in enumerate(texts)]
     _produce(bootstrap, service.input, events, encode=encode)
@@ -345,10 +352,11 @@ def measure_throughput(
         arrived = _collect(consumer, ids, service, timeout, advance, on_first=on_first, results=results)
         cores, used = meter.read()
         cores.pop(LOOP, None)
-        shares = None
+        shares = threads = None
         if first:
             started, earlier = first[0]
-            shares = StageSample.scrape(service.web_port).shares(earlier, time.monotonic() - started)
+            now, wall = StageSample.scrape(service.web_port), time.monotonic() - started
+            shares, threads = now.shares(earlier, wall), now.thread_cores(earlier, wall)
     finally:
         consumer.close()
     times = sorted(arrived.values())
@@ -361,6 +369,7 @@ def measure_throughput(
         loop_seconds=used.get(LOOP),
         labels={event_id: result.get("label") for event_id, result in results.items()},
         stages=shares,
+        threads=threads,
         memory=resident_bytes(service.process.pid),
     )
 
