@@ -24,7 +24,13 @@ def _burn(seconds: float) -> None:
 
 @pytest.mark.parametrize(
     ("name", "role"),
-    [("lane_1", "lane"), ("tokenize_0", "tokenize"), ("Thread-3", "Thread"), ("kafka-client", "kafka-client")],
+    [
+        ("lane_1", "lane"),
+        ("tokenize_0", "tokenize"),
+        ("kafka-client", "kafka-client"),
+        ("Thread-3", "Thread"),
+        ("Thread-5 (process_request_thread)", "process_request_thread"),
+    ],
 )
 def test_a_threads_role_is_its_name_without_its_number(name: str, role: str):
     assert role_of(name) == role

@@ -22,11 +22,14 @@ __all__ = ["OTHER", "ThreadCpu", "cpu_seconds", "role_of"]
 
 OTHER = "other"
 _NUMBERED = re.compile(r"[-_]\d+$")
+_UNNAMED = re.compile(r"Thread-\d+ \((.+)\)")  # Python's name for a thread not given one: its target's
 
 
 def role_of(thread_name: str) -> str:
-    """The role a thread's name gives: the name without its number (``lane_1`` is a ``lane``)."""
-    return _NUMBERED.sub("", thread_name)
+    """The role a thread's name gives: the name without its number (``lane_1`` is a ``lane``); for a
+    thread named by Python (``Thread-5 (process_request_thread)``), its target's name."""
+    unnamed = _UNNAMED.fullmatch(thread_name)
+    return unnamed.group(1) if unnamed else _NUMBERED.sub("", thread_name)
 
 
 class ThreadCpu(Collector):
