@@ -90,7 +90,7 @@ def event(
     forgotten: list[int] | None = None,
     generation: int = 0,
 ) -> InFlight:
-    async def ack() -> None:
+    def ack() -> None:
         if acks is not None:
             acks.append(offset)
 
@@ -297,6 +297,31 @@ def test_a_hand_over_delivers_and_acks_the_batches_being_classified_and_drops_th
             running.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await running
+
+    asyncio.run(scenario())
+
+
+def test_a_feed_cancelled_while_it_waits_for_room_lets_its_event_go(step, metrics):
+    """The consumer cancels a feed that waits when the flow stops for a rebalance: that event is not
+    taken in, the consumer is told to forget it (the partition's next owner reads it), and the bytes it
+    held are free again: a hand-over, which returns once nothing is held, still returns."""
+
+    async def scenario() -> None:
+        forgotten: list[int] = []
+        with ThreadPoolExecutor(1) as tokenization, ThreadPoolExecutor(INFERENCES_IN_FLIGHT) as inference:
+            # Not running: nothing takes events out, so the intake (four events) fills.
+            pipeline = small_pipeline(step, Deliveries(), metrics, ConsumerState(), tokenization, inference)
+            for offset in range(4):
+                await pipeline.feed(event(offset, forgotten=forgotten))
+            waiting = asyncio.create_task(pipeline.feed(event(4, forgotten=forgotten)))
+            await settle(0.1)
+            assert not waiting.done(), "a full pipeline makes the feed wait"
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert forgotten == [4]
+            await asyncio.wait_for(pipeline.hand_over(), 2)
+            assert sorted(forgotten) == [0, 1, 2, 3, 4]
 
     asyncio.run(scenario())
 

@@ -38,7 +38,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ServedModel]:
 
 
 def events(count: int, topic: str = "texts", keys: int = 40) -> list[InFlight]:
-    async def ack() -> None:
+    def ack() -> None:
         pass
 
     return [

@@ -53,7 +53,7 @@ def test_a_panicking_text_is_dead_lettered_and_its_batch_is_labelled(panicking_b
     step = BatchStep(ModelHolder(ModelSet(model)), Routing("out", "dlq"), metrics)
     texts = ["a fine film", PANICKING_TEXT, "a dull film", "aaaa but not enough to panic"]
 
-    async def ack() -> None:
+    def ack() -> None:
         pass
 
     batch = [

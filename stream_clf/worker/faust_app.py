@@ -1,11 +1,17 @@
-"""At-least-once on Faust: an agent that feeds consumed events into the pipeline, and a task that runs it.
+"""At-least-once on Faust: each message read is fed straight to the pipeline, and a task runs it.
 
-Acknowledgement is manual. The agent reads with ``stream.noack()``; an event is acked only by the
-:class:`~stream_clf.worker.pipeline.Pipeline`, after its result or dead letter is delivered, and in
-the order events were read. Faust commits the highest contiguous acked offset of each partition, so
-a crash at any moment leaves every committed event with a delivered record. Faust's ``take()`` is
-avoided on purpose: it acks a batch when the loop asks for the next one, including when the loop
-body raised (faust-streaming #189).
+Acknowledgement is manual. Faust's consumer tracks every message read; the
+:class:`~stream_clf.worker.pipeline.Pipeline` acks one only after its result or dead letter is
+delivered, and in the order messages were read. Faust commits the highest contiguous acked offset of
+each partition, so a crash at any moment leaves every committed event with a delivered record.
+
+**No stream, no agent.** Faust's conductor would make an event of each message and queue it for an
+agent, whose task woke once per event: that machinery cost the event loop more than everything
+stream-clf does with an event. The consumer here calls :class:`_Delivery` for each message instead,
+which decodes it and feeds the pipeline, waiting while the pipeline is full (that wait is the
+back-pressure: the consumer reads on once it returns). Faust still runs the group, the fetches, the
+acked offsets and their commits. (Faust's ``take()`` was never used: it acks a batch when the loop
+asks for the next one, including when the loop body raised, faust-streaming #189.)
 
 **Handing partitions over without duplicates.** Faust forgets the acked offsets of revoked
 partitions *before* its own revocation handler commits, so, left alone, every rebalance and every
@@ -14,12 +20,13 @@ published them again. Here, before Faust sees a revocation, and before a clean s
 pipeline hands over (:meth:`~stream_clf.worker.pipeline.Pipeline.hand_over`: what is not being
 classified is dropped, the rest delivered and acked) and the acked offsets are committed.
 
-Faust's aiokafka consumer is extended in three places (its transport is chosen by the app):
+Faust's aiokafka consumer is extended in four places (its transport is chosen by the app):
 
+- **delivery**: each message goes to :class:`_Delivery`, not to Faust's conductor.
 - **isolation level**: Faust reads uncommitted data unless its own exactly-once mode is on; the
   consumer here uses ``--isolation`` (``read_committed`` by default), so events of an aborted
   upstream transaction are never labelled.
-- **hand-over**: each message reaches the stream without a task made for it
+- **hand-over**: a message fed without waiting costs no task
   (:class:`~stream_clf.worker.eager_wait.EagerWaitFirst`).
 - **fetches**: each fetch marks the loop as consuming (for liveness), and a fetch that fails for
   good (a record the client cannot decode, say) ends the worker with one line and a non-zero exit,
@@ -32,7 +39,7 @@ Faust's aiokafka consumer is extended in three places (its transport is chosen b
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,7 +47,7 @@ from typing import Any
 import faust
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
-from faust.types import TP, EventT, StreamT
+from faust.types import TP, ConsumerT, Message
 from mode.threads import WorkerThread
 
 from stream_clf.kafka.connection import Connection
@@ -64,9 +71,6 @@ log = logging.getLogger(__name__)
 # event is answered at once and an empty fetch is held long.
 BUSY_FETCH = (16 * 1024, 20)
 IDLE_FETCH = (1, 500)
-# Faust's stream buffer, in events: its default, and the least it is cut to for large records.
-FAUST_STREAM_BUFFER = 4096
-MIN_STREAM_BUFFER = 16
 
 
 class WorkerApp(faust.App):
@@ -76,10 +80,16 @@ class WorkerApp(faust.App):
     consumer_state: ConsumerState  # Faust's App has a ``state`` of its own
     fail: Callable[[str], None]
     pipeline: Pipeline
+    deliver: Callable[[Message], Awaitable[None]]  # called for each message read, in place of Faust's conductor
     leaving: bool = False  # a clean stop began: no assignment is served again
 
     def _new_transport(self) -> Transport:
         return _Transport(self.conf.broker_consumer, self)
+
+    def _new_consumer(self) -> ConsumerT:
+        consumer = super()._new_consumer()
+        consumer.callback = self.deliver  # read by the consumer's fetch loop when it starts
+        return consumer
 
     async def hand_over(self) -> None:
         """Finish or drop the events in flight, then commit every offset acked."""
@@ -166,7 +176,6 @@ def create_app(
     publish: Sender,
     datadir: Path,
     client_id: str,
-    input_record_bytes: int,
     schemas: SchemaWait,
 ) -> WorkerApp:
     """Build the worker's Faust app.
@@ -175,15 +184,14 @@ def create_app(
     (:class:`~stream_clf.worker.publisher.BatchPublisher`); ``datadir`` is Faust's scratch
     directory (the worker keeps no tables, so nothing there outlives the process); ``client_id``
     names the consumer in its group (so ``stream-clf swap`` knows the running workers);
-    ``input_record_bytes`` is the largest record the input topics take; ``schemas`` decodes the events,
-    fetching their schemas first where they are registry-framed.
+    ``schemas`` decodes the events, fetching their schemas first where they are registry-framed.
 
-    ``--max-buffered-bytes`` is shared: half for the pipeline (bytes, exactly), half for Faust's
-    stream buffer, which counts events, so it holds as many as fit at ``input_record_bytes`` each.
+    ``--max-buffered-bytes``: half bounds the pipeline (bytes, exactly); the other half is the
+    client's prefetch, which aiokafka keeps to one fetch per assigned partition, of at most
+    Faust's ``consumer_max_fetch_size`` (1 MiB) unless a single record is larger.
     """
     delivery = settings.delivery
     session_timeout = delivery.session_timeout_ms / 1000
-    buffered = max(MIN_STREAM_BUFFER, min(FAUST_STREAM_BUFFER, delivery.max_buffered_bytes // 2 // input_record_bytes))
     app = WorkerApp(
         delivery.group,
         broker=connection.faust_brokers(),
@@ -198,7 +206,6 @@ def create_app(
         web_enabled=False,  # the endpoints are served by stream_clf.ops.web.server, in every mode
         broker_credentials=connection.faust_credentials(),
         broker_client_id=client_id,
-        stream_buffer_maxsize=buffered,
     )
     app.isolation = delivery.isolation
     app.consumer_state = state
@@ -235,26 +242,10 @@ def _consume_and_classify(
     fail: Callable[[str], None],
     schemas: SchemaWait,
 ) -> None:
-    """The agent that feeds the pipeline events, and the task that runs it."""
-    max_event_bytes = settings.delivery.max_event_bytes
+    """Subscribe to the input topics, feed each message read to the pipeline, and run it."""
+    app.topics.add(app.topic(*settings.topics.input))  # Faust's conductor subscribes to what it holds
+    app.deliver = _Delivery(app, settings.delivery.max_event_bytes, metrics, schemas)
     pipeline = app.pipeline
-
-    @app.agent(app.topic(*settings.topics.input), name="stream_clf.consume")
-    async def consume(stream: StreamT) -> None:
-        manual = stream.noack()
-        clock = metrics.stage("consume")
-        async for event in manual.events():
-            clock.enter("busy")
-            metrics.consumed(event.message.topic)
-            schema_id = schemas.decoder.pending(event.message.value, event.message.headers)
-            if schema_id is not None:  # not cached: fetched first, waiting while the registry is down
-                clock.enter("blocked")
-                await schemas.fetch_async(schema_id)
-                clock.enter("busy")
-            record = _in_flight(event, manual, app.consumer, max_event_bytes, schemas.decoder)
-            clock.enter("blocked")
-            await pipeline.feed(record)
-            clock.enter("starved")
 
     @app.task
     async def classify() -> None:
@@ -267,6 +258,51 @@ def _consume_and_classify(
             # restart re-reads it from the last committed offset.
             log.exception("event=pipeline_failed error=%r", error)
             fail(f"a batch could not be delivered: {_first_cause(error)}")
+
+
+class _Delivery:
+    """Called by Faust's consumer for each message it reads, in read order: the message becomes an
+    :class:`~stream_clf.worker.records.InFlight` fed to the pipeline, waiting while the pipeline is full.
+
+    A fetched batch of messages is fed with no task, queue or turn of the event loop of its own.
+    The consumer tracks each message here; the pipeline acks it once its result or dead letter is
+    delivered, or forgets it when it drops it unfinished. A feed that is cancelled (the flow stopped
+    for a rebalance, or the worker stopping) forgets its message: whoever owns the partition next
+    reads it again. Anything else that goes wrong here ends the worker with one line: a consumer that
+    stopped feeding the pipeline would otherwise sit in its group, holding its partitions.
+    """
+
+    def __init__(self, app: WorkerApp, max_event_bytes: int, metrics: WorkerMetrics, schemas: SchemaWait) -> None:
+        self._app = app
+        self._max_event_bytes = max_event_bytes
+        self._metrics = metrics
+        self._schemas = schemas
+        self._clock = metrics.stage("consume")
+
+    async def __call__(self, message: Message) -> None:
+        clock = self._clock
+        consumer: _Consumer = self._app.consumer
+        clock.enter("busy")
+        consumer.track_message(message)
+        try:
+            self._metrics.consumed(message.topic)
+            schema_id = self._schemas.decoder.pending(message.value, message.headers)
+            if schema_id is not None:  # not cached: fetched first, waiting while the registry is down
+                clock.enter("blocked")
+                await self._schemas.fetch_async(schema_id)
+                clock.enter("busy")
+            record = _in_flight(message, consumer, self._max_event_bytes, self._schemas.decoder)
+            clock.enter("blocked")
+            await self._app.pipeline.feed(record)
+        except asyncio.CancelledError:
+            consumer.forget(message)
+            raise
+        except Exception as error:
+            log.exception("event=delivery_failed topic=%s partition=%s offset=%s", *message.tp, message.offset)
+            self._app.fail(f"an event could not be taken in: {type(error).__name__}: {error}")
+            raise
+        finally:
+            clock.enter("starved")
 
 
 def _track_partitions(
@@ -328,13 +364,12 @@ def _track_partitions(
         state.waiting(lag=lag)
 
 
-def _in_flight(event: EventT, stream: StreamT, consumer: _Consumer, max_bytes: int, decoder: Decoder) -> InFlight:
-    message = event.message
+def _in_flight(message: Message, consumer: _Consumer, max_bytes: int, decoder: Decoder) -> InFlight:
     return InFlight.decode(
         Source(message.topic, message.partition, message.offset),
         message.key,
         message.value,
-        functools.partial(stream.ack, event),
+        functools.partial(consumer.ack, message),
         max_bytes,
         timestamp=message.timestamp,
         decoder=decoder,

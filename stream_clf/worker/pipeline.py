@@ -110,13 +110,18 @@ class Pipeline:
 
     async def feed(self, record: InFlight) -> None:
         """Hand a consumed record to the pipeline, waiting while it is full (in events or in bytes).
-        One read in another group generation than the one served is dropped."""
+        One read in another group generation than the one served is dropped, and so is one whose
+        feed is cancelled while it waits."""
         await self._budget.take(record.weight)
         if not self._current(record):
             self._drop(record)
             return
         self._state.waiting(held=self._budget.events)
-        await self._intake.put(record)
+        try:
+            await self._intake.put(record)
+        except asyncio.CancelledError:  # not taken in: let it go
+            self._drop(record)
+            raise
 
     def serve(self, generation: int) -> None:
         """Take in the events read in consumer group ``generation`` (the assignment just received)."""
@@ -217,7 +222,7 @@ class Pipeline:
         started = time.perf_counter()
         processed.count(self._metrics, sent)
         for record in processed.events:
-            await record.ack()
+            record.ack()
             self._state.processed(record.source.topic, record.source.partition, record.source.offset)
             self._budget.give(record.weight)
         self._state.waiting(held=self._budget.events)

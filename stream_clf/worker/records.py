@@ -8,7 +8,7 @@ Nothing here does I/O; the batch step (:mod:`stream_clf.worker.core`) fills thes
 import enum
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -47,7 +47,7 @@ class InFlight:
     key: bytes | None
     value: bytes | None
     outcome: TextEvent | EventError
-    ack: Callable[[], Awaitable[object]]
+    ack: Callable[[], object]
     forget: Callable[[], object] = lambda: None
     generation: int = 0
     timestamp: float | None = None
@@ -63,7 +63,7 @@ class InFlight:
         source: Source,
         key: bytes | None,
         value: bytes | None,
-        ack: Callable[[], Awaitable[object]],
+        ack: Callable[[], object],
         max_bytes: int,
         *,
         timestamp: float | None = None,
@@ -172,5 +172,5 @@ class KafkaMessage(Protocol):
     def headers(self) -> list[tuple[str, bytes | None]] | None: ...
 
 
-async def _no_ack() -> None:
+def _no_ack() -> None:
     """Nothing to do: the offset is committed elsewhere, or not at all."""

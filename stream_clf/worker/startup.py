@@ -109,7 +109,6 @@ def run_worker(settings: WorkerSettings) -> int:
         state,
         topics.compression,
         producer_limits(topics.limits),
-        topics.input_record_bytes,
         CLIENT_ID_PREFIX + worker_id,
         SchemaWait(event_decoder(settings.events), state, metrics),
     )
@@ -265,10 +264,9 @@ def _log_start(
 
 @dataclass(frozen=True)
 class _Topics:
-    """What start-up learns of the topics: their limits, the input's largest record, the codec."""
+    """What start-up learns of the topics: their limits and the codec."""
 
     limits: dict[str, TopicLimit]  # of every topic the worker publishes to
-    input_record_bytes: int
     compression: str
 
 
@@ -300,7 +298,7 @@ def _prepare_topics(settings: WorkerSettings, connection: Connection) -> _Topics
                 limit.max_bytes,
                 record_limit,
             )
-    return _Topics(limits, record_limit, compression)
+    return _Topics(limits, compression)
 
 
 def _label_check(settings: WorkerSettings) -> Callable[[ModelBundle], None]:
@@ -328,7 +326,6 @@ class _Parts:
     state: ConsumerState
     compression: str  # of published records, resolved
     producer_limits: dict[str, int]  # keep the producer inside the published topics' limits
-    input_record_bytes: int  # the largest record the input topics take
     client_id: str  # the consumer's name in its group
     schemas: SchemaWait  # decodes events, fetching their schemas first
 
@@ -378,7 +375,6 @@ def _run_faust(settings: WorkerSettings, parts: _Parts, stop: Stop) -> None:
             publish=publisher,
             datadir=Path(scratch),
             client_id=parts.client_id,
-            input_record_bytes=parts.input_record_bytes,
             schemas=parts.schemas,
         )
         worker = _FaustWorker(
