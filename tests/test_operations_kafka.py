@@ -1,14 +1,18 @@
 """A running worker's metrics count what really happened; health and readiness tell the truth."""
 
+import logging
 import re
 import time
 from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from stream_clf.tools.broker import LocalKafka, free_port
-from tests.kafka_helpers import Topics, WorkerProcess, collect, produce
+from stream_clf.worker.lag import PartitionLag
+from tests.kafka_helpers import Topics, WorkerProcess, collect, keyed_events, produce
 from tests.web_helpers import exported_names, get, scrape, wait_for_status
 
 pytestmark = pytest.mark.broker
@@ -139,3 +143,37 @@ def test_readiness_reports_a_broker_that_went_away(tiny_bundle, tmp_path):
         if worker.running:
             worker.kill()
         broker.kill()
+
+
+def test_the_exactly_once_lag_outlives_partitions_the_brokers_cannot_answer_for(kafka_bootstrap, topics, caplog):
+    """The loop measures lag every 2 s; a partition whose end cannot be read now (its leader moving,
+    here: a partition that does not exist, then a topic deleted) keeps its last lag, is said once,
+    and never ends the worker (CI once lost an exactly-once worker to OFFSET_NOT_AVAILABLE)."""
+    produce(kafka_bootstrap, topics.input, keyed_events(60))
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": topics.group, "enable.auto.commit": False})
+    try:
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topics.input, p), timeout=10)[1] for p in range(4)}
+        consumer.commit(offsets=[TopicPartition(topics.input, 0, 3)], asynchronous=False)
+        consumer.assign([*(TopicPartition(topics.input, p) for p in range(4)), TopicPartition(topics.input, 9)])
+        lag = PartitionLag(consumer)
+        with caplog.at_level(logging.WARNING, logger="stream_clf.worker.lag"):
+            first = lag.measure({})
+            done = {(topics.input, 1): ends[1]}  # this worker committed all of partition 1
+            second = lag.measure(done)
+        assert first == {(topics.input, p): ends[p] - (3 if p == 0 else 0) for p in range(4)}
+        assert second == {**first, (topics.input, 1): 0}
+        said = [r.getMessage() for r in caplog.records if "lag_not_measured" in r.getMessage()]
+        assert len(said) == 1, said
+        assert f"topic={topics.input} partition=9" in said[0]
+
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        admin.delete_topics([topics.input])[topics.input].result(30)
+        deadline = time.monotonic() + 30
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="stream_clf.worker.lag"):
+            while not any("partition=1 " in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the deleted topic's ends were still read"
+                assert lag.measure(done) == second, "a partition that cannot be measured must keep its last lag"
+                time.sleep(0.5)
+    finally:
+        consumer.close()

@@ -47,9 +47,10 @@ from stream_clf.errors import BrokerError
 from stream_clf.kafka.connection import Connection
 from stream_clf.kafka.limits import RECORD_ERRORS, Refusal
 from stream_clf.ops.health import ConsumerState
-from stream_clf.ops.metrics import LAG_INTERVAL_SECONDS, WorkerMetrics
+from stream_clf.ops.metrics import WorkerMetrics
 from stream_clf.settings import WorkerSettings
 from stream_clf.worker.core import BatchStep, ProcessedBatch
+from stream_clf.worker.lag import PartitionLag
 from stream_clf.worker.models import ModelSet
 from stream_clf.worker.pipeline import INFERENCES_IN_FLIGHT
 from stream_clf.worker.publisher import PRODUCER_SETTINGS, Refit, produce
@@ -142,7 +143,7 @@ def run_exactly_once(
         on_revoke=lambda _, partitions: loop.settle_all(partitions),
         on_lost=lambda _, partitions: loop.lose(partitions),
     )
-    lag = _Lag(consumer)
+    lag = PartitionLag(consumer)
     try:
         while not stop.is_set():
             if loop.held_bytes >= held_bytes:  # the batches in flight fill the budget: commit them first
@@ -436,47 +437,6 @@ def _next_offsets(batch: Sequence[InFlight]) -> list[TopicPartition]:
         key = (record.source.topic, record.source.partition)
         last[key] = max(last.get(key, -1), record.source.offset)
     return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in last.items()]
-
-
-class _Lag:
-    """Events behind the end of each assigned partition, without waiting on the broker in the loop.
-
-    The end is the high watermark the last fetch carried; the done mark is the offset after the last
-    event this worker committed, or the group's committed offset as it was when the partition was
-    assigned (asked once per assignment), whichever is further. Not the consumer's position: what was
-    read and is still being classified is not done, and a worker stuck on it must show its lag.
-    """
-
-    def __init__(self, consumer: Consumer) -> None:
-        self._consumer = consumer
-        self._committed: dict[tuple[str, int], int] = {}
-        self._measured = 0.0
-
-    def report(self, metrics: WorkerMetrics, state: ConsumerState) -> None:
-        """Tell the metrics and readiness the lag, at most once per ``LAG_INTERVAL_SECONDS``."""
-        if time.monotonic() - self._measured >= LAG_INTERVAL_SECONDS:
-            behind = self.measure(state.offsets())
-            metrics.partitions(behind)
-            state.waiting(lag=behind)
-            self._measured = time.monotonic()
-
-    def measure(self, done: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
-        assigned = self._consumer.assignment()
-        keys = {(tp.topic, tp.partition) for tp in assigned}
-        self._committed = {key: offset for key, offset in self._committed.items() if key in keys}
-        unknown = [tp for tp in assigned if (tp.topic, tp.partition) not in self._committed]
-        if unknown:
-            for tp in self._consumer.committed(unknown, timeout=5):
-                self._committed[tp.topic, tp.partition] = tp.offset
-        lag = {}
-        for tp in assigned:
-            key = (tp.topic, tp.partition)
-            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            if high < 0:  # not fetched yet
-                low, high = self._consumer.get_watermark_offsets(tp, timeout=5)
-            finished = max(done.get(key, -1), self._committed[key])
-            lag[key] = max(0, high - (finished if finished >= 0 else low))
-        return lag
 
 
 def _usable(message: Message) -> bool:
