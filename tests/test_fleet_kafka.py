@@ -86,16 +86,23 @@ class _Stream:
         self.stream.stop()
         until = time.monotonic()
         deadline = until + timeout
-        while not self.stream.sent.keys() <= self.watch.answered() and time.monotonic() < deadline:
-            self.fleet.check()
-            time.sleep(0.2)
-        time.sleep(3)
-        self.watch.stop()
+        try:
+            while not self.stream.sent.keys() <= self.watch.answered() and time.monotonic() < deadline:
+                self.fleet.check()
+                time.sleep(0.2)
+            time.sleep(3)
+        finally:
+            self.watch.stop()
         self.fleet.check()
         return tally(self.stream.sent, self.watch.answers, self.since, until)
 
     def __exit__(self, *_: object) -> None:
-        self.fleet.stop_all()
+        """Whatever failed, no thread of the stream or the watch outlives the test."""
+        try:
+            self.stream.stop()
+            self.watch.stop()
+        finally:
+            self.fleet.stop_all()
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)

@@ -131,6 +131,9 @@ class ResultWatch:
         return {answer.event_id for answer in list(self.answers)}
 
     def stop(self) -> None:
+        """Stop reading and close the consumer; a second call does nothing."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         self._thread.join()
         self._consumer.close()
