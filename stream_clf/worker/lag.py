@@ -77,7 +77,7 @@ class PartitionLag:
             answered = self._consumer.committed(partitions, timeout=ASK_TIMEOUT_SECONDS)
         except KafkaException as error:  # asked again on the next round
             for tp in partitions:
-                self._unmeasured((tp.topic, tp.partition), _reason(error))
+                self._unmeasured((tp.topic, tp.partition), error.args[0].str())
             return
         for tp in answered:
             if tp.error is None:
@@ -95,7 +95,7 @@ class PartitionLag:
             if high < 0:  # not fetched yet
                 low, high = self._consumer.get_watermark_offsets(tp, timeout=ASK_TIMEOUT_SECONDS)
         except KafkaException as error:  # the leader moves, say: asked again on the next round
-            self._unmeasured(key, _reason(error))
+            self._unmeasured(key, error.args[0].str())
             return None
         finished = max(done, self._committed[key])
         return max(0, high - (finished if finished >= 0 else low))
@@ -104,8 +104,3 @@ class PartitionLag:
         if self._failing.get(key) != reason:
             log.warning("event=lag_not_measured topic=%s partition=%d error=%r", key[0], key[1], reason)
         self._failing[key] = reason
-
-
-def _reason(error: KafkaException) -> str:
-    first = error.args[0] if error.args else error
-    return first.str() if hasattr(first, "str") else str(first)
